@@ -1,0 +1,45 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/sim.toml
+# Debian packages of the real peers the tests talk to (broker, rotator daemon, INDI server).
+TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin
+TEST_TOOLS := mosquitto rotctld indiserver indi_simulator_telescope
+
+.PHONY: run test lint venv venv-dev system-deps bench clean
+
+# The stamp files make both targets idempotent: a second run reuses .venv.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+venv-dev: $(VENV)/.installed-dev
+
+run: venv
+	$(BIN)/qkd-station run --config $(CONFIG)
+
+system-deps:
+	@bash .ci/system-deps $(TEST_DEBS) -- $(TEST_TOOLS)
+
+test: venv-dev system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv-dev
+	$(BIN)/ruff check .
+
+bench: venv-dev
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Telescope mounts: the interface in :mod:`drivers.mount.base`, one module per backend."""

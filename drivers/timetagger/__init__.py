@@ -1,0 +1,1 @@
+"""Time taggers: the interface in :mod:`drivers.timetagger.base`, one module per backend."""
