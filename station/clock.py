@@ -199,6 +199,9 @@ class SimClock(Clock):
                 return
             # Everyone runnable has run and is waiting again: time may jump.
             self._wake_earliest()
+            if not self._sleepers:
+                # Nobody else waits: end now; the next sleeper starts a new jumper.
+                return
 
 
 def _has_loop() -> bool:
