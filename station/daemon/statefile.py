@@ -1,0 +1,93 @@
+"""A small JSON file in the state directory that says where the station was.
+
+Written atomically (temporary file, fsync, rename) on every transition, so after a crash
+or power cut the daemon knows whether a pass was in progress and which file it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from station.daemon.modes import Mode, Phase
+
+log = logging.getLogger(__name__)
+
+
+class PassState(BaseModel):
+    """The pass in progress, as far as recovery needs to know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pass_id: str
+    norad_id: int
+    segment: int = 1
+    aos: AwareDatetime
+    los: AwareDatetime
+    qkd_start: AwareDatetime
+    qkd_end: AwareDatetime
+    pass_file: str | None = None
+    phase_times: dict[str, AwareDatetime] = Field(default_factory=dict)
+
+
+class StationState(BaseModel):
+    """Contents of ``state_dir/state.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    mode: Mode = Mode.AUTO
+    phase: Phase = Phase.IDLE
+    updated: AwareDatetime
+    current_pass: PassState | None = None
+    #: Set when the daemon stops cleanly; absent after a crash.
+    clean_shutdown: bool = False
+
+
+class StateFile:
+    """Load and atomically save :class:`StationState`."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / "state.json"
+
+    def load(self) -> StationState | None:
+        """The saved state, or None when there is none or it cannot be read (logged)."""
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.error("cannot read state file %s: %s", self.path, exc)
+            return None
+        try:
+            return StationState.model_validate_json(raw)
+        except ValidationError as exc:
+            log.error("state file %s is unreadable, ignoring it: %s", self.path,
+                      exc.errors()[0]["msg"] if exc.errors() else exc)
+            return None
+
+    def save(self, state: StationState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        data = json.dumps(state.model_dump(mode="json"), indent=2).encode()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def stamp(state: StationState, now: datetime, **changes: object) -> StationState:
+    """A copy of ``state`` with ``changes`` and ``updated = now``."""
+    return state.model_copy(update={**changes, "updated": now})
