@@ -1,0 +1,375 @@
+"""Hamlib ``rotctld`` over TCP: reaches every rotator and gimbal controller Hamlib supports.
+
+Protocol subset (rotctld's default, non-extended line protocol; one request, one reply)::
+
+    P <az> <el>\\n   ->  RPRT 0\\n            set position
+    p\\n             ->  <az>\\n<el>\\n         get position (or RPRT -N\\n)
+    S\\n             ->  RPRT 0\\n            stop
+    K\\n             ->  RPRT 0\\n            park
+    _\\n             ->  <model info>\\n      get info
+    \\dump_caps\\n   ->  many lines, RPRT 0\\n  travel limits ("Min Azimuth:" ...)
+
+``RPRT -N`` carries Hamlib's error code; it becomes a typed error whose
+``device_message`` holds the code and Hamlib's own words for it. A target outside the
+rotator's limits comes back as ``-1`` (invalid parameter; Hamlib <= 4.5) or ``-21``
+(limit exceeded; Hamlib >= 4.6): both raise :class:`MountLimitError`.
+
+Link handling: every exchange runs under ``io_timeout_s``; a timeout, reset or EOF drops
+the TCP connection, the call raises :class:`MountConnectionLost`, and the next call
+reconnects, no sooner than a capped exponential backoff allows (the backoff is I/O
+pacing on the event loop's monotonic clock, not domain time). There is no background
+task: the station's control loop, polling at its rate, drives reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+
+from pydantic import Field
+
+from drivers.clock import Clock
+from drivers.mount._common import MountOptions, backoff_s, check_target
+from drivers.mount.base import (
+    AxisLimits,
+    Mount,
+    MountCapabilities,
+    MountCommandRejected,
+    MountConnectionLost,
+    MountLimitError,
+    MountNotConnected,
+    MountPosition,
+    MountStatus,
+)
+
+log = logging.getLogger(__name__)
+
+#: Hamlib's rigerror() table (src/rig.c), code -> words.
+HAMLIB_ERRORS: dict[int, str] = {
+    0: "Command completed successfully",
+    1: "Invalid parameter",
+    2: "Invalid configuration",
+    3: "Memory shortage",
+    4: "Feature not implemented",
+    5: "Communication timed out",
+    6: "IO error",
+    7: "Internal Hamlib error",
+    8: "Protocol error",
+    9: "Command rejected by the rig",
+    10: "Command performed, but arg truncated, result not guaranteed",
+    11: "Feature not available",
+    12: "Target VFO unaccessible",
+    13: "Communication bus error",
+    14: "Communication bus collision",
+    15: "NULL RIG handle or invalid pointer parameter",
+    16: "Invalid VFO",
+    17: "Argument out of domain of func",
+    18: "Function deprecated",
+    19: "Security error password not provided or crypto failure",
+    20: "Rig is not powered on",
+    21: "Limit exceeded",
+    22: "Access denied",
+}
+#: Codes meaning rotctld cannot reach the rotator itself (its serial line, power).
+_LINK_CODES = {5, 6, 13, 14, 20}
+#: Codes a set-position returns for a target outside the rotator's limits.
+_LIMIT_CODES = {1, 17, 21}
+
+
+class LinkState(enum.Enum):
+    CLOSED = "closed"        # never connected, or close() called
+    CONNECTED = "connected"
+    LOST = "lost"            # dropped; the next call reconnects after the backoff
+
+
+class RotctldMount(Mount):
+    """A rotator behind Hamlib's ``rotctld``; see the module docstring."""
+
+    class Options(MountOptions):
+        """Options of the rotctld backend (``[mount] backend = "rotctld"``)."""
+
+        host: str = Field("127.0.0.1", description="rotctld host name or address.")
+        port: int = Field(4533, ge=1, le=65535, description="rotctld TCP port (Hamlib default 4533).")
+        connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout, seconds.")
+        io_timeout_s: float = Field(
+            2.0, gt=0, description="Deadline for one request and its whole reply, seconds."
+        )
+        reconnect_initial_s: float = Field(
+            0.5, gt=0, description="First reconnect backoff after a lost link, seconds."
+        )
+        reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect backoff cap, seconds.")
+        az_min_deg: float | None = Field(
+            None, description="Azimuth travel minimum, degrees; default: rotctld's dump_caps.")
+        az_max_deg: float | None = Field(
+            None, description="Azimuth travel maximum, degrees; default: rotctld's dump_caps.")
+        el_min_deg: float | None = Field(
+            None, description="Elevation travel minimum, degrees; default: rotctld's dump_caps.")
+        el_max_deg: float | None = Field(
+            None, description="Elevation travel maximum, degrees; default: rotctld's dump_caps.")
+        az_max_rate_deg_s: float = Field(
+            6.0, gt=0, description="Azimuth slew rate, deg/s (Hamlib's dummy rotator: 6).")
+        el_max_rate_deg_s: float = Field(
+            6.0, gt=0, description="Elevation slew rate, deg/s (Hamlib's dummy rotator: 6).")
+        az_max_accel_deg_s2: float = Field(
+            60.0, gt=0, description="Azimuth acceleration, deg/s² (rotators: near-instant).")
+        el_max_accel_deg_s2: float = Field(
+            60.0, gt=0, description="Elevation acceleration, deg/s² (rotators: near-instant).")
+        park_az_deg: float = Field(
+            0.0, description="Azimuth the rotator parks at on 'K', degrees (dummy: 0).")
+        park_el_deg: float = Field(
+            0.0, description="Elevation the rotator parks at on 'K', degrees (dummy: 0).")
+        command_latency_s: float = Field(
+            0.1, ge=0, description="Typical delay from command to motion, seconds.")
+        position_resolution_deg: float = Field(
+            0.01, ge=0, description="Resolution of reported positions, degrees (rotctld prints 2 decimals).")
+        arrived_tolerance_deg: float = Field(
+            0.1, gt=0, description="Within this of the target the rotator counts as arrived, degrees.")
+
+    def __init__(self, options: RotctldMount.Options, *, clock: Clock, name: str = "mount"):
+        self.options = options
+        self.clock = clock
+        self.name = name
+        self.state = LinkState.CLOSED
+        self.model_info: str | None = None
+        self._device_limits: dict[str, float] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self._attempt = 0
+        self._next_attempt_loop_s = 0.0
+        self._last_error: str | None = None
+        self._target: tuple[float, float] | None = None
+        self._parking = False
+        self._last_pos: MountPosition | None = None
+        #: Links dropped and reconnects made since construction (reported in status).
+        self.links_lost = 0
+        self.reconnects = 0
+
+    # -- capabilities --------------------------------------------------------------------
+    @property
+    def capabilities(self) -> MountCapabilities:
+        """Limits from options, else from rotctld's ``dump_caps`` (read on connect)."""
+        o, dev = self.options, self._device_limits
+
+        def pick(opt: float | None, key: str, fallback: float) -> float:
+            return opt if opt is not None else dev.get(key, fallback)
+
+        return MountCapabilities(
+            az=AxisLimits(pick(o.az_min_deg, "az_min", 0.0), pick(o.az_max_deg, "az_max", 360.0),
+                          o.az_max_rate_deg_s, o.az_max_accel_deg_s2),
+            el=AxisLimits(pick(o.el_min_deg, "el_min", 0.0), pick(o.el_max_deg, "el_max", 90.0),
+                          o.el_max_rate_deg_s, o.el_max_accel_deg_s2),
+            el_over_zenith=pick(o.el_max_deg, "el_max", 90.0) > 90.0,
+            program_track=False,
+            command_latency_s=o.command_latency_s,
+            encoder_resolution_deg=o.position_resolution_deg,
+            park_az_deg=o.park_az_deg,
+            park_el_deg=o.park_el_deg,
+        )
+
+    # -- Mount interface -------------------------------------------------------------------
+    async def connect(self) -> None:
+        async with self._lock:
+            await self._drop()
+            await self._open()
+            self.model_info = (await self._exchange("_", lines=1))[0]
+            caps_lines = await self._exchange("\\dump_caps", until_rprt=True)
+            self._device_limits = _parse_limits(caps_lines)
+        log.info("%s: connected to rotctld %s:%d (%s), limits %s", self.name, self.options.host,
+                 self.options.port, self.model_info, self._device_limits)
+
+    async def close(self) -> None:
+        self.state = LinkState.CLOSED
+        await self._drop()
+
+    async def position(self) -> MountPosition:
+        async with self._lock:
+            await self._ensure_link()
+            lines = await self._exchange("p", lines=2)
+        try:
+            az, el = float(lines[0]), float(lines[1])
+        except ValueError:
+            raise MountCommandRejected(
+                f"rotctld sent {lines!r} for 'p', expected two numbers", device=self.name,
+                device_message="\n".join(lines)) from None
+        pos = MountPosition(az, el, self.clock.now_s())
+        self._last_pos = pos
+        return pos
+
+    async def slew_to(self, az_deg: float, el_deg: float) -> None:
+        check_target(self.capabilities, az_deg, el_deg, device=self.name)
+        async with self._lock:
+            await self._ensure_link()
+            await self._command(f"P {az_deg:.4f} {el_deg:.4f}", set_position=True)
+        self._target, self._parking = (az_deg, el_deg), False
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._ensure_link()
+            await self._command("S")
+        self._target, self._parking = None, False
+
+    async def park(self) -> None:
+        async with self._lock:
+            await self._ensure_link()
+            await self._command("K")
+        self._target = (self.options.park_az_deg, self.options.park_el_deg)
+        self._parking = True
+
+    async def status(self) -> MountStatus:
+        previous = self._last_pos
+        try:
+            pos = await self.position()
+        except MountNotConnected:
+            return MountStatus(False, False, False, False, None)
+        except MountConnectionLost as exc:
+            return MountStatus(False, False, False, False, str(exc))
+        tol = self.options.arrived_tolerance_deg
+        if self._target is not None:
+            moving = (abs(pos.az_deg - self._target[0]) > tol
+                      or abs(pos.el_deg - self._target[1]) > tol)
+        else:
+            moving = previous is not None and (
+                abs(pos.az_deg - previous.az_deg) > self.options.position_resolution_deg
+                or abs(pos.el_deg - previous.el_deg) > self.options.position_resolution_deg)
+        parked = self._parking and not moving
+        return MountStatus(connected=True, moving=moving, tracking=False, parked=parked,
+                           fault=None)
+
+    # -- link --------------------------------------------------------------------------------
+    async def _open(self) -> None:
+        o = self.options
+        try:
+            async with asyncio.timeout(o.connect_timeout_s):
+                self._reader, self._writer = await asyncio.open_connection(o.host, o.port)
+        except (OSError, TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            self._schedule_retry(f"cannot connect to rotctld at {o.host}:{o.port}: {what}")
+            raise MountConnectionLost(self._last_error or "", device=self.name) from None
+        self.state = LinkState.CONNECTED
+        self._attempt = 0
+
+    async def _ensure_link(self) -> None:
+        if self.state is LinkState.CLOSED:
+            raise MountNotConnected("not connected; call connect() first", device=self.name)
+        if self.state is LinkState.CONNECTED:
+            return
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now < self._next_attempt_loop_s:
+            raise MountConnectionLost(
+                f"{self._last_error}; next reconnect in "
+                f"{self._next_attempt_loop_s - loop_now:.2f} s", device=self.name)
+        await self._open()
+        self.reconnects += 1
+        log.warning("%s: reconnected to rotctld after %d lost link(s)", self.name, self.links_lost)
+
+    def _schedule_retry(self, reason: str) -> None:
+        o = self.options
+        delay = backoff_s(self._attempt, initial_s=o.reconnect_initial_s, max_s=o.reconnect_max_s)
+        self._attempt += 1
+        self._next_attempt_loop_s = asyncio.get_running_loop().time() + delay
+        self._last_error = reason
+        if self.state is LinkState.CONNECTED:
+            self.state = LinkState.LOST
+
+    async def _drop(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError):
+                pass  # the socket is closed on our side either way
+
+    async def _lose(self, reason: str) -> MountConnectionLost:
+        self.links_lost += 1
+        self._schedule_retry(reason)
+        self.state = LinkState.LOST
+        await self._drop()
+        log.warning("%s: %s", self.name, reason)
+        return MountConnectionLost(reason, device=self.name)
+
+    async def _exchange(self, request: str, *, lines: int = 0,
+                        until_rprt: bool = False) -> list[str]:
+        """Send one request; read ``lines`` reply lines, or up to an ``RPRT`` line.
+
+        A reply starting with ``RPRT -N`` where data was expected raises the typed error.
+        """
+        assert self._reader is not None and self._writer is not None
+        reply: list[str] = []
+        try:
+            async with asyncio.timeout(self.options.io_timeout_s):
+                self._writer.write(request.encode("ascii") + b"\n")
+                await self._writer.drain()
+                while True:
+                    raw = await self._reader.readline()
+                    if not raw.endswith(b"\n"):
+                        raise EOFError
+                    line = raw.decode("ascii", errors="replace").rstrip("\r\n")
+                    if line.startswith("RPRT "):
+                        code = _rprt_code(line)
+                        if code != 0:
+                            raise _rprt_error(code, request, line, self.name)
+                        if until_rprt or lines == 0:
+                            return reply
+                        raise MountCommandRejected(
+                            f"rotctld answered {line!r} to {request!r} where data was expected",
+                            device=self.name, device_message=line)
+                    reply.append(line)
+                    if not until_rprt and lines and len(reply) == lines:
+                        return reply
+        except TimeoutError:
+            raise await self._lose(
+                f"no complete reply to {request!r} within {self.options.io_timeout_s} s") from None
+        except (OSError, EOFError) as exc:
+            raise await self._lose(
+                f"rotctld link failed during {request!r}: {exc or 'connection closed'}") from None
+
+    async def _command(self, request: str, *, set_position: bool = False) -> None:
+        try:
+            await self._exchange(request)
+        except MountLimitError:
+            raise
+        except MountCommandRejected as exc:
+            if set_position and exc.device_message and _rprt_code(exc.device_message) in _LIMIT_CODES:
+                raise MountLimitError(str(exc).removeprefix(f"{self.name}: "), device=self.name,
+                                      device_message=exc.device_message) from None
+            raise
+
+
+def _rprt_code(line: str) -> int:
+    try:
+        return abs(int(line.split()[1]))
+    except (IndexError, ValueError):
+        return -1
+
+
+def _rprt_error(code: int, request: str, line: str, device: str) -> Exception:
+    words = HAMLIB_ERRORS.get(code, "unknown Hamlib error")
+    message = f"rotctld refused {request!r}: {line} ({words})"
+    if code in _LINK_CODES:
+        return MountConnectionLost(f"rotctld cannot reach the rotator: {line} ({words})",
+                                   device=device, device_message=line)
+    if code == 21:
+        return MountLimitError(message, device=device, device_message=line)
+    return MountCommandRejected(message, device=device, device_message=line)
+
+
+def _parse_limits(lines: list[str]) -> dict[str, float]:
+    """Travel limits from ``dump_caps`` ("Min Azimuth:\\t\\t-180.00" ...)."""
+    keys = {"Min Azimuth": "az_min", "Max Azimuth": "az_max",
+            "Min Elevation": "el_min", "Max Elevation": "el_max"}
+    out: dict[str, float] = {}
+    for line in lines:
+        label, sep, value = line.partition(":")
+        if sep and label.strip() in keys:
+            try:
+                number = float(value.strip())
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                out[keys[label.strip()]] = number
+    return out

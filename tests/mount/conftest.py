@@ -1,0 +1,42 @@
+"""Fixtures of the mount tests: real rotctld and indiserver on free loopback ports."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import find_tool, free_port, subprocess_env, wait_for_port
+
+
+@dataclass
+class Peer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def rotctld() -> Iterator[Peer]:
+    """Hamlib's real ``rotctld`` with the dummy rotator (model 1) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )
+    try:
+        wait_for_port(port)
+        yield Peer(port, proc)
+    finally:
+        _stop(proc)
