@@ -1,7 +1,8 @@
-"""Alarms: raised and cleared by name, each with a severity, logged and published.
+"""Alarms: raised and cleared by key, each with a severity, logged and published.
 
 An alarm is identified by a key such as ``mount.link`` so that raising it twice does not
-publish twice, and clearing it publishes exactly one ``cleared`` message.
+publish twice, and clearing it publishes exactly one ``cleared`` message. The events are
+the MQTT ``alarms`` payload model itself, so what is logged is what is sent.
 """
 
 from __future__ import annotations
@@ -9,29 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from enum import StrEnum
 
-from pydantic import AwareDatetime, BaseModel
+from station.mqtt.messages import AlarmMessage, AlarmSeverity, AlarmState
 
 log = logging.getLogger("station.alarms")
 
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
-class AlarmEvent(BaseModel):
-    """One raise or clear."""
-
-    key: str
-    state: str  # "raised" | "cleared"
-    severity: Severity
-    message: str
-    time: AwareDatetime
-    pass_id: str | None = None
-
+Severity = AlarmSeverity
 
 _LEVEL = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING,
           Severity.CRITICAL: logging.ERROR}
@@ -40,22 +24,24 @@ _LEVEL = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING,
 class AlarmBook:
     """The set of active alarms; every change goes to ``sink`` (e.g. MQTT)."""
 
-    def __init__(self, now: Callable[[], datetime], sink: Callable[[AlarmEvent], None] | None = None):
+    def __init__(self, now: Callable[[], datetime],
+                 sink: Callable[[AlarmMessage], None] | None = None):
         self._now = now
         self._sink = sink
-        self.active: dict[str, AlarmEvent] = {}
+        self.active: dict[str, AlarmMessage] = {}
         #: Every event since start, for pass reports and tests.
-        self.history: list[AlarmEvent] = []
+        self.history: list[AlarmMessage] = []
 
-    def set_sink(self, sink: Callable[[AlarmEvent], None] | None) -> None:
+    def set_sink(self, sink: Callable[[AlarmMessage], None] | None) -> None:
         self._sink = sink
 
-    def raise_(self, key: str, severity: Severity, message: str, *, pass_id: str | None = None) -> None:
+    def raise_(self, key: str, severity: Severity, message: str, *,
+               pass_id: str | None = None) -> None:
         current = self.active.get(key)
         if current is not None and current.message == message and current.severity == severity:
             return
-        event = AlarmEvent(key=key, state="raised", severity=severity, message=message,
-                           time=self._now(), pass_id=pass_id)
+        event = AlarmMessage(key=key, state=AlarmState.RAISED, severity=severity,
+                             message=message, time=self._now(), pass_id=pass_id)
         self.active[key] = event
         self._emit(event)
 
@@ -63,16 +49,21 @@ class AlarmBook:
         current = self.active.pop(key, None)
         if current is None:
             return
-        self._emit(AlarmEvent(key=key, state="cleared", severity=current.severity,
-                              message=message, time=self._now(), pass_id=current.pass_id))
+        self._emit(AlarmMessage(key=key, state=AlarmState.CLEARED, severity=current.severity,
+                                message=message, time=self._now(), pass_id=current.pass_id))
 
     def is_active(self, key: str) -> bool:
         return key in self.active
 
-    def _emit(self, event: AlarmEvent) -> None:
+    def raised_since(self, index: int) -> int:
+        """How many alarms were raised after ``history[index]`` (for pass summaries)."""
+        return sum(1 for e in self.history[index:] if e.state == AlarmState.RAISED)
+
+    def _emit(self, event: AlarmMessage) -> None:
         self.history.append(event)
-        log.log(_LEVEL[event.severity] if event.state == "raised" else logging.INFO,
-                "alarm %s %s [%s]: %s", event.key, event.state, event.severity, event.message)
+        level = _LEVEL[event.severity] if event.state == AlarmState.RAISED else logging.INFO
+        log.log(level, "alarm %s %s [%s]: %s", event.key, event.state.value,
+                event.severity.value, event.message)
         if self._sink is not None:
             try:
                 self._sink(event)

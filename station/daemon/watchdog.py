@@ -1,0 +1,57 @@
+"""The systemd watchdog, fed only while the supervisor loop is alive.
+
+The supervisor calls :meth:`Heartbeat.beat` every time round its loop (its waits are
+bounded to a fraction of the watchdog period). The feeder task sends ``WATCHDOG=1`` only
+when the last beat is recent, so a supervisor stuck in a call, or an event loop blocked
+by a runaway computation, stops the feeding and systemd restarts the service.
+
+This measures the event loop's monotonic time on purpose: the watchdog is about the
+process being alive in wall time, not about simulated station time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from station.systemd import SystemdNotifier
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """When the supervisor last showed it was alive (event-loop monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.last_beat_s = asyncio.get_running_loop().time()
+
+    def beat(self) -> None:
+        self.last_beat_s = asyncio.get_running_loop().time()
+
+    def age_s(self) -> float:
+        return asyncio.get_running_loop().time() - self.last_beat_s
+
+
+async def feed_watchdog(notifier: SystemdNotifier, heartbeat: Heartbeat) -> None:
+    """Run forever: WATCHDOG=1 at half the watchdog period while the heartbeat is fresh."""
+    interval_s = notifier.watchdog_interval_s
+    if interval_s is None:
+        return
+    starved = False
+    while True:
+        if heartbeat.age_s() <= interval_s:
+            notifier.watchdog()
+            if starved:
+                log.warning("supervisor alive again; feeding the systemd watchdog")
+                starved = False
+        elif not starved:
+            log.error("supervisor silent for %.1f s: not feeding the systemd watchdog",
+                      heartbeat.age_s())
+            starved = True
+        await asyncio.sleep(interval_s)  # wall-time period, by design (see module doc)
+
+
+#: Longest the supervisor may wait between beats (wall seconds).
+def beat_period_s(notifier: SystemdNotifier) -> float:
+    interval_s = notifier.watchdog_interval_s
+    return 1.0 if interval_s is None else min(1.0, interval_s / 2)
