@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 
 from station.config.base import ConfigPath, Strict
@@ -44,9 +46,32 @@ class MqttConfig(Strict):
     tls: TlsConfig | None = Field(None, description="TLS settings; absent means plain TCP.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (wall seconds).")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect backoff.")
+    reconnect_max_s: float = Field(
+        4.0, gt=0,
+        description="Cap of the reconnect backoff (wall seconds); keeps a returning broker "
+        "served with retained state within ~5 s.",
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        "3.1.1", description="MQTT protocol version. 5 adds response-topic replies to commands."
+    )
     telemetry_tracking_hz: float = Field(5.0, gt=0, le=50, description="Mount telemetry rate while tracking.")
     telemetry_idle_s: float = Field(10.0, gt=0, description="Telemetry period when idle.")
+    timetagger_acquiring_hz: float = Field(
+        1.0, gt=0, le=50, description="Time tagger rate telemetry while acquiring."
+    )
+    pass_progress_hz: float = Field(1.0, gt=0, le=50, description="Pass progress rate during a pass.")
+    queue_max: int = Field(
+        1000, ge=10,
+        description="Alarms/replies kept for sending while the broker is away; beyond, the "
+        "oldest is dropped and counted.",
+    )
+    command_rate_per_s: float = Field(
+        2.0, gt=0, description="Sustained commands per second accepted (token bucket, station clock)."
+    )
+    command_burst: int = Field(5, ge=1, description="Commands accepted back to back before rate limiting.")
+    command_max_running: int = Field(
+        4, ge=1, description="Commands executing at once; more get a 'busy' reply."
+    )
     home_assistant_discovery: bool = Field(
         False, description="Announce sensors through Home Assistant's MQTT discovery."
     )
