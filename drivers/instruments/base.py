@@ -268,7 +268,8 @@ class ScpiSession:
             await self._run(self._open_sync, need_open=False)
 
     async def close(self) -> None:
-        """Close the resource and its resource manager (a no-op when closed)."""
+        """Close the resource (a no-op when closed). The library's ResourceManager is
+        shared by every instrument of the process and stays open."""
         await self._run(self._close_sync, need_open=False)
 
     async def query(self, command: str) -> str:
@@ -339,7 +340,6 @@ class ScpiSession:
                 resource.baud_rate = opts.baud_rate
         except (pyvisa.errors.Error, OSError, ValueError) as exc:
             known = _known_resources(rm)
-            rm.close()
             hint = f"; resources this library knows: {', '.join(known)}" if known else ""
             raise InstrumentConnectionLost(
                 f"cannot open {opts.resource_name!r}: {_first_line(exc)}{hint}",
@@ -349,16 +349,17 @@ class ScpiSession:
         log.debug("%s: opened %s", self.device, opts.resource_name)
 
     def _close_sync(self) -> None:
-        resource, rm = self._resource, self._rm
+        # Only the resource: pyvisa hands out one ResourceManager per library per process,
+        # so closing it would close every other instrument opened through the same library.
+        resource = self._resource
         self._resource = self._rm = None
-        for thing in (resource, rm):
-            if thing is None:
-                continue
-            try:
-                thing.close()
-            except (pyvisa.errors.Error, OSError) as exc:
-                # Closing a link that already died must not hide why it died.
-                log.warning("%s: error while closing: %s", self.device, exc)
+        if resource is None:
+            return
+        try:
+            resource.close()
+        except (pyvisa.errors.Error, OSError) as exc:
+            # Closing a link that already died must not hide why it died.
+            log.warning("%s: error while closing: %s", self.device, exc)
 
     def _send(self, command: str) -> bytes:
         data = (command + self.options.write_termination).encode("ascii")
