@@ -197,8 +197,10 @@ async def test_missing_visa_library_fails_to_connect(make_laser, tmp_path) -> No
 
 
 async def test_wrong_instrument_at_the_address(make_laser) -> None:
+    wrong = await make_laser(expected_idn="GPSDO", connect=False)
     with pytest.raises(InstrumentIdentityMismatch, match="GPSDO"):
-        await make_laser(expected_idn="GPSDO")
+        await wrong.connect()
+    assert not wrong.connected  # the half-open link was closed again
     ok = await make_laser(expected_idn="beacon-ldc")
     assert ok.connected
 
