@@ -264,8 +264,7 @@ class ScpiSession:
 
     async def open(self) -> None:
         """Open the resource (a no-op when already open)."""
-        if self._resource is None:
-            await self._run(self._open_sync, need_open=False)
+        await self._run(self._open_sync, need_open=False)
 
     async def close(self) -> None:
         """Close the resource (a no-op when closed). The library's ResourceManager is
@@ -316,6 +315,8 @@ class ScpiSession:
     # blocking side (worker thread, lock held) ------------------------------------------
 
     def _open_sync(self) -> None:
+        if self._resource is not None:
+            return
         opts = self.options
         try:
             rm = pyvisa.ResourceManager(opts.visa_library)
