@@ -90,7 +90,8 @@ def _datetime_tag(ident: str, when: datetime) -> bytes:
 
 
 def header(record_type: int, *, global_resolution_s: float, n_records: int,
-           sync_rate_hz: int = 10_000, hw_type: str = "HydraHarp") -> bytes:
+           sync_rate_hz: int = 10_000, hw_type: str = "HydraHarp",
+           stop_reason: int | None = None) -> bytes:
     """A PTU header for a T2 measurement."""
     parts = [
         b"PQTTTR\0\0",
@@ -106,6 +107,7 @@ def header(record_type: int, *, global_resolution_s: float, n_records: int,
         _int_tag("TTResult_NumberOfRecords", n_records),
         _int_tag("TTResultFormat_TTTRRecType", record_type),
         _int_tag("TTResultFormat_BitsPerRecord", 32),
+        *([] if stop_reason is None else [_int_tag("TTResult_StopReason", stop_reason)]),
         _tag("Header_End", TY_EMPTY8, b"\0" * 8),
     ]
     return b"".join(parts)
@@ -171,16 +173,18 @@ def encode_records(events: T2Events, record_type: int, *,
 
 def write_t2_ptu(path: Path, events: T2Events, *, record_type: int = RT_HYDRAHARP2_T2,
                  global_resolution_s: float = 1e-12, single_overflows: bool = False,
-                 truncate_records: int | None = None) -> np.ndarray:
+                 truncate_records: int | None = None,
+                 stop_reason: int | None = None) -> np.ndarray:
     """Write a T2 PTU file; returns the records written.
 
     ``truncate_records`` writes only that many records while the header still announces
-    all of them, as a file cut mid-write would.
+    all of them, as a file cut mid-write would. ``stop_reason`` sets TTResult_StopReason
+    (-2 = FIFO overrun).
     """
     records = encode_records(events, record_type, single_overflows=single_overflows)
     hw = "PicoHarp 300" if record_type == RT_PICOHARP_T2 else "HydraHarp"
     head = header(record_type, global_resolution_s=global_resolution_s,
-                  n_records=len(records), hw_type=hw)
+                  n_records=len(records), hw_type=hw, stop_reason=stop_reason)
     body = records if truncate_records is None else records[:truncate_records]
     path.write_bytes(head + body.tobytes())
     return records
