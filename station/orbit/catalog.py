@@ -1,0 +1,667 @@
+"""The catalog of orbital element sets the station plans passes with.
+
+Sources are files or directories of files in any of:
+
+- TLE, two lines per satellite, or 3LE with a name line (optionally ``0 NAME``);
+- CCSDS OMM as CelesTrak serves it: JSON (a list of objects, or one object), XML (NDM/OMM)
+  and KVN (``KEY = value`` lines). Catalog numbers above 99999 only exist in OMM.
+
+Every record is validated (TLE line lengths, checksums and field formats; OMM required
+fields and ranges; and an SGP4 propagation at the epoch). A bad record is rejected with
+``file:line: reason`` and the rest still load. When a satellite appears more than once,
+the element set with the newest epoch wins. Ages are measured against the station's
+clock (real or simulated), never the computer's wall clock.
+
+Loading is synchronous file I/O and parsing; the daemon calls :meth:`Catalog.reload` on
+SIGHUP from a worker thread. The element sets are swapped in one assignment, so a planner
+running in another thread sees either the old or the new catalog, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.parsers.expat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from sgp4 import omm as sgp4_omm
+from sgp4.api import SGP4_ERRORS, Satrec
+from skyfield.api import EarthSatellite
+
+from station.orbit.geometry import load_timescale
+
+__all__ = [
+    "Catalog",
+    "ElementAge",
+    "ElementError",
+    "ElementSet",
+    "LoadReport",
+    "fixed_clock",
+    "parse_elements",
+    "parse_file",
+    "satellite_from_text",
+]
+
+ElementFormat = Literal["tle", "omm-json", "omm-xml", "omm-kvn"]
+
+#: File name endings read from a source directory (others are skipped and counted).
+ELEMENT_SUFFIXES = {".tle", ".txt", ".2le", ".3le", ".json", ".xml", ".kvn", ".omm"}
+
+_UNIX_EPOCH_JD = 2440587.5
+_MAX_SATNUM_SGP4 = 339_999  # the largest Alpha-5 catalog number sgp4 can carry
+
+
+class _NowSource(Protocol):
+    def now_s(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ElementSet:
+    """One satellite's orbital elements, ready to propagate.
+
+    ``text`` is the record exactly as read (the TLE lines, or the OMM record as JSON for
+    every OMM flavour) so a pass file can carry the elements it was planned with, and
+    :func:`satellite_from_text` rebuilds :attr:`satellite` from it.
+    """
+
+    norad_id: int
+    name: str
+    epoch: datetime
+    satellite: EarthSatellite = field(repr=False, compare=False)
+    text: str = field(repr=False)
+    format: ElementFormat
+    source: str  # "file:line"
+
+    @classmethod
+    def from_satrec(cls, satrec: Satrec, name: str, *, source: str = "(generated)") -> ElementSet:
+        """An element set for elements built in code (``Satrec.sgp4init``); text is its TLE."""
+        from sgp4.exporter import export_tle
+
+        problem = _satrec_problem(satrec)
+        if problem:
+            raise ElementError(f"{source}: SGP4 cannot propagate these elements: {problem}")
+        sat = EarthSatellite.from_satrec(satrec, load_timescale())
+        sat.name = name
+        l1, l2 = export_tle(satrec)
+        return cls(
+            norad_id=int(satrec.satnum), name=name, epoch=_epoch_of(satrec), satellite=sat,
+            text=f"{name}\n{l1}\n{l2}", format="tle", source=source,
+        )
+
+    @property
+    def epoch_s(self) -> float:
+        """Epoch as clock seconds (UTC seconds since the Unix epoch)."""
+        return self.epoch.timestamp()
+
+    def age_days(self, now_s: float) -> float:
+        """Days from the epoch to ``now_s`` (negative for elements from the future)."""
+        return (now_s - self.epoch_s) / 86400.0
+
+    @property
+    def period_min(self) -> float:
+        """Orbital period from the mean motion, in minutes."""
+        return 2 * math.pi / self.satellite.model.no_kozai
+
+
+@dataclass(frozen=True, slots=True)
+class ElementAge:
+    """How old one satellite's elements are on the station's clock."""
+
+    norad_id: int
+    name: str
+    epoch: datetime
+    age_days: float
+    stale: bool
+    warning: str | None
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """What one load or reload did: counts, rejected records, replaced duplicates."""
+
+    loaded: int = 0
+    files: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        parts = [f"{self.loaded} element set(s) from {self.files} file(s)"]
+        if self.problems:
+            parts.append(f"{len(self.problems)} rejected record(s)")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} older duplicate(s) dropped")
+        if self.skipped_files:
+            parts.append(f"{len(self.skipped_files)} file(s) skipped")
+        return ", ".join(parts)
+
+
+class ElementError(ValueError):
+    """One record could not be used; the message is ``file:line: reason``."""
+
+
+# --------------------------------------------------------------------------- TLE
+
+
+def tle_checksum(line: str) -> int:
+    """The modulo-10 checksum of a TLE line's first 68 columns (minus signs count 1)."""
+    return sum(int(c) if c.isdigit() else (1 if c == "-" else 0) for c in line[:68]) % 10
+
+
+_ALPHA5 = re.compile(r"^[0-9A-HJ-NP-Z][0-9]{4}$")
+_L1_FIELDS: list[tuple[int, int, str, re.Pattern[str]]] = [
+    (2, 7, "catalog number", _ALPHA5),
+    (7, 8, "classification", re.compile(r"^[UCS ]$")),
+    (18, 20, "epoch year", re.compile(r"^\d\d$")),
+    (20, 32, "epoch day", re.compile(r"^[ \d]{3}\.\d{8}$")),
+    (33, 43, "first derivative of mean motion", re.compile(r"^[ +-]\.\d{8}$")),
+    (44, 52, "second derivative of mean motion", re.compile(r"^[ +-]\d{5}[+-]\d$")),
+    (53, 61, "BSTAR", re.compile(r"^[ +-]\d{5}[+-]\d$")),
+    (62, 63, "ephemeris type", re.compile(r"^[\d ]$")),
+]
+_L2_FIELDS: list[tuple[int, int, str, re.Pattern[str]]] = [
+    (2, 7, "catalog number", _ALPHA5),
+    (8, 16, "inclination", re.compile(r"^[ \d]{3}\.[\d ]{4}$")),
+    (17, 25, "right ascension of the node", re.compile(r"^[ \d]{3}\.[\d ]{4}$")),
+    (26, 33, "eccentricity", re.compile(r"^\d{7}$")),
+    (34, 42, "argument of perigee", re.compile(r"^[ \d]{3}\.[\d ]{4}$")),
+    (43, 51, "mean anomaly", re.compile(r"^[ \d]{3}\.[\d ]{4}$")),
+    (52, 63, "mean motion", re.compile(r"^[ \d]{2}\.[\d ]{8}$")),
+]
+
+
+def _check_tle_line(line: str, number: int) -> None:
+    if len(line) != 69:
+        raise ValueError(f"TLE line {number} has {len(line)} characters, expected 69")
+    if line[0] != str(number) or line[1] != " ":
+        raise ValueError(f"TLE line {number} must start with '{number} '")
+    if not line[68].isdigit():
+        raise ValueError(f"TLE line {number} ends with {line[68]!r} where the checksum digit belongs")
+    expected = tle_checksum(line)
+    if int(line[68]) != expected:
+        raise ValueError(f"TLE line {number} checksum is {line[68]}, the line sums to {expected}")
+    for start, end, what, pattern in _L1_FIELDS if number == 1 else _L2_FIELDS:
+        if not pattern.match(line[start:end]):
+            raise ValueError(
+                f"TLE line {number} columns {start + 1}-{end} ({what}) {line[start:end]!r} are malformed"
+            )
+
+
+def _alpha5_to_int(text: str) -> int:
+    if text[0].isdigit():
+        return int(text)
+    letter = text[0]
+    value = ord(letter) - ord("A") + 10
+    value -= (letter > "I") + (letter > "O")  # Alpha-5 skips I and O
+    return value * 10000 + int(text[1:])
+
+
+def _satrec_problem(satrec: Satrec) -> str | None:
+    """Propagate at the epoch; SGP4's own message when the elements are unusable."""
+    error, _, _ = satrec.sgp4(satrec.jdsatepoch, satrec.jdsatepochF)
+    return SGP4_ERRORS[error] if error else None
+
+
+def _tle_record(name: str | None, l1: str, l2: str, where: str) -> ElementSet:
+    _check_tle_line(l1, 1)
+    _check_tle_line(l2, 2)
+    if l1[2:7] != l2[2:7]:
+        raise ValueError(f"the two lines name different satellites ({l1[2:7]!r} and {l2[2:7]!r})")
+    ecc = float("0." + l2[26:33])
+    if not 0 <= float(l2[8:16]) <= 180:
+        raise ValueError(f"inclination {l2[8:16].strip()}° is outside 0..180°")
+    if float(l2[52:63]) <= 0:
+        raise ValueError("mean motion must be positive")
+    if ecc >= 1:
+        raise ValueError("eccentricity must be below 1")
+    satrec = Satrec.twoline2rv(l1, l2)
+    problem = _satrec_problem(satrec)
+    if problem:
+        raise ValueError(f"SGP4 cannot propagate these elements: {problem}")
+    norad = _alpha5_to_int(l1[2:7])
+    name = (name or "").strip() or str(norad)
+    sat = EarthSatellite.from_satrec(satrec, load_timescale())
+    sat.name = name
+    text = "\n".join(([name] if name else []) + [l1, l2])
+    return ElementSet(
+        norad_id=norad, name=name, epoch=_epoch_of(satrec), satellite=sat, text=text,
+        format="tle", source=where,
+    )
+
+
+def _parse_tle_text(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
+    sets: list[ElementSet] = []
+    problems: list[str] = []
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    name: tuple[int, str] | None = None  # (line index, text) of a name line awaiting its TLE
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip() or line.lstrip().startswith("#"):
+            i += 1
+            continue
+        if line.startswith("1 "):
+            start = name[0] if name else i
+            where = f"{path}:{start + 1}"
+            if i + 1 >= len(lines) or not lines[i + 1].startswith("2 "):
+                problems.append(f"{path}:{i + 1}: TLE line 1 is not followed by a line 2")
+                name = None
+                i += 1
+                continue
+            try:
+                sets.append(_tle_record(name[1] if name else None, line, lines[i + 1], where))
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+            name = None
+            i += 2
+            continue
+        if line.startswith("2 "):
+            problems.append(f"{path}:{i + 1}: TLE line 2 without a line 1 before it")
+        else:
+            if name is not None:
+                problems.append(f"{path}:{name[0] + 1}: name line {name[1].strip()!r} is not followed by a TLE")
+            name = (i, line[2:] if line.startswith("0 ") else line)
+        i += 1
+    if name is not None:
+        problems.append(f"{path}:{name[0] + 1}: name line {name[1].strip()!r} is not followed by a TLE")
+    return sets, problems
+
+
+# --------------------------------------------------------------------------- OMM
+
+_OMM_REQUIRED = (
+    "EPOCH", "MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE",
+    "ARG_OF_PERICENTER", "MEAN_ANOMALY", "NORAD_CAT_ID", "BSTAR",
+)
+_OMM_DEFAULTS = {
+    "CLASSIFICATION_TYPE": "U", "EPHEMERIS_TYPE": "0", "ELEMENT_SET_NO": "999",
+    "REV_AT_EPOCH": "0", "MEAN_MOTION_DOT": "0", "MEAN_MOTION_DDOT": "0", "OBJECT_ID": "UNKNOWN",
+}
+
+
+def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> ElementSet:
+    clean = {k.strip().upper(): str(v).strip() for k, v in fields.items() if v is not None}
+    missing = [k for k in _OMM_REQUIRED if not clean.get(k)]
+    if missing:
+        raise ValueError(f"OMM record lacks {', '.join(missing)}")
+    try:
+        norad = int(clean["NORAD_CAT_ID"])
+    except ValueError:
+        raise ValueError(f"NORAD_CAT_ID {clean['NORAD_CAT_ID']!r} is not an integer") from None
+    if not 1 <= norad <= 999_999_999:
+        raise ValueError(f"NORAD_CAT_ID {norad} is outside 1..999999999")
+    numbers: dict[str, float] = {}
+    for key in ("MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE",
+                "ARG_OF_PERICENTER", "MEAN_ANOMALY", "BSTAR"):
+        try:
+            numbers[key] = float(clean[key])
+        except ValueError:
+            raise ValueError(f"{key} {clean[key]!r} is not a number") from None
+    if numbers["MEAN_MOTION"] <= 0:
+        raise ValueError(f"MEAN_MOTION {numbers['MEAN_MOTION']} rev/day must be positive")
+    if not 0 <= numbers["ECCENTRICITY"] < 1:
+        raise ValueError(f"ECCENTRICITY {numbers['ECCENTRICITY']} is outside [0, 1)")
+    if not 0 <= numbers["INCLINATION"] <= 180:
+        raise ValueError(f"INCLINATION {numbers['INCLINATION']}° is outside 0..180°")
+    try:
+        epoch = datetime.fromisoformat(clean["EPOCH"].removesuffix("Z"))
+    except ValueError:
+        raise ValueError(f"EPOCH {clean['EPOCH']!r} is not an ISO 8601 date and time") from None
+    init = {**_OMM_DEFAULTS, **clean, "EPOCH": epoch.strftime("%Y-%m-%dT%H:%M:%S.%f")}
+    # sgp4 carries catalog numbers in Alpha-5 (<= 339999); larger OMM-only numbers are
+    # propagated under a placeholder and kept here in norad_id.
+    if norad > _MAX_SATNUM_SGP4:
+        init["NORAD_CAT_ID"] = "0"
+    if len(init["OBJECT_ID"]) < 3:
+        init["OBJECT_ID"] = "UNKNOWN"
+    satrec = Satrec()
+    try:
+        sgp4_omm.initialize(satrec, init)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"OMM record cannot be used: {exc}") from None
+    problem = _satrec_problem(satrec)
+    if problem:
+        raise ValueError(f"SGP4 cannot propagate these elements: {problem}")
+    name = clean.get("OBJECT_NAME") or str(norad)
+    sat = EarthSatellite.from_satrec(satrec, load_timescale())
+    sat.name = name
+    return ElementSet(
+        norad_id=norad, name=name, epoch=_epoch_of(satrec), satellite=sat,
+        text=json.dumps(clean, sort_keys=True), format=fmt, source=where,
+    )
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _parse_omm_json(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
+    sets: list[ElementSet] = []
+    problems: list[str] = []
+    decoder = json.JSONDecoder()
+    pos = len(text) - len(text.lstrip())
+    # Walk the top-level array object by object, so each record keeps its line number
+    # and one broken object does not hide the others.
+    records: list[tuple[int, object]] = []
+    try:
+        if text[pos:pos + 1] == "[":
+            pos += 1
+            while True:
+                while pos < len(text) and text[pos] in " \t\r\n,":
+                    pos += 1
+                if pos >= len(text) or text[pos] == "]":
+                    break
+                obj, end = decoder.raw_decode(text, pos)
+                records.append((_line_of(text, pos), obj))
+                pos = end
+        else:
+            obj, _ = decoder.raw_decode(text, pos)
+            records.append((_line_of(text, pos), obj))
+    except json.JSONDecodeError as exc:
+        problems.append(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (the rest of the file is skipped)")
+    for line, obj in records:
+        where = f"{path}:{line}"
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected an OMM object, got {type(obj).__name__}")
+            continue
+        try:
+            sets.append(_omm_record(obj, where, "omm-json"))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    return sets, problems
+
+
+def _parse_omm_xml(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]:
+    sets: list[ElementSet] = []
+    problems: list[str] = []
+    parser = xml.parsers.expat.ParserCreate()
+    records: list[tuple[int, dict[str, object]]] = []
+    current: dict[str, object] | None = None
+    text_parts: list[str] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal current
+        local = tag.rsplit(":", 1)[-1]
+        if local == "omm":
+            current = {}
+            records.append((parser.CurrentLineNumber, current))
+        text_parts.clear()
+
+    def end(tag: str) -> None:
+        local = tag.rsplit(":", 1)[-1]
+        value = "".join(text_parts).strip()
+        if current is not None and value and local.isupper():
+            current[local] = value
+        text_parts.clear()
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text_parts.append
+    try:
+        parser.Parse(data, True)
+    except xml.parsers.expat.ExpatError as exc:
+        problems.append(f"{path}:{exc.lineno}: not valid XML: {xml.parsers.expat.ErrorString(exc.code)}")
+        if records:
+            records.pop()  # the record the error interrupted is incomplete
+    if not records and not problems:
+        problems.append(f"{path}:1: no <omm> record found in this XML file")
+    for line, fields in records:
+        where = f"{path}:{line}"
+        try:
+            sets.append(_omm_record(fields, where, "omm-xml"))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    return sets, problems
+
+
+_KVN_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s*=\s*(.*?)\s*$")
+_KVN_UNITS = re.compile(r"\s*\[[^\]]*\]\s*$")
+
+
+def _parse_omm_kvn(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
+    sets: list[ElementSet] = []
+    problems: list[str] = []
+    records: list[tuple[int, dict[str, object]]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("COMMENT"):
+            continue
+        match = _KVN_LINE.match(line)
+        if not match:
+            problems.append(f"{path}:{number}: not a KVN 'KEY = value' line: {line[:40]!r}")
+            continue
+        key, value = match.group(1), _KVN_UNITS.sub("", match.group(2))
+        if key == "CCSDS_OMM_VERS" or not records:
+            records.append((number, {}))
+        records[-1][1][key] = value
+    for line, fields in records:
+        where = f"{path}:{line}"
+        try:
+            sets.append(_omm_record(fields, where, "omm-kvn"))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    return sets, problems
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _epoch_of(satrec: Satrec) -> datetime:
+    seconds = ((satrec.jdsatepoch - _UNIX_EPOCH_JD) + satrec.jdsatepochF) * 86400.0
+    # Round to the microsecond so the same elements always give the same epoch.
+    return datetime.fromtimestamp(round(seconds, 6), tz=UTC)
+
+
+def sniff_format(data: bytes, suffix: str = "") -> ElementFormat:
+    """Guess a file's element format from its first characters (and its name ending)."""
+    head = data.lstrip()[:200]
+    if head.startswith((b"[", b"{")):
+        return "omm-json"
+    if head.startswith(b"<"):
+        return "omm-xml"
+    if b"CCSDS_OMM_VERS" in data[:2000] or suffix in (".kvn", ".omm"):
+        return "omm-kvn"
+    return "tle"
+
+
+def parse_elements(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]:
+    """Parse one file's bytes: ``(element sets, problems as 'file:line: reason')``."""
+    fmt = sniff_format(data, Path(path).suffix.lower())
+    if fmt == "omm-xml":
+        return _parse_omm_xml(data, path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return [], [f"{path}:{line}: not UTF-8 text (byte {exc.start}); is this an element file?"]
+    if fmt == "omm-json":
+        return _parse_omm_json(text, path)
+    if fmt == "omm-kvn":
+        return _parse_omm_kvn(text, path)
+    sets, problems = _parse_tle_text(text, path)
+    if not sets and not problems:
+        problems.append(f"{path}:1: the file holds no element sets")
+    return sets, problems
+
+
+def parse_file(path: Path) -> tuple[list[ElementSet], list[str]]:
+    """Parse one element file; an unreadable file is one problem, not an exception."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [f"{path}:0: cannot read: {exc.strerror or exc}"]
+    return parse_elements(data, str(path))
+
+
+def satellite_from_text(text: str, fmt: ElementFormat = "tle") -> EarthSatellite:
+    """Rebuild the skyfield satellite from :attr:`ElementSet.text` (e.g. a pass-file header)."""
+    if fmt == "tle":
+        sets, problems = _parse_tle_text(text, "(elements)")
+    else:
+        fields = json.loads(text)
+        sets, problems = [_omm_record(fields, "(elements)", fmt)], []
+    if problems or len(sets) != 1:
+        raise ElementError("; ".join(problems) or "the text holds no single element set")
+    return sets[0].satellite
+
+
+def _expand(sources: Iterable[Path], report: LoadReport) -> list[Path]:
+    files: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            for child in sorted(source.iterdir()):
+                if child.name.startswith(".") or not child.is_file():
+                    continue  # hidden and temporary files (e.g. a `tle update` in progress)
+                if child.suffix.lower() in ELEMENT_SUFFIXES:
+                    files.append(child)
+                else:
+                    report.skipped_files.append(f"{child}: not an element file name ({', '.join(sorted(ELEMENT_SUFFIXES))})")
+        elif source.is_file():
+            files.append(source)
+        else:
+            report.problems.append(f"{source}:0: element source does not exist")
+    return files
+
+
+class Catalog:
+    """Element sets by NORAD number, loaded from the configured sources.
+
+    ``clock`` is anything with ``now_s()`` (the station's Clock); ages and staleness
+    warnings use it.
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[Path],
+        clock: _NowSource,
+        *,
+        max_age_days: float = 3.0,
+    ) -> None:
+        self.sources = [Path(s) for s in sources]
+        self.clock = clock
+        self.max_age_days = max_age_days
+        self._sets: dict[int, ElementSet] = {}
+        self.last_report = LoadReport()
+
+    @classmethod
+    def load(
+        cls, sources: Iterable[Path], clock: _NowSource, *, max_age_days: float = 3.0
+    ) -> Catalog:
+        """A catalog read from ``sources`` now; see :attr:`last_report` for what was rejected."""
+        catalog = cls(sources, clock, max_age_days=max_age_days)
+        catalog.reload()
+        return catalog
+
+    @classmethod
+    def from_config(cls, orbit_cfg: object, clock: _NowSource) -> Catalog:
+        """``Catalog.load(cfg.orbit.element_sources, clock, max_age_days=...)``."""
+        return cls.load(
+            orbit_cfg.element_sources,  # type: ignore[attr-defined]
+            clock,
+            max_age_days=orbit_cfg.max_element_age_days,  # type: ignore[attr-defined]
+        )
+
+    def reload(self) -> LoadReport:
+        """Re-read every source (SIGHUP). Blocking file I/O: call it off the event loop.
+
+        The new element sets replace the old ones in one step. A source that has become
+        unreadable is reported; its satellites disappear from the catalog.
+        """
+        report = LoadReport()
+        newest: dict[int, ElementSet] = {}
+        for path in _expand(self.sources, report):
+            report.files += 1
+            sets, problems = parse_file(path)
+            report.problems.extend(problems)
+            for es in sets:
+                old = newest.get(es.norad_id)
+                if old is None:
+                    newest[es.norad_id] = es
+                    continue
+                keep, drop = (es, old) if es.epoch > old.epoch else (old, es)
+                newest[es.norad_id] = keep
+                report.duplicates.append(
+                    f"{drop.source}: {drop.name} ({drop.norad_id}) epoch {drop.epoch:%Y-%m-%dT%H:%M:%SZ} "
+                    f"superseded by {keep.source} epoch {keep.epoch:%Y-%m-%dT%H:%M:%SZ}"
+                )
+        report.loaded = len(newest)
+        self._sets = dict(sorted(newest.items()))
+        self.last_report = report
+        return report
+
+    # -- lookup -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def __iter__(self) -> Iterator[ElementSet]:
+        return iter(list(self._sets.values()))
+
+    def __contains__(self, norad_id: object) -> bool:
+        return norad_id in self._sets
+
+    def get(self, norad_id: int) -> ElementSet | None:
+        """The element set of ``norad_id``, or None when the catalog lacks it."""
+        return self._sets.get(norad_id)
+
+    def __getitem__(self, norad_id: int) -> ElementSet:
+        try:
+            return self._sets[norad_id]
+        except KeyError:
+            raise KeyError(
+                f"no element set for NORAD {norad_id} in {', '.join(map(str, self.sources)) or 'the catalog'}; "
+                "add its TLE/OMM file there (`qkd-station tle update SOURCE`)"
+            ) from None
+
+    def snapshot(self) -> dict[int, ElementSet]:
+        """The current element sets (a copy: safe to use while a reload happens)."""
+        return dict(self._sets)
+
+    # -- ages ---------------------------------------------------------------------
+
+    def ages(self, now_s: float | None = None) -> list[ElementAge]:
+        """Each element set's age on the clock, with a warning when older than the limit."""
+        now = self.clock.now_s() if now_s is None else now_s
+        out = []
+        for es in self._sets.values():
+            age = es.age_days(now)
+            stale = age > self.max_age_days
+            warning = None
+            if stale:
+                warning = (
+                    f"elements of {es.name} ({es.norad_id}) are {age:.1f} days old "
+                    f"(epoch {es.epoch:%Y-%m-%dT%H:%M:%SZ}, limit {self.max_age_days:g} days); "
+                    "predictions drift by kilometres per day: update them"
+                )
+            elif age < -1:
+                warning = (
+                    f"elements of {es.name} ({es.norad_id}) have an epoch {-age:.1f} days in the "
+                    f"future ({es.epoch:%Y-%m-%dT%H:%M:%SZ}); is the clock right?"
+                )
+            out.append(ElementAge(es.norad_id, es.name, es.epoch, age, stale, warning))
+        return out
+
+    def warnings(self, now_s: float | None = None) -> list[str]:
+        """Age warnings only (see :meth:`ages`)."""
+        return [a.warning for a in self.ages(now_s) if a.warning]
+
+
+def fixed_clock(now_s: float) -> _NowSource:
+    """A clock frozen at ``now_s``, for one-shot tools (e.g. the CLI)."""
+
+    class _Fixed:
+        def now_s(self) -> float:
+            return now_s
+
+    return _Fixed()
+

@@ -1,0 +1,643 @@
+"""Pass prediction: when each satellite is above the station's horizon mask.
+
+Two stages:
+
+:func:`find_passes` (fast, for many satellites)
+    All satellites are propagated at once with sgp4's ``SatrecArray`` on a coarse grid
+    (a twentieth of an orbit or ``step_s``, whichever is shorter). The SGP4 TEME vectors
+    are turned Earth-fixed with the GMST 1982 rotation, the same pseudo-Earth-fixed frame
+    skyfield's own ``find_events`` works in, so both agree to a fraction of a second.
+    Every local maximum of elevation on the grid whose best possible elevation could
+    clear the mask is then refined (a safeguarded secant on the analytic elevation rate),
+    and the rise and set are bracketed from the grid and refined to 10 ms
+    (Illinois regula falsi on elevation minus the mask at that azimuth). Refinement is
+    vectorised over all candidates; only the SGP4 calls loop over satellites.
+
+:func:`describe_pass` (detailed, for the few passes worth showing)
+    With skyfield's full reference frames: the track at 1 s, minimum range, the QKD
+    window (above the QKD minimum elevation and, optionally, below a maximum range), the
+    Sun's and Moon's positions and their smallest separation from the line of sight,
+    whether the satellite is sunlit.
+
+Elevations are geometric (no refraction), as in skyfield's ``find_events``; at the 10°
+masks stations use, refraction would raise the satellite by ~5 arcmin (~1-2 s earlier
+AOS). SGP4 with elements a day old predicts AOS to within a few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import AwareDatetime, BaseModel, Field, field_serializer
+from sgp4.api import SGP4_ERRORS, SatrecArray
+from skyfield.sgp4lib import theta_GMST1982
+
+from station.orbit.catalog import ElementFormat, ElementSet, satellite_from_text
+from station.orbit.geometry import (
+    angular_separation_deg,
+    load_ephemeris,
+    look_angles,
+    moon_altaz,
+    moon_illumination,
+    site_position,
+    sun_altaz,
+    times_from_epoch_s,
+)
+
+if TYPE_CHECKING:
+    from skyfield.api import EarthSatellite
+
+    from station.config.site import SiteConfig
+
+__all__ = [
+    "PassEvent",
+    "PassInfo",
+    "PassSearch",
+    "PassTrack",
+    "describe_pass",
+    "find_passes",
+    "pass_id",
+]
+
+#: (satellites done, satellites total)
+ProgressCallback = Callable[[int, int], None]
+
+_UNIX_EPOCH_JD = 2440587.5
+_EARTH_RATE_RAD_S = 7.292115e-5
+_EARTH_RADIUS_KM = 6378.135  # WGS72, as SGP4
+_TOL_S = 0.01
+#: Points of one propagation batch (satellites x times); bounds memory to ~100 MB.
+_BATCH_POINTS = 1_500_000
+#: Passes are searched this far beyond the window so ones in progress at its edges
+#: get their true AOS/LOS (LEO passes last < 25 min above the horizon).
+_EDGE_MARGIN_S = 1800.0
+
+
+def pass_id(norad_id: int, aos: datetime | float) -> str:
+    """Stable pass id ``<norad>-<AOS as YYYYmmddTHHMMSSZ>`` (AOS rounded to the second)."""
+    aos_s = aos.timestamp() if isinstance(aos, datetime) else aos
+    when = datetime.fromtimestamp(round(aos_s), tz=UTC)
+    return f"{norad_id}-{when:%Y%m%dT%H%M%SZ}"
+
+
+@dataclass(frozen=True, slots=True)
+class PassEvent:
+    """One pass as found by :func:`find_passes` (clock seconds, UTC).
+
+    ``aos_clipped``/``los_clipped`` say the pass was already up at the start of the
+    searched span, or still up at its end, so that AOS/LOS are the span's edge.
+    """
+
+    norad_id: int
+    aos_s: float
+    tca_s: float
+    los_s: float
+    max_el_deg: float
+    aos_clipped: bool = False
+    los_clipped: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.los_s - self.aos_s
+
+    @property
+    def pass_id(self) -> str:
+        return pass_id(self.norad_id, self.aos_s)
+
+
+@dataclass(slots=True)
+class PassSearch:
+    """Result of :func:`find_passes`: passes sorted by AOS, and any propagation problems."""
+
+    passes: list[PassEvent] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True, slots=True)
+class _Station:
+    xyz_km: np.ndarray  # (3,) Earth-fixed
+    east: np.ndarray
+    north: np.ndarray
+    up: np.ndarray
+
+    @classmethod
+    def of(cls, site: SiteConfig) -> _Station:
+        lat = math.radians(site.latitude_deg)
+        lon = math.radians(site.longitude_deg)
+        xyz = np.asarray(site_position(site).itrs_xyz.km, dtype=float)
+        east = np.array([-math.sin(lon), math.cos(lon), 0.0])
+        north = np.array([-math.sin(lat) * math.cos(lon), -math.sin(lat) * math.sin(lon), math.cos(lat)])
+        up = np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
+        return cls(xyz, east, north, up)
+
+
+def _jd_split(time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTC Julian date as (whole, fraction) for SGP4, exactly as skyfield passes it."""
+    days = np.floor(time_s / 86400.0)
+    return _UNIX_EPOCH_JD + days, (time_s - days * 86400.0) / 86400.0
+
+
+def _gmst(time_s: np.ndarray) -> tuple[np.ndarray, float]:
+    """GMST 1982 angle (rad) and its rate (rad/s) at ``time_s``, with UT1 from skyfield."""
+    t = times_from_epoch_s(time_s)
+    theta, theta_dot = theta_GMST1982(t.whole, t.ut1_fraction)
+    return np.asarray(theta), float(np.mean(theta_dot)) / 86400.0
+
+
+def _topocentric(
+    r_teme: np.ndarray, v_teme: np.ndarray, theta: np.ndarray, theta_dot: float, st: _Station
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Elevation, azimuth (deg), elevation rate (deg/s) and central angle to the
+    sub-satellite point (rad) from TEME vectors; ``theta`` broadcasts over the leading axes."""
+    c, s = np.cos(theta), np.sin(theta)
+    x, y, z = r_teme[..., 0], r_teme[..., 1], r_teme[..., 2]
+    vx, vy, vz = v_teme[..., 0], v_teme[..., 1], v_teme[..., 2]
+    # Earth-fixed position and velocity (the frame turns at theta_dot).
+    xe, ye = c * x + s * y, -s * x + c * y
+    vxe = c * vx + s * vy + theta_dot * ye
+    vye = -s * vx + c * vy - theta_dot * xe
+    dx, dy, dz = xe - st.xyz_km[0], ye - st.xyz_km[1], z - st.xyz_km[2]
+    rng = np.sqrt(dx * dx + dy * dy + dz * dz)
+    up = dx * st.up[0] + dy * st.up[1] + dz * st.up[2]
+    east = dx * st.east[0] + dy * st.east[1]
+    north = dx * st.north[0] + dy * st.north[1] + dz * st.north[2]
+    sin_el = np.clip(up / rng, -1.0, 1.0)
+    el = np.degrees(np.arcsin(sin_el))
+    az = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
+    up_dot = vxe * st.up[0] + vye * st.up[1] + vz * st.up[2]
+    rng_dot = (dx * vxe + dy * vye + dz * vz) / rng
+    el_rate = np.degrees((up_dot / rng - up * rng_dot / (rng * rng)) / np.sqrt(np.maximum(1 - sin_el**2, 1e-12)))
+    r_norm = np.sqrt(xe * xe + ye * ye + z * z)
+    cos_psi = (xe * st.up[0] + ye * st.up[1] + z * st.up[2]) / r_norm
+    psi = np.arccos(np.clip(cos_psi, -1.0, 1.0))
+    return el, az, el_rate, psi
+
+
+class _Evaluator:
+    """Elevation/azimuth/rate of given satellites at given times (one sgp4 call per satellite)."""
+
+    def __init__(self, satrecs: Sequence[object], st: _Station) -> None:
+        self.satrecs = satrecs
+        self.st = st
+
+    def __call__(self, sat_index: np.ndarray, time_s: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = len(time_s)
+        r = np.empty((n, 3))
+        v = np.empty((n, 3))
+        err = np.zeros(n, dtype=np.uint8)
+        jd, fr = _jd_split(time_s)
+        order = np.argsort(sat_index, kind="stable")
+        bounds = np.flatnonzero(np.diff(sat_index[order])) + 1
+        for group in np.split(order, bounds):
+            if len(group) == 0:
+                continue
+            e, rr, vv = self.satrecs[sat_index[group[0]]].sgp4_array(jd[group], fr[group])  # type: ignore[attr-defined]
+            r[group], v[group], err[group] = rr, vv, e
+        theta, theta_dot = _gmst(time_s)
+        el, az, el_rate, _ = _topocentric(r, v, theta, theta_dot, self.st)
+        bad = err != 0
+        el[bad], el_rate[bad] = -90.0, 0.0
+        return el, az, el_rate
+
+
+def _illinois(
+    f: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray,
+    tol_s: float = _TOL_S, max_iter: int = 60,
+) -> np.ndarray:
+    """Vectorised Illinois regula falsi: roots of ``f`` in brackets where fa, fb differ in sign."""
+    a, b, fa, fb = a.copy(), b.copy(), fa.copy(), fb.copy()
+    side = np.zeros(len(a), dtype=np.int8)
+    active = np.abs(b - a) > tol_s
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        denom = fb[idx] - fa[idx]
+        c = np.where(denom != 0, (a[idx] * fb[idx] - b[idx] * fa[idx]) / np.where(denom == 0, 1, denom),
+                     0.5 * (a[idx] + b[idx]))
+        # Keep strictly inside, and fall back to bisection when the secant stalls.
+        lo, hi = np.minimum(a[idx], b[idx]), np.maximum(a[idx], b[idx])
+        c = np.clip(c, lo + 0.25 * tol_s, hi - 0.25 * tol_s)
+        fc = f(idx, c)
+        left = np.sign(fc) == np.sign(fa[idx])
+        # Replace the endpoint on fc's side; halve the other end's value if it was kept twice.
+        ia, ib = idx[left], idx[~left]
+        a[ia], fa[ia] = c[left], fc[left]
+        fb[ia] = np.where(side[ia] == -1, fb[ia] / 2, fb[ia])
+        side[ia] = -1
+        b[ib], fb[ib] = c[~left], fc[~left]
+        fa[ib] = np.where(side[ib] == 1, fa[ib] / 2, fa[ib])
+        side[ib] = 1
+        done = (np.abs(b[idx] - a[idx]) <= tol_s) | (fc == 0)
+        active[idx[done]] = False
+    # The root lies between a and b; the side where f crosses is what matters at 10 ms.
+    return 0.5 * (a + b)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _step_for(sets: Sequence[ElementSet], step_s: float | None) -> float:
+    shortest_period_s = min(es.period_min for es in sets) * 60.0
+    step = shortest_period_s / 20.0
+    return min(step, step_s) if step_s else step
+
+
+def _psi_bound_rad(max_el_deg: float, alt_km: np.ndarray) -> np.ndarray:
+    """Largest Earth central angle at which a satellite at ``alt_km`` is still ``max_el_deg`` up."""
+    el = math.radians(max_el_deg)
+    ratio = _EARTH_RADIUS_KM / (_EARTH_RADIUS_KM + np.maximum(alt_km, 100.0))
+    return np.arccos(ratio * math.cos(el)) - el
+
+
+def find_passes(
+    element_sets: Sequence[ElementSet],
+    site: SiteConfig,
+    start_s: float,
+    end_s: float,
+    *,
+    step_s: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> PassSearch:
+    """Passes above ``site``'s horizon mask that overlap ``[start_s, end_s]``.
+
+    A plain synchronous function (CPU-bound): the daemon runs it in a worker thread.
+    Passes in progress at either edge are reported whole (searched up to 30 min beyond).
+    """
+    result = PassSearch()
+    if not element_sets or end_s <= start_s:
+        return result
+    st = _Station.of(site)
+    mask = np.asarray(site.horizon_mask, dtype=float)
+    mask_min_deg = float(mask[:, 1].min())
+    step = _step_for(element_sets, step_s)
+    t_lo, t_hi = start_s - _EDGE_MARGIN_S, end_s + _EDGE_MARGIN_S
+    n_steps = int(math.ceil((t_hi - t_lo) / step))
+    grid = t_lo + step * np.arange(n_steps + 1)
+    jd, fr = _jd_split(grid)
+    theta, theta_dot = _gmst(grid)
+    # Along-track angular rate bound of the sub-satellite point (orbit + Earth's turn).
+    per_batch = max(1, _BATCH_POINTS // len(grid))
+    done = 0
+    for b0 in range(0, len(element_sets), per_batch):
+        batch = list(element_sets[b0:b0 + per_batch])
+        satrecs = [es.satellite.model for es in batch]
+        err, r, v = SatrecArray(satrecs).sgp4(jd, fr)
+        el, az, el_rate, psi = _topocentric(r, v, theta[None, :], theta_dot, st)
+        del v
+        alt_km = np.linalg.norm(r, axis=-1) - _EARTH_RADIUS_KM
+        del r
+        bad = err != 0
+        if bad.any():
+            for i in np.flatnonzero(bad.any(axis=1)):
+                k = int(np.argmax(bad[i]))
+                when = datetime.fromtimestamp(grid[k], tz=UTC)
+                result.problems.append(
+                    f"{batch[i].name} ({batch[i].norad_id}): SGP4 fails from {when:%Y-%m-%dT%H:%M:%SZ} "
+                    f"({SGP4_ERRORS[int(err[i, k])]}); no passes predicted where it fails"
+                )
+            el[bad] = -90.0
+        g = el - site.horizon_min_el_deg(az) if len(mask) > 1 else el - mask_min_deg
+        rate_rad_s = np.array([es.satellite.model.no_kozai / 60.0 for es in batch]) + _EARTH_RATE_RAD_S
+        result.passes.extend(
+            _refine_batch(batch, satrecs, st, site, grid, el, g, alt_km, psi, rate_rad_s, step, mask_min_deg)
+        )
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(element_sets))
+    result.passes = sorted(
+        (p for p in result.passes if p.los_s > start_s and p.aos_s < end_s),
+        key=lambda p: (p.aos_s, p.norad_id),
+    )
+    return result
+
+
+def _refine_batch(
+    batch: list[ElementSet], satrecs: list[object], st: _Station, site: SiteConfig,
+    grid: np.ndarray, el: np.ndarray, g: np.ndarray, alt_km: np.ndarray, psi: np.ndarray,
+    rate_rad_s: np.ndarray, step: float, mask_min_deg: float,
+) -> list[PassEvent]:
+    n_sat, m = el.shape
+    # Local maxima of elevation on the grid (a plateau counts once, at its first point).
+    interior = (el[:, 1:-1] >= el[:, :-2]) & (el[:, 1:-1] > el[:, 2:])
+    si, ki = np.nonzero(interior)
+    ki = ki + 1
+    # Skip maxima that cannot clear the lowest point of the mask: between samples the
+    # sub-satellite point moves at most rate*step, so the central angle at the true
+    # culmination is no smaller than the sampled minimum minus that.
+    psi_min = np.minimum(np.minimum(psi[si, ki - 1], psi[si, ki]), psi[si, ki + 1])
+    reach = psi_min - rate_rad_s[si] * step
+    alt_hi = np.maximum(np.maximum(alt_km[si, ki - 1], alt_km[si, ki]), alt_km[si, ki + 1]) + 50.0
+    keep = reach <= _psi_bound_rad(mask_min_deg, alt_hi)
+    si, ki = si[keep], ki[keep]
+    if len(si) == 0:
+        return []
+    evaluate = _Evaluator(satrecs, st)
+
+    def el_rate_at(idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return evaluate(si[idx], t)[2]
+
+    # Culmination: root of the elevation rate between the neighbours of the grid maximum.
+    a, b = grid[ki - 1], grid[ki + 1]
+    ea, eb = evaluate(si, a)[2], evaluate(si, b)[2]
+    proper = (ea > 0) & (eb < 0)
+    tca = np.where(proper, 0.0, grid[ki])
+    if proper.any():
+        p = np.flatnonzero(proper)
+        tca[p] = _illinois(lambda idx, t: el_rate_at(p[idx], t), a[p], b[p], ea[p], eb[p])
+    el_tca, az_tca, _ = evaluate(si, tca)
+    g_tca = el_tca - site.horizon_min_el_deg(az_tca)
+
+    # A pass is the continuous run above the mask around a culmination: grid points
+    # next to the culmination that clear the mask, extended while they keep clearing it.
+    # (Behind a tall mask obstacle at the culmination, the nearest grid point of the bump
+    # above the mask seeds the run; a pass split by an obstacle keeps only that part.)
+    # The rise is bracketed by the run's first point and the grid point before it, the
+    # set by its last point and the grid point after it.
+    events: list[PassEvent] = []
+    aos_lo: list[float] = []
+    aos_hi: list[float] = []
+    los_lo: list[float] = []
+    los_hi: list[float] = []
+    owner: list[int] = []
+    clipped_a: list[bool] = []
+    clipped_l: list[bool] = []
+    for row in range(len(si)):
+        s, k, t_c = si[row], ki[row], tca[row]
+        gs = g[s]
+        left = int(np.searchsorted(grid, t_c, "right")) - 1  # last grid point <= tca
+        right = left + 1
+        if g_tca[row] > 0:
+            first = last = t_c
+        else:
+            up = np.flatnonzero(gs[max(k - 2, 0):k + 3] > 0) + max(k - 2, 0)
+            if len(up) == 0:
+                continue
+            seed = int(up[np.argmin(np.abs(up - k))])
+            first = last = grid[seed]
+            left, right = seed, seed
+        while left >= 0 and gs[left] > 0:
+            first = grid[left]
+            left -= 1
+        while right < m and gs[right] > 0:
+            last = grid[right]
+            right += 1
+        clipped_a.append(left < 0)
+        aos_lo.append(grid[max(left, 0)])
+        aos_hi.append(first)
+        clipped_l.append(right >= m)
+        los_lo.append(last)
+        los_hi.append(grid[min(right, m - 1)])
+        owner.append(row)
+    if not owner:
+        return []
+    own = np.asarray(owner)
+    sat_of = si[own]
+
+    def g_at(idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        e, azv, _ = evaluate(sat_of[idx], t)
+        return e - site.horizon_min_el_deg(azv)
+
+    def crossing(lo_t: list[float], hi_t: list[float], clipped: list[bool]) -> np.ndarray:
+        lo_a, hi_a = np.asarray(lo_t), np.asarray(hi_t)
+        out = lo_a.copy()
+        work = np.flatnonzero(~np.asarray(clipped) & (hi_a > lo_a))
+        if len(work):
+            all_idx = np.arange(len(own))
+            f_lo = g_at(all_idx[work], lo_a[work])
+            f_hi = g_at(all_idx[work], hi_a[work])
+            # The culmination itself may sit a hair under the mask when only a grid point
+            # cleared it; such brackets have no sign change and keep the grid point.
+            ok = np.sign(f_lo) != np.sign(f_hi)
+            w = work[ok]
+            if len(w):
+                out[w] = _illinois(lambda idx, t: g_at(w[idx], t), lo_a[w], hi_a[w], f_lo[ok], f_hi[ok])
+            bad = work[~ok]
+            out[bad] = np.where(f_lo[~ok] > 0, lo_a[bad], hi_a[bad])
+        return out
+
+    aos = crossing(aos_lo, aos_hi, clipped_a)
+    los = crossing(los_lo, los_hi, clipped_l)
+    for j, row in enumerate(own):
+        events.append(PassEvent(
+            norad_id=batch[si[row]].norad_id,
+            aos_s=float(aos[j]), tca_s=float(tca[row]), los_s=float(los[j]),
+            max_el_deg=float(el_tca[row]), aos_clipped=clipped_a[j], los_clipped=clipped_l[j],
+        ))
+    return _merge(events)
+
+
+def _merge(events: list[PassEvent]) -> list[PassEvent]:
+    """One pass per continuous time above the mask (two culminations can share one)."""
+    out: list[PassEvent] = []
+    for ev in sorted(events, key=lambda e: (e.norad_id, e.aos_s)):
+        last = out[-1] if out else None
+        if last is not None and last.norad_id == ev.norad_id and ev.aos_s <= last.los_s + _TOL_S:
+            best = ev if ev.max_el_deg > last.max_el_deg else last
+            out[-1] = PassEvent(
+                norad_id=ev.norad_id, aos_s=last.aos_s, tca_s=best.tca_s,
+                los_s=max(last.los_s, ev.los_s), max_el_deg=best.max_el_deg,
+                aos_clipped=last.aos_clipped, los_clipped=ev.los_clipped,
+            )
+        else:
+            out.append(ev)
+    return out
+
+
+# --------------------------------------------------------------------------- details
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dt(time_s: float) -> datetime:
+    return datetime.fromtimestamp(round(time_s, 3), tz=UTC)
+
+
+class PassInfo(BaseModel):
+    """Everything the station knows about one pass (times UTC; ISO 8601 with Z in JSON)."""
+
+    pass_id: str = Field(description="<norad>-<AOS YYYYmmddTHHMMSSZ>; stable for the same elements.")
+    satellite: str = Field(description="Satellite name.")
+    norad_id: int = Field(description="NORAD catalog number.")
+    aos: AwareDatetime = Field(description="Rise above the horizon mask.")
+    tca: AwareDatetime = Field(description="Culmination (highest elevation).")
+    los: AwareDatetime = Field(description="Set below the horizon mask.")
+    duration_s: float = Field(description="LOS - AOS.")
+    max_el_deg: float = Field(description="Highest elevation (geometric).")
+    aos_az_deg: float = Field(description="Azimuth at AOS.")
+    tca_az_deg: float = Field(description="Azimuth at culmination.")
+    los_az_deg: float = Field(description="Azimuth at LOS.")
+    min_range_km: float = Field(description="Smallest slant range during the pass.")
+    qkd_start: AwareDatetime | None = Field(description="Start of the QKD window (None: no window).")
+    qkd_end: AwareDatetime | None = Field(description="End of the QKD window.")
+    qkd_duration_s: float = Field(description="Length of the QKD window (0 when there is none).")
+    qkd_min_el_deg: float = Field(description="QKD minimum elevation the window was computed with.")
+    qkd_max_range_km: float | None = Field(description="QKD maximum range the window was computed with.")
+    sunlit: bool = Field(description="Satellite in sunlight at culmination.")
+    sunlit_fraction: float = Field(description="Fraction of the pass with the satellite in sunlight.")
+    qkd_sunlit: bool = Field(description="Satellite sunlit at any time of the QKD window.")
+    sun_el_deg: float = Field(description="Highest elevation of the Sun at the station during the pass.")
+    sun_min_sep_deg: float = Field(description="Smallest angle between the line of sight and the Sun.")
+    moon_el_deg: float = Field(description="Highest elevation of the Moon during the pass.")
+    moon_min_sep_deg: float = Field(description="Smallest angle between the line of sight and the Moon.")
+    moon_min_sep_up_deg: float | None = Field(
+        description="Same, counting only times the Moon is above the horizon (None: never up)."
+    )
+    moon_illumination: float = Field(description="Illuminated fraction of the Moon at culmination.")
+    element_epoch: AwareDatetime = Field(description="Epoch of the element set used.")
+    element_age_days: float = Field(description="Age of the elements at AOS.")
+    elements_format: ElementFormat = Field(description="Format of elements_text.")
+    elements_text: str = Field(description="The element set used (TLE lines or OMM as JSON).")
+    aos_clipped: bool = Field(False, description="The pass was already up where the search began.")
+    los_clipped: bool = Field(False, description="The pass was still up where the search ended.")
+
+    @field_serializer("aos", "tca", "los", "qkd_start", "qkd_end", "element_epoch")
+    def _ser_time(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+    @property
+    def aos_s(self) -> float:
+        return self.aos.timestamp()
+
+    @property
+    def los_s(self) -> float:
+        return self.los.timestamp()
+
+    @property
+    def tca_s(self) -> float:
+        return self.tca.timestamp()
+
+    def earth_satellite(self) -> EarthSatellite:
+        """The skyfield satellite of the elements this pass was predicted with."""
+        return satellite_from_text(self.elements_text, self.elements_format)
+
+
+@dataclass(slots=True)
+class PassTrack:
+    """The pass sampled along time (for plots and constraint checks)."""
+
+    time_s: np.ndarray
+    az_deg: np.ndarray
+    el_deg: np.ndarray
+    range_km: np.ndarray
+    sun_az_deg: np.ndarray
+    sun_el_deg: np.ndarray
+    moon_az_deg: np.ndarray
+    moon_el_deg: np.ndarray
+    sunlit: np.ndarray
+
+
+def _qkd_window(
+    sat: EarthSatellite, site: SiteConfig, track: PassTrack, min_el_deg: float, max_range_km: float | None,
+) -> tuple[float, float] | None:
+    def margin(la_el: np.ndarray, la_rng: np.ndarray, az: np.ndarray) -> np.ndarray:
+        m = np.minimum(la_el - min_el_deg, la_el - site.horizon_min_el_deg(az))
+        if max_range_km is not None:
+            # Scale km to about the same sensitivity as degrees near the window edges.
+            m = np.minimum(m, (max_range_km - la_rng) / 30.0)
+        return m
+
+    f = margin(track.el_deg, track.range_km, track.az_deg)
+    inside = np.flatnonzero(f > 0)
+    if len(inside) == 0:
+        return None
+    i0, i1 = inside[0], inside[-1]
+    t = track.time_s
+
+    def at(times: np.ndarray) -> np.ndarray:
+        la = look_angles(sat, site, times)
+        return margin(la.el_deg, la.range_km, la.az_deg)
+
+    lo = np.array([t[max(i0 - 1, 0)], t[i1]])
+    hi = np.array([t[i0], t[min(i1 + 1, len(t) - 1)]])
+    flo, fhi = at(lo), at(hi)
+    ok = np.sign(flo) != np.sign(fhi)
+    edges = np.where(flo > 0, lo, hi)
+    if ok.any():
+        w = np.flatnonzero(ok)
+        edges[w] = _illinois(lambda idx, tt: at(tt), lo[w], hi[w], flo[w], fhi[w])
+    return float(edges[0]), float(edges[1])
+
+
+def describe_pass(
+    es: ElementSet,
+    site: SiteConfig,
+    ev: PassEvent,
+    *,
+    qkd_min_el_deg: float,
+    qkd_max_range_km: float | None = None,
+    step_s: float = 1.0,
+) -> tuple[PassInfo, PassTrack]:
+    """The full description of one pass found by :func:`find_passes` (skyfield frames)."""
+    sat = es.satellite
+    times = np.arange(ev.aos_s, ev.los_s, step_s)
+    times = np.append(times, ev.los_s)
+    la = look_angles(sat, site, times)
+    sun_az, sun_el = sun_altaz(site, times)
+    moon_az, moon_el = moon_altaz(site, times)
+    eph = load_ephemeris()
+    sunlit = np.asarray(sat.at(times_from_epoch_s(times)).is_sunlit(eph), dtype=bool)
+    track = PassTrack(times, la.az_deg, la.el_deg, la.range_km, sun_az, sun_el, moon_az, moon_el, sunlit)
+
+    i_min = int(np.argmin(la.range_km))
+    min_range = float(la.range_km[i_min])
+    if 0 < i_min < len(times) - 1:  # parabola through the three samples around the minimum
+        r0, r1, r2 = la.range_km[i_min - 1:i_min + 2]
+        denom = r0 - 2 * r1 + r2
+        if denom > 0:
+            min_range = float(r1 - (r0 - r2) ** 2 / (8 * denom))
+    sun_sep = angular_separation_deg(la.az_deg, la.el_deg, sun_az, sun_el)
+    moon_sep = angular_separation_deg(la.az_deg, la.el_deg, moon_az, moon_el)
+    moon_up = moon_el > 0
+    tca_la = look_angles(sat, site, np.array([ev.tca_s]))
+    window = _qkd_window(sat, site, track, qkd_min_el_deg, qkd_max_range_km)
+    if window:
+        in_window = (times >= window[0]) & (times <= window[1])
+        qkd_sunlit = bool(sunlit[in_window].any())
+    else:
+        qkd_sunlit = False
+    info = PassInfo(
+        pass_id=ev.pass_id,
+        satellite=es.name,
+        norad_id=es.norad_id,
+        aos=_dt(ev.aos_s), tca=_dt(ev.tca_s), los=_dt(ev.los_s),
+        duration_s=round(ev.duration_s, 3),
+        max_el_deg=round(ev.max_el_deg, 4),
+        aos_az_deg=round(float(la.az_deg[0]), 3),
+        tca_az_deg=round(float(tca_la.az_deg[0]), 3),
+        los_az_deg=round(float(la.az_deg[-1]), 3),
+        min_range_km=round(min_range, 3),
+        qkd_start=_dt(window[0]) if window else None,
+        qkd_end=_dt(window[1]) if window else None,
+        qkd_duration_s=round(window[1] - window[0], 3) if window else 0.0,
+        qkd_min_el_deg=qkd_min_el_deg,
+        qkd_max_range_km=qkd_max_range_km,
+        sunlit=bool(sunlit[np.argmin(np.abs(times - ev.tca_s))]),
+        sunlit_fraction=round(float(sunlit.mean()), 4),
+        qkd_sunlit=qkd_sunlit,
+        sun_el_deg=round(float(sun_el.max()), 3),
+        sun_min_sep_deg=round(float(sun_sep.min()), 3),
+        moon_el_deg=round(float(moon_el.max()), 3),
+        moon_min_sep_deg=round(float(moon_sep.min()), 3),
+        moon_min_sep_up_deg=round(float(moon_sep[moon_up].min()), 3) if moon_up.any() else None,
+        moon_illumination=round(float(moon_illumination(np.array([ev.tca_s]))[0]), 4),
+        element_epoch=es.epoch,
+        element_age_days=round(es.age_days(ev.aos_s), 4),
+        elements_format=es.format,
+        elements_text=es.text,
+        aos_clipped=ev.aos_clipped,
+        los_clipped=ev.los_clipped,
+    )
+    return info, track
