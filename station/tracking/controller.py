@@ -1,0 +1,377 @@
+"""The tracking loop: pre-position, follow the planned track on the Clock, park.
+
+One :class:`Tracker` per station. Each control tick (``tracking.rate_hz``, on the Clock)
+it sends the planned position ``lead_s`` ahead of now through the gate (streamed targets),
+or keeps a program track uploaded ahead (when the backend takes one), reads the axes and
+publishes a :class:`TrackingSample` to every telemetry subscriber. Tracking error is the
+angle between where the mount is and where the plan says it should be at that instant;
+``sky_error_arcsec`` adds the error the plan itself accepts (keyhole).
+
+The mount is parked when the pass ends (``park_after_pass``), when tracking is lost
+(error above ``loss_error_deg`` for ``loss_duration_s`` after acquisition), when the
+gate keeps refusing targets, on a mount error, and when the task is cancelled (shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from drivers.mount.base import MountError, MountPosition, TrackPoint
+from station.clock import Clock
+from station.config.mount import TrackingConfig
+from station.tracking.gate import CommandRefused, GatedMount
+from station.tracking.trajectory import TrackPlan
+from station.tracking.wrap import angle_between_deg
+
+log = logging.getLogger(__name__)
+
+#: A gate refusing targets for this long aborts the pass.
+_REFUSAL_ABORT_S = 1.0
+#: Poll period while pre-positioning and waiting for park (clock seconds).
+_POLL_S = 0.25
+
+
+class TrackingSample(BaseModel):
+    """One control tick as published (MQTT, pass reports)."""
+
+    pass_id: str = Field(description="The pass being tracked ('' outside a pass).")
+    phase: str = Field(description="'preposition', 'tracking' or 'parking'.")
+    time_s: float = Field(description="Clock time of the position reading, UTC epoch seconds.")
+    commanded_az_deg: float = Field(description="Planned mount azimuth at time_s.")
+    commanded_el_deg: float = Field(description="Planned mount elevation axis at time_s.")
+    actual_az_deg: float = Field(description="Mount azimuth read back.")
+    actual_el_deg: float = Field(description="Mount elevation axis read back.")
+    error_arcsec: float = Field(description="Angle between actual and commanded.")
+    sky_error_arcsec: float = Field(description="Angle between actual and the satellite.")
+    lateness_s: float = Field(description="How late this tick ran against its schedule.")
+    acquired: bool = Field(description="The target counts as acquired.")
+
+
+class TrackingStats(BaseModel):
+    """Running and final statistics of one tracked pass."""
+
+    pass_id: str = ""
+    outcome: str = Field("running", description="running, complete, lost, aborted, cancelled, error")
+    ticks: int = 0
+    skipped_ticks: int = Field(0, description="Ticks skipped because the loop fell a period behind.")
+    acquired_at_s: float | None = None
+    samples_after_acquisition: int = 0
+    rms_error_arcsec: float = Field(0.0, description="RMS tracking error after acquisition.")
+    max_error_arcsec: float = Field(0.0, description="Largest tracking error after acquisition.")
+    p95_error_arcsec: float = 0.0
+    rms_sky_error_arcsec: float = Field(0.0, description="RMS error vs the satellite after acquisition.")
+    max_lateness_s: float = 0.0
+    p99_lateness_s: float = 0.0
+    refused_commands: int = 0
+    mount_errors: int = 0
+    telemetry_dropped: int = Field(0, description="Samples dropped by slow telemetry subscribers.")
+    chunks_uploaded: int = 0
+    parked: bool = Field(False, description="Park was commanded and accepted at the end.")
+    reason: str = ""
+
+
+class TrackingAborted(Exception):
+    """The pass was abandoned (the mount was sent to park); ``stats`` tells how far it got."""
+
+    def __init__(self, message: str, stats: TrackingStats):
+        self.stats = stats
+        super().__init__(message)
+
+
+class TrackingLost(TrackingAborted):
+    """The tracking error stayed above the loss threshold after acquisition."""
+
+
+class PrepositionTimeout(Exception):
+    """The mount did not reach the rise point before the deadline."""
+
+
+_END = object()
+
+
+class TelemetrySubscription:
+    """An async iterator of :class:`TrackingSample`; a slow reader loses the oldest
+    samples, and ``dropped`` counts them."""
+
+    def __init__(self, maxsize: int):
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self._closed = False
+
+    def _put(self, item: object) -> None:
+        if self._closed:
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    def close(self) -> None:
+        self._put(_END)
+        self._closed = True
+
+    def __aiter__(self) -> AsyncIterator[TrackingSample]:
+        return self
+
+    async def __anext__(self) -> TrackingSample:
+        item = await self._queue.get()
+        if item is _END:
+            raise StopAsyncIteration
+        assert isinstance(item, TrackingSample)
+        return item
+
+
+class Tracker:
+    """Pre-positions, tracks and parks through a :class:`GatedMount`; see module docstring."""
+
+    def __init__(self, gated: GatedMount, clock: Clock, cfg: TrackingConfig):
+        self.gated = gated
+        self.clock = clock
+        self.cfg = cfg
+        self._subs: list[TelemetrySubscription] = []
+        self.stats = TrackingStats()
+        self._dropped_base = 0
+
+    # -- telemetry ------------------------------------------------------------------
+    def subscribe(self, maxsize: int | None = None) -> TelemetrySubscription:
+        """A new telemetry stream; iterate it with ``async for``. Ends at :meth:`close`."""
+        sub = TelemetrySubscription(maxsize or self.cfg.telemetry_queue)
+        self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: TelemetrySubscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+            sub.close()
+
+    def close(self) -> None:
+        """End every telemetry stream."""
+        for sub in self._subs:
+            sub.close()
+        self._subs.clear()
+
+    def _publish(self, sample: TrackingSample) -> None:
+        for sub in self._subs:
+            sub._put(sample)
+
+    @property
+    def lead_s(self) -> float:
+        lead = self.cfg.lead_s
+        return self.gated.capabilities.command_latency_s if lead is None else lead
+
+    # -- pre-positioning --------------------------------------------------------------
+    def estimate_slew_s(self, plan: TrackPlan, from_pos: MountPosition) -> float:
+        """Clock seconds a slew from ``from_pos`` to the rise point takes (trapezoidal)."""
+        caps = self.gated.capabilities
+        az0, el0 = plan.start
+        out = 0.0
+        for dist, lim in ((abs(az0 - from_pos.az_deg), caps.az), (abs(el0 - from_pos.el_deg), caps.el)):
+            v, a = lim.max_rate_deg_s, lim.max_accel_deg_s2
+            ramp = v * v / a
+            out = max(out, 2 * math.sqrt(dist / a) if dist < ramp else dist / v + v / a)
+        return out + caps.command_latency_s
+
+    async def preposition(self, plan: TrackPlan, *, deadline_s: float | None = None) -> float:
+        """Slew to the rise point and wait there; returns the clock time it was reached.
+
+        Raises :class:`PrepositionTimeout` if not there by ``deadline_s`` (default: AOS).
+        """
+        deadline = plan.aos_s if deadline_s is None else deadline_s
+        az, el = plan.start
+        await self.gated.slew_to(az, el)
+        tol = self.cfg.preposition_tolerance_deg
+        while True:
+            pos = await self.gated.position()
+            err = float(angle_between_deg(np.asarray(pos.az_deg), np.asarray(pos.el_deg), az, el))
+            self._publish(TrackingSample(
+                pass_id=plan.pass_id, phase="preposition", time_s=pos.time_s,
+                commanded_az_deg=az, commanded_el_deg=el, actual_az_deg=pos.az_deg,
+                actual_el_deg=pos.el_deg, error_arcsec=err * 3600.0,
+                sky_error_arcsec=err * 3600.0, lateness_s=0.0, acquired=False))
+            if abs(pos.az_deg - az) <= tol and abs(pos.el_deg - el) <= tol:
+                log.info("pass %s: at the rise point %.0f s before AOS", plan.pass_id,
+                         plan.aos_s - pos.time_s)
+                return pos.time_s
+            if pos.time_s >= deadline:
+                raise PrepositionTimeout(
+                    f"pass {plan.pass_id}: mount at az {pos.az_deg:.3f}°, el {pos.el_deg:.3f}°, "
+                    f"not at the rise point az {az:.3f}°, el {el:.3f}° by the deadline"
+                )
+            await self.clock.sleep(_POLL_S)
+
+    # -- parking --------------------------------------------------------------------------
+    async def park(self) -> bool:
+        """Command park; if the gate refuses it (Sun on the way) stop instead. True if parking."""
+        try:
+            await self.gated.park()
+            return True
+        except CommandRefused as exc:
+            log.error("park refused (%s); stopping the mount where it is instead", exc.reason)
+            await self.gated.stop()
+            return False
+
+    async def wait_parked(self, timeout_s: float) -> bool:
+        """Poll until the mount is at the park position or ``timeout_s`` clock seconds pass."""
+        end = self.clock.now_s() + timeout_s
+        while True:
+            pos = await self.gated.position()
+            if self.gated.is_parked(pos):
+                return True
+            if self.clock.now_s() >= end:
+                return False
+            await self.clock.sleep(_POLL_S)
+
+    async def _safe_park(self, why: str) -> bool:
+        log.log(logging.INFO if why == "end of pass" else logging.WARNING, "parking the mount: %s", why)
+        try:
+            return await self.park()
+        except (MountError, TimeoutError) as exc:
+            log.error("could not park after %s: %s", why, exc)
+            return False
+
+    # -- tracking ----------------------------------------------------------------------------
+    async def track(self, plan: TrackPlan) -> TrackingStats:
+        """Track ``plan`` from AOS (waiting for it) to LOS; returns the statistics.
+
+        Raises :class:`TrackingLost` / :class:`TrackingAborted` (after parking) when the
+        pass has to be given up; mount errors propagate after a park attempt.
+        """
+        stats = self.stats = TrackingStats(pass_id=plan.pass_id)
+        self._dropped_base = sum(s.dropped for s in self._subs)
+        try:
+            await self._run(plan, stats)
+        except asyncio.CancelledError:
+            stats.outcome, stats.reason = "cancelled", "tracking cancelled (shutdown or request)"
+            stats.parked = await self._safe_park("tracking cancelled")
+            raise
+        except TrackingAborted as exc:
+            stats.parked = await self._safe_park(str(exc))
+            raise
+        except (MountError, TimeoutError) as exc:
+            stats.outcome, stats.reason = "error", f"mount error: {exc}"
+            stats.mount_errors += 1
+            stats.parked = await self._safe_park(stats.reason)
+            raise
+        finally:
+            stats.telemetry_dropped = sum(s.dropped for s in self._subs) - self._dropped_base
+        stats.outcome = "complete"
+        if self.cfg.park_after_pass:
+            stats.parked = await self._safe_park("end of pass")
+        return stats
+
+    async def _run(self, plan: TrackPlan, stats: TrackingStats) -> None:
+        cfg = self.cfg
+        caps = self.gated.capabilities
+        program = cfg.mode == "program" or (cfg.mode == "auto" and caps.program_track)
+        period = 1.0 / cfg.rate_hz
+        lead = self.lead_s
+        await self.clock.sleep_until(plan.aos_s)
+        t_start = max(self.clock.now_s(), plan.aos_s)
+        k = 0
+        chunk_end = -math.inf
+        under = 0
+        over_since: float | None = None
+        refused_since: float | None = None
+        errors: list[float] = []
+        sky_errors: list[float] = []
+        lateness: deque[float] = deque(maxlen=100_000)
+        while True:
+            t_k = t_start + k * period
+            if t_k > plan.los_s:
+                break
+            await self.clock.sleep_until(t_k)
+            now = self.clock.now_s()
+            late = now - t_k
+            if late > period:
+                skip = int(late / period)
+                stats.skipped_ticks += skip
+                k += skip
+            lateness.append(late)
+            try:
+                if program:
+                    if now >= chunk_end - cfg.program_chunk_s / 2:
+                        chunk_end = await self._upload_chunk(plan, now)
+                        stats.chunks_uploaded += 1
+                else:
+                    t_cmd = now + lead
+                    az_c, el_c = plan.point_at(t_cmd)
+                    await self.gated.track_to(float(az_c), float(el_c), t_cmd)
+                refused_since = None
+            except CommandRefused as exc:
+                stats.refused_commands += 1
+                refused_since = now if refused_since is None else refused_since
+                if now - refused_since >= _REFUSAL_ABORT_S:
+                    stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
+                    raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
+            pos = await self.gated.position()
+            paz, pel = plan.point_at(pos.time_s)
+            saz, sel = plan.sky_at(pos.time_s)
+            a, e = np.asarray(pos.az_deg), np.asarray(pos.el_deg)
+            err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
+            sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
+            stats.ticks += 1
+            acquired = stats.acquired_at_s is not None
+            if not acquired:
+                under = under + 1 if err < cfg.acquisition_error_arcsec else 0
+                if under >= cfg.acquisition_samples:
+                    stats.acquired_at_s = pos.time_s
+                    acquired = True
+                    log.info("pass %s: acquired %.1f s after AOS", plan.pass_id, pos.time_s - plan.aos_s)
+            if acquired:
+                errors.append(err)
+                sky_errors.append(sky_err)
+                n = len(errors)
+                stats.samples_after_acquisition = n
+                # Running statistics, cheap per tick; percentiles at the end.
+                prev = stats.rms_error_arcsec
+                stats.rms_error_arcsec = math.sqrt((prev * prev * (n - 1) + err * err) / n)
+                stats.max_error_arcsec = max(stats.max_error_arcsec, err)
+                if err > cfg.loss_error_deg * 3600.0:
+                    over_since = pos.time_s if over_since is None else over_since
+                    if pos.time_s - over_since >= cfg.loss_duration_s:
+                        stats.outcome = "lost"
+                        stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
+                                        f"for {cfg.loss_duration_s:g} s")
+                        self._finish(stats, errors, sky_errors, lateness)
+                        raise TrackingLost(f"pass {plan.pass_id}: {stats.reason}", stats)
+                else:
+                    over_since = None
+            stats.max_lateness_s = max(stats.max_lateness_s, late)
+            self._publish(TrackingSample(
+                pass_id=plan.pass_id, phase="tracking", time_s=pos.time_s,
+                commanded_az_deg=float(paz), commanded_el_deg=float(pel),
+                actual_az_deg=pos.az_deg, actual_el_deg=pos.el_deg, error_arcsec=err,
+                sky_error_arcsec=sky_err, lateness_s=late, acquired=acquired))
+            k += 1
+        self._finish(stats, errors, sky_errors, lateness)
+
+    @staticmethod
+    def _finish(stats: TrackingStats, errors: list[float], sky: list[float],
+                lateness: deque[float]) -> None:
+        if errors:
+            arr = np.asarray(errors)
+            stats.rms_error_arcsec = float(np.sqrt(np.mean(arr * arr)))
+            stats.max_error_arcsec = float(arr.max())
+            stats.p95_error_arcsec = float(np.percentile(arr, 95))
+            sk = np.asarray(sky)
+            stats.rms_sky_error_arcsec = float(np.sqrt(np.mean(sk * sk)))
+        if lateness:
+            stats.p99_lateness_s = float(np.percentile(np.asarray(lateness), 99))
+
+    async def _upload_chunk(self, plan: TrackPlan, now: float) -> float:
+        """Upload the program track from just before now to ``program_chunk_s`` ahead."""
+        t = plan.time_s
+        i0 = max(0, int(np.searchsorted(t, now - 1.0, side="right")) - 1)
+        i1 = min(len(t), int(np.searchsorted(t, now + self.cfg.program_chunk_s, side="right")) + 1)
+        i1 = max(i1, min(len(t), i0 + 2))
+        pts = [TrackPoint(float(t[i]), float(plan.az_deg[i]), float(plan.el_deg[i]))
+               for i in range(i0, i1)]
+        await self.gated.load_track(pts)
+        return float(t[i1 - 1]) if i1 < len(t) else math.inf
