@@ -40,3 +40,23 @@ def rotctld() -> Iterator[Peer]:
         yield Peer(port, proc)
     finally:
         _stop(proc)
+
+
+@pytest.fixture
+def indi_telescope(tmp_path) -> Iterator[Peer]:
+    """``indiserver`` running ``indi_simulator_telescope`` on a free loopback port.
+
+    HOME points into the test's temporary folder: the simulator writes its config and
+    park data under ~/.indi, which must not leak between runs.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_tool("indiserver"), "-p", str(port), find_tool("indi_simulator_telescope")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=subprocess_env(HOME=str(tmp_path)), cwd=tmp_path,
+    )
+    try:
+        wait_for_port(port)
+        yield Peer(port, proc)
+    finally:
+        _stop(proc)
