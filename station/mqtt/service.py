@@ -58,6 +58,9 @@ from station.mqtt.messages import (
 )
 
 log = logging.getLogger("station.mqtt")
+# paho logs a lost socket at ERROR; the service says the same once, in its own words.
+_paho_log = logging.getLogger("station.mqtt.paho")
+_paho_log.setLevel(logging.CRITICAL)
 
 #: Pass summaries kept for re-publishing after a reconnect (older ones stay on the broker).
 SUMMARIES_KEPT = 20
@@ -320,12 +323,11 @@ class MqttService:
         try:
             while not self._stop_requested.is_set():
                 self.state = ConnState.CONNECTING
+                connects_before = self.stats.connects
                 try:
                     await self._session()
-                except aiomqtt.MqttError as exc:
-                    self._on_connection_lost(exc)
-                except OSError as exc:  # e.g. an unreadable password or certificate file
-                    self._on_connection_lost(exc)
+                except (aiomqtt.MqttError, OSError) as exc:  # OSError: e.g. unreadable cert file
+                    self._on_connection_lost(exc, was_connected=self.stats.connects > connects_before)
                 else:
                     if self._stop_requested.is_set():
                         break
@@ -346,8 +348,7 @@ class MqttService:
             await self.dispatcher.aclose()
 
     # -- internals -------------------------------------------------------------------------
-    def _on_connection_lost(self, exc: BaseException) -> None:
-        was_connected = self._connected.is_set()
+    def _on_connection_lost(self, exc: BaseException, *, was_connected: bool) -> None:
         self._connected.clear()
         self.stats.last_error = str(exc) or type(exc).__name__
         if was_connected:
@@ -364,7 +365,7 @@ class MqttService:
     async def _session(self) -> None:
         kwargs = client_kwargs(self.mqtt, self.client_id)
         will = aiomqtt.Will(self.topic("status"), Status.OFFLINE.value.encode(), qos=1, retain=True)
-        client = aiomqtt.Client(**kwargs, will=will, logger=logging.getLogger("station.mqtt.paho"))
+        client = aiomqtt.Client(**kwargs, will=will, logger=_paho_log)
         async with client:
             await client.subscribe(self.topic("cmd/+"), qos=1)
             await client.publish(self.topic("status"), Status.ONLINE.value.encode(), qos=1, retain=True)
