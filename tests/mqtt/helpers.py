@@ -154,7 +154,12 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def collector(host: str, port: int, *topics: str, **kwargs: Any) -> AsyncIterator[Collector]:
+async def collector(host: str = "127.0.0.1", port: int = 1883, *topics: str,
+                    **kwargs: Any) -> AsyncIterator[Collector]:
+    """A connected :class:`Collector` subscribed to ``topics`` (QoS 1)."""
+    if "hostname" in kwargs:
+        host = kwargs.pop("hostname")
+    topics = topics + tuple(kwargs.pop("topics", ()))
     async with aiomqtt.Client(host, port, **kwargs) as client:
         for t in topics:
             await client.subscribe(t, qos=1)
