@@ -217,6 +217,12 @@ class MqttService:
         """Wait until connected and ``online`` has been published (callers add a timeout)."""
         await self._connected.wait()
 
+    async def wait_drained(self) -> None:
+        """Wait until every queued alarm, reply and retained update has been sent."""
+        while self._reliable or self._dirty:
+            self._drained.clear()
+            await self._drained.wait()
+
     # -- publishing API: synchronous, never blocks ----------------------------------------
     def set_retained(self, suffix: str, payload: BaseModel | bytes | str | dict[str, Any] | None) -> None:
         """Keep ``payload`` retained on ``<prefix>/<suffix>``, re-sent after each reconnect.

@@ -170,3 +170,62 @@ async def collector(host: str = "127.0.0.1", port: int = 1883, *topics: str,
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def pass_in_progress(now: datetime) -> dict[str, Any]:
+    """Realistic payload models of a Micius pass in progress, by schema name."""
+    from datetime import timedelta
+
+    from station.daemon.modes import Outcome, Phase
+    from station.mqtt import messages as m
+
+    aos = now - timedelta(seconds=130)
+    los = aos + timedelta(seconds=390)
+    ref = m.PassRef(pass_id="41731-20161219T1655Z", satellite="MICIUS", norad_id=41731, aos=aos,
+                    tca=aos + timedelta(seconds=195), los=los, max_el_deg=61.3)
+    nxt = m.PassRef(pass_id="99001-20161219T1830Z", satellite="SIM-MICROSAT", norad_id=99001,
+                    aos=now + timedelta(hours=1, minutes=35), los=now + timedelta(hours=1, minutes=41),
+                    max_el_deg=34.0)
+    conf = m.ConfigSummary(station_name="Xinglong (NAOC), simulated", latitude_deg=40.39587,
+                           longitude_deg=117.57746, height_m=890, clock_source="simulated",
+                           clock_speed=10, mount_backend="sim", timetagger_backend="sim")
+    return {
+        "state": m.StateMessage(time=now, station_id="xinglong-sim", daemon_version="0.1.0",
+                                started_at=now - timedelta(minutes=20), uptime_s=1200,
+                                mode=Mode.AUTO, phase=Phase.TRACK, current_pass=ref,
+                                next_pass=nxt, config=conf),
+        "schedule": m.ScheduleMessage(time=now, horizon_end=now + timedelta(hours=24), passes=[
+            m.ScheduledPass(**ref.model_dump(), decision="planned", reason="highest priority", priority=2.0),
+            m.ScheduledPass(**nxt.model_dump(), decision="skipped", reason="max elevation below 40°"),
+        ]),
+        "mount": m.MountTelemetry(time=now, actual_az_deg=213.4512, actual_el_deg=48.2071,
+                                  commanded_az_deg=213.4530, commanded_el_deg=48.2080,
+                                  target_az_deg=213.4529, target_el_deg=48.2079,
+                                  tracking_error_arcsec=7.8, moving=True, parked=False, tracking=True),
+        "timetagger": m.TimeTaggerTelemetry(time=now, acquiring=True, window_s=1.0,
+                                            rates_hz={"H": 5210.0, "V": 4980.5, "D": 5102.0,
+                                                      "A": 5033.0, "SYNC": 100e6 / 1000, "PPS": 1.0},
+                                            overflow=False, events_total=2_650_000),
+        "pass": m.PassProgress(time=now, pass_id=ref.pass_id, satellite="MICIUS", phase=Phase.TRACK,
+                               elapsed_s=190.0, remaining_s=260.0, el_deg=48.2, range_km=700.5,
+                               events_recorded=2_650_000, events_streamed=2_649_000, events_lost=0),
+        "health": m.HealthMessage(time=now, drivers=[m.DriverHealth(name="mount", connected=True),
+                                                     m.DriverHealth(name="timetagger", connected=True)],
+                                  elements=[m.ElementAge(norad_id=41731, satellite="MICIUS",
+                                                         epoch=now - timedelta(days=1.2), age_days=1.2)],
+                                  disk_free_bytes=120_000_000_000, expected_pass_bytes=180_000_000,
+                                  time_reference_locked=True, stream_consumer_connected=True, ok=True),
+        "alarm": m.AlarmMessage(key="timetagger.rate_low", state="raised", severity="warning",
+                                message="H rate 20% below expectation", time=now, pass_id=ref.pass_id),
+        "pass_summary": m.PassSummary(pass_id="41731-20161218T1655Z", satellite="MICIUS", norad_id=41731,
+                                      outcome=Outcome.COMPLETED, planned_aos=aos - timedelta(days=1),
+                                      planned_los=los - timedelta(days=1),
+                                      counts_by_channel={"H": 1_200_000, "V": 1_150_000},
+                                      events_recorded=2_350_000, events_streamed=2_350_000,
+                                      tracking_error=m.TrackingErrorStats(rms_arcsec=6.1, p95_arcsec=11.0,
+                                                                          max_arcsec=30.2, samples=1950),
+                                      file_path="/var/lib/qkd-station/passes/41731-20161218T1655Z.qkdpass"),
+        "reply": m.CommandReply(request_id="op-1", verb="goto", ok=False, time=now,
+                                error=m.CommandError(code="refused", message="auto mode")),
+        "cmd_goto": m.GotoRequest(request_id="op-2", az_deg=120.0, el_deg=45.0),
+    }
