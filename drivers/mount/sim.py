@@ -99,6 +99,8 @@ class _Axis:
             self.pos_deg, self.vel_deg_s = self.lim.max_deg, 0.0
 
     def settled_on(self, sp_deg: float | None) -> bool:
+        if self.stuck:
+            return True  # it will not move again until the fault is cleared
         if abs(self.vel_deg_s) > _SETTLE_VEL_DEG_S:
             return False
         return sp_deg is None or abs(sp_deg - self.pos_deg) < _SETTLE_POS_DEG
