@@ -407,3 +407,8 @@ async def test_bad_files_and_options_are_refused_clearly(tmp_path):
                                   {"path": "x", "channel_map": {0: 300}})
     with pytest.raises(ValidationError, match="extra"):
         registry.validate_options("timetagger", "replay", {"path": "x", "sped": 2})
+
+
+def test_every_replay_option_is_described():
+    for name, f in ReplayOptions.model_fields.items():
+        assert f.description and len(f.description) > 15, name

@@ -300,3 +300,11 @@ async def test_unmapped_station_channel_in_configure_is_refused():
         await tagger.configure([ChannelConfig(channel=9)])
     await tagger.close()
     await asyncio.sleep(0)
+
+
+def test_every_swabian_option_is_described():
+    from drivers.timetagger.swabian import SwabianReferenceClock
+
+    for model in (SwabianOptions, SwabianReferenceClock):
+        for name, f in model.model_fields.items():
+            assert f.description and len(f.description) > 15, (model.__name__, name)
