@@ -46,3 +46,24 @@ def micius() -> EarthSatellite:
 def microsat() -> EarthSatellite:
     """The synthetic Jinan-1-class microsatellite (catalog number 99001)."""
     return _satellite("sim-microsat-2024-10-15.tle")
+
+
+def make_config(site: SiteConfig, satellites: list[dict] | None = None, **schedule: object):
+    """A StationConfig with only the sections the planner reads.
+
+    Built with ``model_construct`` so these tests do not depend on which device backends
+    exist (the planner never touches mount/tagger sections); the pieces it does read are
+    validated models. The full file is exercised by test_cli.py with config/sim.toml.
+    """
+    from station.config.orbit import OrbitConfig, SatelliteConfig, ScheduleConfig
+    from station.config.root import StationConfig
+
+    return StationConfig.model_construct(
+        station_id="test",
+        site=site,
+        orbit=OrbitConfig(
+            element_sources=[ELEMENTS],
+            satellites=[SatelliteConfig(**s) for s in (satellites or [])],
+        ),
+        schedule=ScheduleConfig(**schedule),
+    )
