@@ -412,3 +412,19 @@ async def test_bad_files_and_options_are_refused_clearly(tmp_path):
 def test_every_replay_option_is_described():
     for name, f in ReplayOptions.model_fields.items():
         assert f.description and len(f.description) > 15, name
+
+
+async def test_start_again_replays_from_the_beginning(tmp_path):
+    path = _write_ptu(tmp_path / "lab.ptu", _lab_events())
+    tagger = ReplayTimeTagger(ReplayOptions(path=path, pacing="unpaced"),
+                              clock=SimClock(START, manual=True))
+    await tagger.connect()
+    runs = []
+    for _ in range(2):
+        await tagger.start()
+        runs.append([b async for b in tagger.batches()])
+        assert tagger.status.finished
+    await tagger.close()
+    assert len(runs[0]) == len(runs[1]) > 0
+    assert runs[1][0].info.seq == 0
+    np.testing.assert_array_equal(_sorted_pairs(runs[0]), _sorted_pairs(runs[1]))
