@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config/sim.toml
 # Debian packages of the real peers the tests talk to (broker, rotator daemon, INDI server).
 TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin
-TEST_TOOLS := mosquitto rotctld indiserver indi_simulator_telescope
+TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope
 
 .PHONY: run test lint venv venv-dev system-deps bench clean
 

@@ -43,6 +43,9 @@ class FaultConfig(Strict):
     min_free_disk_mb: float = Field(
         500.0, ge=0, description="Below this, no new pass is accepted (disk nearly full alarm)."
     )
+    park_timeout_s: float = Field(
+        240.0, gt=0, description="Longest a park may take (clock seconds) before it is a fault."
+    )
     expected_event_rate_hz: float = Field(
         50_000.0, gt=0, description="Detections/s assumed when estimating a pass file's size."
     )

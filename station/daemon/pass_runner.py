@@ -1,0 +1,549 @@
+"""One pass, start to finish: prepare → track → finalize → park.
+
+``prepare`` (at AOS − lead time) runs the readiness checks, plans the track (in a worker
+thread), slews to the rise point, configures the tagger and opens the pass file. ``track``
+follows the satellite from AOS to LOS while the tagger records across the QKD window.
+``finalize`` stops acquisition, closes the file and ends the stream; ``park`` parks.
+``finalize`` and ``park`` run whatever happened before them: a fault, an operator abort or
+a shutdown still leaves a closed file and a parked mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from drivers.errors import ConnectionLost, DriverError
+from drivers.mount.base import MountError
+from drivers.timetagger.base import Batch, Channel, ChannelConfig
+from station import __version__
+from station.daemon.alarms import Severity
+from station.daemon.context import StationContext, with_grace
+from station.daemon.modes import Outcome, Phase
+from station.daemon.readiness import CheckResult, blocking_failures, run_checks
+from station.events import PassHeader
+from station.mqtt.messages import (
+    MountTelemetry,
+    PassProgress,
+    PassSummary,
+    TimeTaggerTelemetry,
+    TrackingErrorStats,
+)
+from station.orbit.geometry import SatelliteLinkGeometry
+from station.orbit.passes import PassInfo
+from station.tracking import TrackingAborted, TrackingSample, TrackingStats, plan_for_pass
+from station.tracking.controller import PrepositionTimeout
+
+log = logging.getLogger("station.pass")
+
+ARCSEC_TO_URAD = math.pi / (180 * 3600) * 1e6
+
+
+class Publisher(Protocol):
+    """What a pass reports to (the MQTT service, or nothing in a rehearsal)."""
+
+    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool: ...
+    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool: ...
+    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool: ...
+    def publish_summary(self, summary: PassSummary) -> None: ...
+
+
+class NullPublisher:
+    """Publishes nothing (rehearsals without MQTT)."""
+
+    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool:
+        return False
+
+    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool:
+        return False
+
+    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool:
+        return False
+
+    def publish_summary(self, summary: PassSummary) -> None:
+        return None
+
+
+class PassAborted(Exception):
+    """The pass must end now; ``go_safe`` asks the supervisor for the safe mode."""
+
+    def __init__(self, reason: str, *, go_safe: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.go_safe = go_safe
+
+
+class PassReport(BaseModel):
+    """What happened in one pass segment: the rehearsal report and the summary's source."""
+
+    pass_id: str
+    satellite: str
+    norad_id: int
+    segment: int = 1
+    outcome: Outcome = Outcome.COMPLETED
+    reason: str = ""
+    go_safe: bool = False
+    planned_aos: AwareDatetime
+    planned_los: AwareDatetime
+    qkd_start: AwareDatetime | None = None
+    qkd_end: AwareDatetime | None = None
+    phase_times: dict[str, AwareDatetime] = Field(default_factory=dict)
+    readiness: list[CheckResult] = Field(default_factory=list)
+    tracking: TrackingStats | None = None
+    counts_by_channel: dict[str, int] = Field(default_factory=dict)
+    events_recorded: int = 0
+    events_streamed: int = 0
+    events_lost: int = 0
+    overflow_batches: int = 0
+    pass_file: str | None = None
+    mount_parked: bool = False
+    qber_measured: float | None = Field(None, description="Simulator only: QBER vs what was sent.")
+    alarms_raised: int = 0
+
+
+def channel_name(channel: int) -> str:
+    try:
+        return Channel(channel).name
+    except ValueError:
+        return f"ch{channel}"
+
+
+class PassRunner:
+    """Runs one pass segment. ``on_phase`` is called on every phase change."""
+
+    def __init__(self, ctx: StationContext, entry: PassInfo, *, segment: int = 1,
+                 on_phase: Callable[[Phase, PassRunner], None] | None = None,
+                 publisher: Publisher | None = None,
+                 on_file_opened: Callable[[str], None] | None = None):
+        self.ctx = ctx
+        self.entry = entry
+        self.segment = segment
+        self.phase = Phase.IDLE
+        self._on_phase = on_phase or (lambda phase, runner: None)
+        self._on_file_opened = on_file_opened or (lambda path: None)
+        self.publisher: Publisher = publisher or NullPublisher()
+        self.report = PassReport(
+            pass_id=entry.pass_id, satellite=entry.satellite, norad_id=entry.norad_id,
+            segment=segment, planned_aos=entry.aos, planned_los=entry.los,
+            qkd_start=entry.qkd_start, qkd_end=entry.qkd_end)
+        self.recorder: Any | None = None
+        self._abort = asyncio.Event()
+        self._abort_reason = ""
+        self._abort_safe = False
+        self._alarm_mark = len(ctx.alarms.history)
+        self._acquiring = False
+        self.started_s = ctx.clock.now_s()
+
+    # -- control ---------------------------------------------------------------------------
+    def request_abort(self, reason: str, *, go_safe: bool = False) -> None:
+        """End the pass as soon as possible (operator abort, fault, shutdown)."""
+        if not self._abort.is_set():
+            log.warning("pass %s: abort requested: %s", self.entry.pass_id, reason)
+            self._abort_reason, self._abort_safe = reason, go_safe
+            self._abort.set()
+
+    # -- the state machine ---------------------------------------------------------------------
+    async def run(self) -> PassReport:
+        """Run the pass; never raises for pass-level faults (they end up in the report)."""
+        entry = self.entry
+        log.info("pass %s (%s, segment %d): AOS %s, max el %.1f°, QKD window %s → %s",
+                 entry.pass_id, entry.satellite, self.segment, _hms(entry.aos), entry.max_el_deg,
+                 _hms(entry.qkd_start), _hms(entry.qkd_end))
+        try:
+            try:
+                proceed = await self._abortable(self._prepare())
+                if proceed:
+                    await self._abortable(self._track())
+            except PassAborted as exc:
+                self._set_outcome(Outcome.ABORTED, exc.reason, exc.go_safe)
+            except asyncio.CancelledError:
+                self._set_outcome(Outcome.ABORTED, "daemon shutting down")
+                # Finalize and park below still run: shield them from the cancellation.
+                await asyncio.shield(self._wind_down())
+                raise
+            except Exception as exc:
+                log.exception("pass %s: unexpected error", entry.pass_id)
+                self._set_outcome(Outcome.ABORTED, f"internal error: {exc!r}", go_safe=True)
+            await self._wind_down()
+        finally:
+            self.report.alarms_raised = self.ctx.alarms.raised_since(self._alarm_mark)
+        return self.report
+
+    async def _wind_down(self) -> None:
+        if self.report.outcome == Outcome.SKIPPED and self.recorder is None:
+            self._summary()
+            self._set_phase(Phase.IDLE)
+            return
+        await self._finalize()
+        await self._park()
+        self._set_phase(Phase.IDLE)
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.report.phase_times[phase.value if phase != Phase.IDLE or not self.report.phase_times
+                                else "end"] = self.ctx.clock.now()
+        self._on_phase(phase, self)
+
+    def _set_outcome(self, outcome: Outcome, reason: str, go_safe: bool = False) -> None:
+        # The first fault explains the pass; later ones are consequences.
+        if self.report.outcome == Outcome.COMPLETED:
+            self.report.outcome, self.report.reason = outcome, reason
+        self.report.go_safe = self.report.go_safe or go_safe
+
+    async def _abortable(self, coro: Any) -> Any:
+        """Run ``coro`` until it ends or an abort is requested (then raise PassAborted)."""
+        task = asyncio.ensure_future(coro)
+        waiter = asyncio.ensure_future(self._abort.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            waiter.cancel()
+            await asyncio.gather(task, waiter, return_exceptions=True)
+            raise
+        if task in done:
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise PassAborted(self._abort_reason, go_safe=self._abort_safe)
+
+    # -- prepare ---------------------------------------------------------------------------
+    async def _prepare(self) -> bool:
+        ctx, entry = self.ctx, self.entry
+        self._set_phase(Phase.PREPARE)
+        results = await run_checks(ctx, entry)
+        self.report.readiness = results
+        for r in results:
+            key = f"readiness.{r.name}"
+            if r.ok:
+                ctx.alarms.clear(key, f"{r.name}: {r.detail}")
+            else:
+                sev = Severity.CRITICAL if r.policy == "blocking" else Severity.WARNING
+                ctx.alarms.raise_(key, sev, f"{r.name}: {r.detail}", pass_id=entry.pass_id)
+        failed = blocking_failures(results)
+        if failed:
+            reason = "readiness: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
+            self._set_outcome(Outcome.SKIPPED, reason)
+            log.error("pass %s skipped: %s", entry.pass_id, reason)
+            return False
+
+        now_s = ctx.clock.now_s()
+        satellite = entry.earth_satellite()
+        plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, entry.aos, entry.los,
+                                   pass_id=entry.pass_id)
+        if now_s > plan.aos_s:
+            # A resumed segment: join the track where the satellite will be once we get there.
+            pos = await ctx.mount.position()
+            join_s = now_s + ctx.tracker.estimate_slew_s(plan, pos) + ctx.cfg.tracking.preposition_margin_s
+            plan = plan.window(join_s, plan.los_s)
+            log.info("pass %s: joining the track at %s", entry.pass_id, _hms(_dt(join_s)))
+        self.plan = plan
+        try:
+            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+        except PrepositionTimeout as exc:
+            raise PassAborted(f"not at the rise point in time: {exc}") from exc
+        except MountError as exc:
+            await self._mount_fault(exc)  # raises unless the link came back
+            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+
+        await ctx.tagger.configure([ChannelConfig(channel=int(c)) for c in Channel])
+        set_link = getattr(ctx.tagger, "set_link", None)
+        if set_link is not None:  # a simulated downlink follows the real pass geometry
+            set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
+        self.recorder = ctx.pipeline.open_pass(self._header(satellite))
+        self.report.pass_file = str(self.recorder.path)
+        self._on_file_opened(str(self.recorder.path))
+        return True
+
+    def _header(self, satellite: Any) -> PassHeader:
+        ctx, entry = self.ctx, self.entry
+        site = ctx.cfg.site
+        seed = getattr(getattr(ctx.tagger, "options", None), "seed", None)
+        return PassHeader(
+            station_id=ctx.cfg.station_id, station_name=site.name,
+            site_latitude_deg=site.latitude_deg, site_longitude_deg=site.longitude_deg,
+            site_height_m=site.height_m, satellite=entry.satellite, norad_id=entry.norad_id,
+            elements=entry.elements_text, pass_id=entry.pass_id, segment=self.segment,
+            aos=entry.aos, los=entry.los, qkd_start=entry.qkd_start, qkd_end=entry.qkd_end,
+            channel_map={str(int(c)): c.name for c in Channel},
+            tagger_model=ctx.tagger.model, tagger_resolution_ps=ctx.tagger.resolution_ps,
+            clock_source=ctx.clock.source, simulator_seed=seed, software_version=__version__,
+        )
+
+    # -- track -------------------------------------------------------------------------------
+    async def _track(self) -> None:
+        ctx, entry = self.ctx, self.entry
+        await ctx.clock.sleep_until(max(self.plan.aos_s - 1.0, ctx.clock.now_s()))
+        self._set_phase(Phase.TRACK)
+        await self._beacon(on=True)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._acquire(), name=f"acquire-{entry.pass_id}")
+            tg.create_task(self._watch_telemetry(), name=f"telemetry-{entry.pass_id}")
+            tg.create_task(self._progress(), name=f"progress-{entry.pass_id}")
+            await self._follow()
+            # LOS: the helpers end themselves once tracking is over.
+            self._tracking_done = True
+
+    async def _follow(self) -> None:
+        """Track to LOS, riding out a mount link drop within the grace period."""
+        self._tracking_done = False
+        plan = self.plan
+        while True:
+            try:
+                self.report.tracking = await self.ctx.tracker.track(plan)
+                return
+            except TrackingAborted as exc:
+                self.report.tracking = exc.stats
+                raise PassAborted(f"tracking: {exc}") from exc
+            except MountError as exc:
+                self.report.tracking = self.ctx.tracker.stats
+                await self._mount_fault(exc)
+                now_s = self.ctx.clock.now_s()
+                if plan.los_s - now_s < 2.0:
+                    return
+                plan = plan.window(now_s + 1.0, plan.los_s)
+                log.info("pass %s: mount back, resuming the track", self.entry.pass_id)
+
+    async def _mount_fault(self, exc: DriverError) -> None:
+        """The mount failed mid-pass: reconnect within the grace period or abort to safe."""
+        ctx = self.ctx
+        ctx.mark_lost("mount", exc)
+        if not isinstance(exc, ConnectionLost):
+            raise PassAborted(f"mount error: {exc}", go_safe=True) from exc
+        grace_s = ctx.cfg.operations.faults.mount_reconnect_grace_s
+        log.warning("pass %s: mount link lost (%s); reconnecting for up to %.0f s",
+                    self.entry.pass_id, exc, grace_s)
+        if not await with_grace(lambda: ctx.connect("mount"), ctx.clock, grace_s):
+            raise PassAborted(
+                f"mount link lost and not back within {grace_s:g} s: {exc}", go_safe=True) from exc
+
+    async def _acquire(self) -> None:
+        """Record every batch across the QKD window; stopping drains the tagger first."""
+        ctx, entry, rec = self.ctx, self.entry, self.recorder
+        assert rec is not None
+        if entry.qkd_start is None or entry.qkd_end is None:
+            log.warning("pass %s has no QKD window: nothing to record", entry.pass_id)
+            return
+        start_s = max(entry.qkd_start.timestamp(), ctx.clock.now_s())
+        end_s = entry.qkd_end.timestamp()
+        if start_s >= end_s:
+            return
+        await ctx.clock.sleep_until(start_s)
+        await ctx.tagger.start()
+        self._acquiring = True
+        log.info("pass %s: acquisition started", entry.pass_id)
+
+        async def stop_at_end() -> None:
+            await ctx.clock.sleep_until(end_s)
+            await ctx.tagger.stop()
+
+        stopper = asyncio.create_task(stop_at_end(), name=f"acq-stop-{entry.pass_id}")
+        try:
+            async for batch in ctx.tagger.batches():
+                await rec.push(batch)
+                self._check_batch(batch)
+        finally:
+            if not stopper.done():
+                stopper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stopper
+                with contextlib.suppress(DriverError):
+                    await ctx.tagger.stop()
+            self._acquiring = False
+        log.info("pass %s: acquisition stopped", entry.pass_id)
+
+    def _check_batch(self, batch: Batch) -> None:
+        info = batch.info
+        if info.lossy:
+            self.report.overflow_batches += 1
+            self.ctx.alarms.raise_(
+                "timetagger.overflow", Severity.WARNING,
+                f"time tagger overflow in batch {info.seq} ({info.missed_events} events missed); "
+                "recorded in the pass file", pass_id=self.entry.pass_id)
+
+    async def _watch_telemetry(self) -> None:
+        """Publish mount telemetry and turn sustained tracking error into a fault."""
+        ctx = self.ctx
+        faults = ctx.cfg.operations.faults
+        sub = ctx.tracker.subscribe()
+        over_since: float | None = None
+        set_pointing = getattr(ctx.tagger, "set_pointing_error_urad", None)
+        try:
+            async for sample in _until(sub, lambda: self._tracking_done):
+                self._publish_mount(sample)
+                if set_pointing is not None and sample.phase == "tracking":
+                    set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
+                if not sample.acquired:
+                    continue
+                if sample.sky_error_arcsec > faults.tracking_error_limit_arcsec:
+                    over_since = sample.time_s if over_since is None else over_since
+                    if sample.time_s - over_since >= faults.tracking_error_duration_s:
+                        msg = (f"tracking error {sample.sky_error_arcsec:.0f}\" above "
+                               f"{faults.tracking_error_limit_arcsec:g}\" for "
+                               f"{sample.time_s - over_since:.1f} s")
+                        ctx.alarms.raise_("tracking.error", Severity.WARNING, msg,
+                                          pass_id=self.entry.pass_id)
+                        if faults.abort_on_tracking_error:
+                            self.request_abort(msg)
+                else:
+                    if over_since is not None:
+                        ctx.alarms.clear("tracking.error", "tracking error back within the limit")
+                    over_since = None
+        finally:
+            ctx.tracker.unsubscribe(sub)
+
+    def _publish_mount(self, s: TrackingSample) -> None:
+        saz, sel = self.plan.sky_at(s.time_s)
+        self.publisher.publish_mount(MountTelemetry(
+            time=_dt(s.time_s), actual_az_deg=s.actual_az_deg, actual_el_deg=s.actual_el_deg,
+            commanded_az_deg=s.commanded_az_deg, commanded_el_deg=s.commanded_el_deg,
+            target_az_deg=float(saz) % 360.0, target_el_deg=float(sel),
+            tracking_error_arcsec=max(0.0, s.sky_error_arcsec), moving=True, parked=False,
+            tracking=s.phase == "tracking", connected=True))
+
+    async def _progress(self) -> None:
+        """Pass progress and count rates, once a clock second, until LOS."""
+        ctx = self.ctx
+        geometry = SatelliteLinkGeometry(self.entry.earth_satellite(), ctx.cfg.site)
+        while not self._tracking_done:
+            self.publish_progress(geometry)
+            await ctx.clock.sleep(1.0)
+
+    def publish_progress(self, geometry: SatelliteLinkGeometry | None = None) -> None:
+        ctx, entry = self.ctx, self.entry
+        now_s = ctx.clock.now_s()
+        stats = self.recorder.stats() if self.recorder is not None else None
+        el = rng = None
+        if geometry is not None:
+            import numpy as np
+
+            r, e = geometry.range_el_at(np.array([now_s]))
+            rng, el = float(r[0]), float(e[0])
+        self.publisher.publish_pass_progress(PassProgress(
+            time=ctx.clock.now(), pass_id=entry.pass_id, satellite=entry.satellite,
+            phase=self.phase if self.phase != Phase.IDLE else Phase.FINALIZE,
+            elapsed_s=max(0.0, now_s - self.started_s),
+            remaining_s=max(0.0, entry.los_s - now_s), el_deg=el,
+            range_km=max(0.0, rng) if rng is not None else None,
+            events_recorded=stats.events_recorded if stats else 0,
+            events_streamed=stats.events_streamed if stats else 0,
+            events_lost=stats.events_lost if stats else 0))
+        rates = ctx.tagger.count_rates_hz()
+        self.publisher.publish_timetagger(TimeTaggerTelemetry(
+            time=ctx.clock.now(), acquiring=self._acquiring,
+            window_s=getattr(ctx.tagger, "rate_window_s", 1.0),
+            rates_hz={channel_name(c): float(r) for c, r in sorted(rates.items())},
+            overflow=ctx.alarms.is_active("timetagger.overflow"),
+            overflow_count=self.report.overflow_batches,
+            events_total=stats.events_recorded if stats else 0))
+
+    async def _beacon(self, *, on: bool) -> None:
+        laser = self.ctx.laser
+        if laser is None or not self.ctx.links.get("beacon_laser", None) or \
+                not self.ctx.links["beacon_laser"].connected:
+            return
+        try:
+            if on:
+                await laser.output_on(reason=f"pass {self.entry.pass_id} tracking")
+            else:
+                await laser.output_off(reason=f"pass {self.entry.pass_id} over")
+        except DriverError as exc:
+            self.ctx.alarms.raise_("beacon_laser.command", Severity.WARNING,
+                                   f"beacon laser {'on' if on else 'off'} failed: {exc}",
+                                   pass_id=self.entry.pass_id)
+
+    # -- finalize and park ---------------------------------------------------------------------
+    async def _finalize(self) -> None:
+        ctx = self.ctx
+        self._set_phase(Phase.FINALIZE)
+        self._tracking_done = True
+        await self._beacon(on=False)
+        if self.recorder is not None:
+            totals = await self.recorder.close(self.report.outcome.value, self.report.reason)
+            r = self.report
+            r.counts_by_channel = {channel_name(int(c)): int(n)
+                                   for c, n in totals.counts_by_channel.items()}
+            r.events_recorded = totals.events_recorded
+            r.events_streamed = totals.events_streamed
+            r.events_lost = totals.events_lost
+            r.pass_file = str(totals.path)
+            qber = getattr(ctx.tagger, "measured_qber", None)
+            if callable(qber):
+                with contextlib.suppress(Exception):
+                    r.qber_measured = qber()
+        ctx.alarms.clear("timetagger.overflow", "pass over")
+        ctx.alarms.clear("tracking.error", "pass over")
+        self._summary()
+
+    def _summary(self) -> None:
+        r = self.report
+        tr = r.tracking
+        self.publisher.publish_summary(PassSummary(
+            pass_id=r.pass_id, satellite=r.satellite, norad_id=r.norad_id,
+            outcome=r.outcome, reason=r.reason, planned_aos=r.planned_aos,
+            planned_los=r.planned_los,
+            started_at=r.phase_times.get(Phase.PREPARE.value),
+            ended_at=self.ctx.clock.now(), max_el_deg=self.entry.max_el_deg,
+            counts_by_channel=r.counts_by_channel, events_recorded=r.events_recorded,
+            events_streamed=r.events_streamed, events_lost=r.events_lost,
+            tracking_error=TrackingErrorStats(
+                rms_arcsec=tr.rms_sky_error_arcsec, p95_arcsec=tr.p95_error_arcsec,
+                max_arcsec=tr.max_error_arcsec, samples=tr.samples_after_acquisition)
+            if tr is not None else None,
+            file_path=r.pass_file, alarms_raised=self.ctx.alarms.raised_since(self._alarm_mark)))
+        log.info("pass %s %s%s: %d events recorded, %d streamed, %d lost; file %s",
+                 r.pass_id, r.outcome.value, f" ({r.reason})" if r.reason else "",
+                 r.events_recorded, r.events_streamed, r.events_lost, r.pass_file)
+
+    async def _park(self) -> None:
+        ctx = self.ctx
+        self._set_phase(Phase.PARK)
+        if not ctx.links["mount"].connected:
+            log.error("pass %s: cannot park, the mount is not connected", self.entry.pass_id)
+            return
+        try:
+            if await ctx.tracker.park():
+                self.report.mount_parked = await ctx.tracker.wait_parked(
+                    ctx.cfg.operations.faults.park_timeout_s)
+        except (MountError, TimeoutError) as exc:
+            ctx.mark_lost("mount", exc)
+        if not self.report.mount_parked:
+            ctx.alarms.raise_("mount.park", Severity.CRITICAL,
+                              "the mount did not reach the park position",
+                              pass_id=self.entry.pass_id)
+            self.report.go_safe = True
+        else:
+            ctx.alarms.clear("mount.park", "parked")
+
+
+async def _until(sub: Any, done: Callable[[], bool]) -> Any:
+    """Iterate a telemetry subscription until ``done()`` (checked on each sample / 1 s)."""
+    it = sub.__aiter__()
+    while not done():
+        try:
+            async with asyncio.timeout(1.0):  # wall-clock poll of a flag; not domain time
+                sample = await it.__anext__()
+        except TimeoutError:
+            continue
+        except StopAsyncIteration:
+            return
+        yield sample
+
+
+def _dt(time_s: float) -> datetime:
+    from station.clock import from_epoch_s
+
+    return from_epoch_s(time_s)
+
+
+def _hms(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
