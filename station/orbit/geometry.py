@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from skyfield.api import EarthSatellite, load, wgs84
 from skyfield.jpllib import SpiceKernel
+from skyfield.nutationlib import iau2000b_radians
 from skyfield.timelib import Time, Timescale
 from skyfield.toposlib import GeographicPosition
 
@@ -78,12 +79,18 @@ def times_from_epoch_s(time_s: np.ndarray | float) -> Time:
 
     Unix seconds skip leap seconds, exactly like the UTC calendar skyfield takes, so the
     Julian date split below is exact to the microsecond for any post-1972 time.
+
+    The Time uses the IAU 2000B nutation series (77 terms, good to about a milliarcsecond)
+    instead of 2000A (1365 terms), as skyfield's own almanac searches do: it was most of
+    the cost of describing a pass, and a milliarcsecond is far below SGP4's accuracy.
     """
     ts = load_timescale()
     s = np.asarray(time_s, dtype=float)
     days = np.floor(s / 86400.0)
     # Split whole days from the fraction to keep sub-millisecond precision in doubles.
-    return ts.utc(1970, 1, 1 + days, 0, 0, s - days * 86400.0)
+    t = ts.utc(1970, 1, 1 + days, 0, 0, s - days * 86400.0)
+    t._nutation_angles_radians = iau2000b_radians(t)
+    return t
 
 
 def site_position(site: SiteConfig) -> GeographicPosition:
@@ -119,15 +126,18 @@ def look_angles(
     time_s: np.ndarray,
     *,
     refraction: bool = False,
+    t: Time | None = None,
 ) -> LookAngles:
     """Azimuth, elevation, range and range rate of ``satellite`` from ``site`` (vectorised).
 
     With ``refraction=True`` the elevation includes atmospheric refraction for the site's
     ``temperature_C`` and ``pressure_mbar`` (pressure 0 turns it off); refraction only
-    changes the elevation, never azimuth or range.
+    changes the elevation, never azimuth or range. ``t``, the skyfield Time of ``time_s``
+    when the caller already has it, lets several calls share its (costly) nutation.
     """
     time_s = np.asarray(time_s, dtype=float)
-    t = times_from_epoch_s(time_s)
+    if t is None:
+        t = times_from_epoch_s(time_s)
     topocentric = (satellite - site_position(site)).at(t)
     alt, az, dist = topocentric.altaz(**_refraction_kwargs(site, refraction))
     r_km = topocentric.position.km
@@ -143,22 +153,29 @@ def look_angles(
     )
 
 
-def _body_altaz(body: str, site: SiteConfig, time_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+def _body_altaz(
+    body: str, site: SiteConfig, time_s: np.ndarray | float, t: Time | None
+) -> tuple[np.ndarray, np.ndarray]:
     eph = load_ephemeris()
     observer = eph["earth"] + site_position(site)
-    t = times_from_epoch_s(time_s)
+    if t is None:
+        t = times_from_epoch_s(time_s)
     alt, az, _ = observer.at(t).observe(eph[body]).apparent().altaz()
     return np.mod(np.asarray(az.degrees), 360.0), np.asarray(alt.degrees)
 
 
-def sun_altaz(site: SiteConfig, time_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+def sun_altaz(
+    site: SiteConfig, time_s: np.ndarray | float, *, t: Time | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(az_deg, el_deg)`` of the Sun's apparent (geometric-elevation) position; vectorised."""
-    return _body_altaz("sun", site, time_s)
+    return _body_altaz("sun", site, time_s, t)
 
 
-def moon_altaz(site: SiteConfig, time_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+def moon_altaz(
+    site: SiteConfig, time_s: np.ndarray | float, *, t: Time | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(az_deg, el_deg)`` of the Moon's apparent (geometric-elevation) position; vectorised."""
-    return _body_altaz("moon", site, time_s)
+    return _body_altaz("moon", site, time_s, t)
 
 
 def moon_illumination(time_s: np.ndarray | float) -> np.ndarray:

@@ -540,35 +540,27 @@ class PassTrack:
 
 
 def _qkd_window(
-    sat: EarthSatellite, site: SiteConfig, track: PassTrack, min_el_deg: float, max_range_km: float | None,
+    site: SiteConfig, track: PassTrack, min_el_deg: float, max_range_km: float | None,
 ) -> tuple[float, float] | None:
-    def margin(la_el: np.ndarray, la_rng: np.ndarray, az: np.ndarray) -> np.ndarray:
-        m = np.minimum(la_el - min_el_deg, la_el - site.horizon_min_el_deg(az))
-        if max_range_km is not None:
-            # Scale km to about the same sensitivity as degrees near the window edges.
-            m = np.minimum(m, (max_range_km - la_rng) / 30.0)
-        return m
-
-    f = margin(track.el_deg, track.range_km, track.az_deg)
-    inside = np.flatnonzero(f > 0)
+    """First and last moment the QKD conditions hold, interpolated on the 1 s track
+    (elevation and range are smooth over a second: the error is a few milliseconds)."""
+    margin = np.minimum(track.el_deg - min_el_deg, track.el_deg - site.horizon_min_el_deg(track.az_deg))
+    if max_range_km is not None:
+        # Scale km to about the same sensitivity as degrees near the window edges.
+        margin = np.minimum(margin, (max_range_km - track.range_km) / 30.0)
+    inside = np.flatnonzero(margin > 0)
     if len(inside) == 0:
         return None
-    i0, i1 = inside[0], inside[-1]
     t = track.time_s
+    i0, i1 = int(inside[0]), int(inside[-1])
 
-    def at(times: np.ndarray) -> np.ndarray:
-        la = look_angles(sat, site, times)
-        return margin(la.el_deg, la.range_km, la.az_deg)
+    def cross(a: int, b: int) -> float:
+        fa, fb = margin[a], margin[b]
+        return float(t[a] + (t[b] - t[a]) * fa / (fa - fb)) if fa != fb else float(t[b])
 
-    lo = np.array([t[max(i0 - 1, 0)], t[i1]])
-    hi = np.array([t[i0], t[min(i1 + 1, len(t) - 1)]])
-    flo, fhi = at(lo), at(hi)
-    ok = np.sign(flo) != np.sign(fhi)
-    edges = np.where(flo > 0, lo, hi)
-    if ok.any():
-        w = np.flatnonzero(ok)
-        edges[w] = _illinois(lambda idx, tt: at(tt), lo[w], hi[w], flo[w], fhi[w])
-    return float(edges[0]), float(edges[1])
+    start = cross(i0 - 1, i0) if i0 > 0 else float(t[0])
+    end = cross(i1, i1 + 1) if i1 + 1 < len(t) else float(t[-1])
+    return start, end
 
 
 def describe_pass(
@@ -584,11 +576,12 @@ def describe_pass(
     sat = es.satellite
     times = np.arange(ev.aos_s, ev.los_s, step_s)
     times = np.append(times, ev.los_s)
-    la = look_angles(sat, site, times)
-    sun_az, sun_el = sun_altaz(site, times)
-    moon_az, moon_el = moon_altaz(site, times)
-    eph = load_ephemeris()
-    sunlit = np.asarray(sat.at(times_from_epoch_s(times)).is_sunlit(eph), dtype=bool)
+    # One Time for every body: skyfield computes its nutation once, not four times.
+    t = times_from_epoch_s(times)
+    la = look_angles(sat, site, times, t=t)
+    sun_az, sun_el = sun_altaz(site, times, t=t)
+    moon_az, moon_el = moon_altaz(site, times, t=t)
+    sunlit = np.asarray(sat.at(t).is_sunlit(load_ephemeris()), dtype=bool)
     track = PassTrack(times, la.az_deg, la.el_deg, la.range_km, sun_az, sun_el, moon_az, moon_el, sunlit)
 
     i_min = int(np.argmin(la.range_km))
@@ -602,7 +595,7 @@ def describe_pass(
     moon_sep = angular_separation_deg(la.az_deg, la.el_deg, moon_az, moon_el)
     moon_up = moon_el > 0
     tca_la = look_angles(sat, site, np.array([ev.tca_s]))
-    window = _qkd_window(sat, site, track, qkd_min_el_deg, qkd_max_range_km)
+    window = _qkd_window(site, track, qkd_min_el_deg, qkd_max_range_km)
     if window:
         in_window = (times >= window[0]) & (times <= window[1])
         qkd_sunlit = bool(sunlit[in_window].any())
