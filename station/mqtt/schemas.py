@@ -1,6 +1,7 @@
-"""Write (or check) ``docs/schemas/*.json`` from the payload models.
+"""Write (or check) ``docs/schemas/*.json`` and the field reference of ``docs/mqtt.md``
+from the payload models.
 
-    python -m station.mqtt.schemas            # rewrite docs/schemas/
+    python -m station.mqtt.schemas            # rewrite docs/schemas/ and the reference
     python -m station.mqtt.schemas --check    # exit 1 listing stale files (CI)
 
 The same schemas are published retained on ``<root>/<id>/schema/<name>``.
@@ -12,10 +13,70 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from station.mqtt.messages import json_schemas
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+DOC = DEFAULT_DIR.parent / "mqtt.md"
+BEGIN = "<!-- BEGIN GENERATED FIELD REFERENCE (python -m station.mqtt.schemas) -->"
+END = "<!-- END GENERATED FIELD REFERENCE -->"
+
+
+def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        name = prop["$ref"].rsplit("/", 1)[1]
+        target = defs.get(name, {})
+        if "enum" in target:
+            return " \\| ".join(f"`{v}`" for v in target["enum"])
+        return name
+    if "anyOf" in prop:
+        return " or ".join(_type(p, defs) for p in prop["anyOf"])
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    t = prop.get("type", "any")
+    if t == "array":
+        return f"list of {_type(prop.get('items', {}), defs)}"
+    if t == "object" and "additionalProperties" in prop and isinstance(prop["additionalProperties"], dict):
+        return f"object of {_type(prop['additionalProperties'], defs)}"
+    if t == "string" and prop.get("format") == "date-time":
+        return "UTC time"
+    return str(t)
+
+
+def _table(title: str, schema: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    required = set(schema.get("required", []))
+    lines = [f"#### {title}", ""]
+    doc = (schema.get("description") or "").strip().replace("\n", " ")
+    if doc:
+        lines += [doc, ""]
+    lines += ["| field | type | required | description |", "|---|---|---|---|"]
+    for name, prop in schema.get("properties", {}).items():
+        desc = (prop.get("description") or "").replace("|", "\\|").replace("\n", " ")
+        if "default" in prop and name not in required:
+            desc += f" Default `{json.dumps(prop['default'])}`."
+        lines.append(f"| `{name}` | {_type(prop, defs)} | {'yes' if name in required else 'no'} | {desc} |")
+    return lines + [""]
+
+
+def render_reference() -> str:
+    """The Markdown field reference of every payload (between the markers in docs/mqtt.md)."""
+    out = [BEGIN, ""]
+    for name, schema in json_schemas().items():
+        defs = schema.get("$defs", {})
+        out += _table(f"`{name}` ([schema](schemas/{name}.json))", schema, defs)
+        for sub, sub_schema in defs.items():
+            if "properties" in sub_schema:
+                out += _table(f"`{name}` → {sub}", sub_schema, defs)
+    return "\n".join(out + [END])
+
+
+def _doc_with_reference(text: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{DOC} lacks the generated-reference markers")
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return head + render_reference() + tail
 
 
 def render() -> dict[str, str]:
@@ -30,6 +91,11 @@ def stale_files(directory: Path) -> list[str]:
     problems = [name for name, text in wanted.items()
                 if not (directory / name).is_file() or (directory / name).read_text() != text]
     problems += [p.name for p in directory.glob("*.json") if p.name not in wanted]
+    doc = directory.parent / "mqtt.md"
+    if doc.is_file():
+        text = doc.read_text()
+        if BEGIN not in text or _doc_with_reference(text) != text:
+            problems.append("../mqtt.md (field reference)")
     return sorted(problems)
 
 
@@ -42,6 +108,9 @@ def write(directory: Path) -> list[str]:
             p.unlink()
     for name, text in wanted.items():
         (directory / name).write_text(text)
+    doc = directory.parent / "mqtt.md"
+    if doc.is_file():
+        doc.write_text(_doc_with_reference(doc.read_text()))
     return sorted(wanted)
 
 
