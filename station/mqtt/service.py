@@ -151,6 +151,10 @@ def _encode(payload: BaseModel | bytes | str | dict[str, Any] | None) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+class _SettingsProblem(Exception):
+    """Internal: the MQTT settings cannot be used as they are (the message says why)."""
+
+
 class _Stopping(Exception):
     """Internal: a clean stop was requested while connected."""
 
@@ -332,8 +336,12 @@ class MqttService:
                 connects_before = self.stats.connects
                 try:
                     await self._session()
-                except (aiomqtt.MqttError, OSError) as exc:  # OSError: e.g. unreadable cert file
+                except (aiomqtt.MqttError, OSError) as exc:  # OSError: also ssl errors, bad files
                     self._on_connection_lost(exc, was_connected=self.stats.connects > connects_before)
+                except _SettingsProblem as exc:
+                    # A fixable local problem (empty password file ...): keep retrying, so
+                    # fixing the file is enough, and never take the daemon down.
+                    self._on_connection_lost(exc, was_connected=False)
                 else:
                     if self._stop_requested.is_set():
                         break
@@ -369,7 +377,14 @@ class MqttService:
                     self.mqtt.host, self.mqtt.port, self.stats.last_error)
 
     async def _session(self) -> None:
-        kwargs = client_kwargs(self.mqtt, self.client_id)
+        try:
+            kwargs = client_kwargs(self.mqtt, self.client_id)
+        except OSError as exc:
+            raise _SettingsProblem(f"cannot read mqtt.password_file {self.mqtt.password_file}: "
+                                   f"{exc.strerror or exc}") from None
+        except IndexError:
+            raise _SettingsProblem(f"mqtt.password_file {self.mqtt.password_file} is empty; "
+                                   "its first line must be the password") from None
         will = aiomqtt.Will(self.topic("status"), Status.OFFLINE.value.encode(), qos=1, retain=True)
         client = aiomqtt.Client(**kwargs, will=will, logger=_paho_log)
         async with client:

@@ -119,3 +119,22 @@ async def test_embedded_broker_port_taken_names_the_port_and_the_fix(tmp_path):
             await EmbeddedBroker("127.0.0.1", port).start()
     text = str(err.value)
     assert f"port {port}" in text and "mqtt.port" in text and "QKD_STATION__MQTT__PORT" in text
+
+
+@pytest.mark.parametrize("content", [None, ""])
+async def test_a_bad_password_file_is_reported_and_retried_not_fatal(mosquitto, tmp_path, content):
+    pw = tmp_path / "pw"
+    if content is not None:
+        pw.write_text(content)
+    cfg = make_cfg(tmp_path, mosquitto.host, mosquitto.port, station_id="badpw",
+                   username="station", password_file=pw)
+    async with MqttService(cfg, SimClock(START, manual=True)) as service:
+        for _ in range(200):
+            if service.stats.connect_failures >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert service.stats.connect_failures >= 2 and service.state is not ConnState.STOPPED
+        assert "mqtt.password_file" in service.stats.last_error
+        pw.write_text("anything\n")  # the anonymous test broker accepts any password
+        async with asyncio.timeout(10):
+            await service.wait_connected()
