@@ -191,7 +191,7 @@ class IndiMount(Mount):
             await task
 
     async def position(self) -> MountPosition:
-        vectors = self._live()
+        vectors = await self._live()
         coord = vectors["EQUATORIAL_EOD_COORD"]
         try:
             ra_h = float(coord.getfloatvalue("RA"))
@@ -207,7 +207,7 @@ class IndiMount(Mount):
 
     async def slew_to(self, az_deg: float, el_deg: float) -> None:
         check_target(self.capabilities, az_deg, el_deg, device=self.name)
-        vectors = self._live()
+        vectors = await self._live()
         if vectors["TELESCOPE_PARK"]["PARK"] == "On":
             await self._send("TELESCOPE_PARK", {"PARK": "Off", "UNPARK": "On"})
         mode = self.options.coord_set_mode
@@ -221,16 +221,16 @@ class IndiMount(Mount):
         await self._send("EQUATORIAL_EOD_COORD", {"RA": ra_h, "DEC": dec_deg})
 
     async def stop(self) -> None:
-        self._live()
+        await self._live()
         await self._send("TELESCOPE_ABORT_MOTION", {"ABORT": "On"})
 
     async def park(self) -> None:
-        self._live()
+        await self._live()
         await self._send("TELESCOPE_PARK", {"PARK": "On", "UNPARK": "Off"})
 
     async def status(self) -> MountStatus:
         try:
-            vectors = self._live()
+            vectors = await self._live()
         except MountNotConnected:
             return MountStatus(False, False, False, False, None)
         except MountConnectionLost as exc:
@@ -253,11 +253,16 @@ class IndiMount(Mount):
         device = client.get(self.options.device)
         return device if device is not None else {}
 
-    def _live(self) -> Any:
+    async def _live(self) -> Any:
         """The device's property vectors, when the link and the device are up."""
         client = self._client
         if client is None:
             raise MountNotConnected("not connected; call connect() first", device=self.name)
+        reader = getattr(client, "_reader", None)
+        if reader is not None and reader.at_eof():
+            # indipyclient 0.9.4 keeps polling a socket the server has closed instead of
+            # dropping it; drop it on its behalf so its own 5 s reconnect loop starts.
+            await client._clear_connection()
         vectors = self._vectors()
         if not client.connected or "EQUATORIAL_EOD_COORD" not in vectors:
             raise MountConnectionLost(

@@ -27,19 +27,39 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+class RotctldPeer(Peer):
+    """A real rotctld that a test may stop and start again on the same port."""
+
+    @staticmethod
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+        )
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            _stop(proc)
+            raise
+        return proc
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def restart(self) -> None:
+        self.stop()
+        self.process = self.launch(self.port)
+
+
 @pytest.fixture
-def rotctld() -> Iterator[Peer]:
+def rotctld() -> Iterator[RotctldPeer]:
     """Hamlib's real ``rotctld`` with the dummy rotator (model 1) on a free port."""
     port = free_port()
-    proc = subprocess.Popen(
-        [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )
+    peer = RotctldPeer(port, RotctldPeer.launch(port))
     try:
-        wait_for_port(port)
-        yield Peer(port, proc)
+        yield peer
     finally:
-        _stop(proc)
+        peer.stop()
 
 
 @pytest.fixture

@@ -114,3 +114,23 @@ async def test_real_simulator_connect_slew_read_back_park(indi_telescope) -> Non
         await mount.close()
     with pytest.raises(MountNotConnected):
         await mount.position()
+
+
+async def test_real_simulator_going_away_is_a_lost_link(indi_telescope) -> None:
+    mount = IndiMount(IndiMount.Options(port=indi_telescope.port, **XINGLONG), clock=RealClock())
+    await mount.connect()
+    try:
+        await mount.position()
+        indi_telescope.process.terminate()
+        indi_telescope.process.wait(5)
+
+        async def link_down() -> bool:
+            return not (await mount.status()).connected
+
+        await wait_until(link_down, within_s=10.0, poll_s=0.05)
+        with pytest.raises(MountConnectionLost, match="down"):
+            await mount.position()
+        with pytest.raises(MountConnectionLost):
+            await mount.slew_to(100.0, 20.0)
+    finally:
+        await mount.close()

@@ -231,3 +231,27 @@ async def test_real_rotctld_connect_slew_read_back_park_and_limits(rotctld) -> N
         assert not (await mount.status()).parked
     finally:
         await mount.close()
+
+
+async def test_real_rotctld_restart_is_survived_by_reconnecting(rotctld) -> None:
+    mount = RotctldMount(RotctldMount.Options(port=rotctld.port, reconnect_initial_s=0.05,
+                                              reconnect_max_s=0.2), clock=RealClock())
+    await mount.connect()
+    try:
+        await mount.position()
+        rotctld.stop()
+        with pytest.raises(MountConnectionLost):
+            await mount.position()
+        assert not (await mount.status()).connected
+        rotctld.restart()
+        async with asyncio.timeout(10.0):  # guards against a hang only
+            while True:
+                try:
+                    pos = await mount.position()
+                    break
+                except MountConnectionLost:
+                    await asyncio.sleep(0.05)
+        assert (pos.az_deg, pos.el_deg) == (0.0, 0.0)  # a fresh dummy rotator
+        assert mount.links_lost >= 1 and mount.reconnects == 1
+    finally:
+        await mount.close()

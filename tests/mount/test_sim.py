@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers import registry
@@ -345,3 +348,49 @@ async def test_registry_builds_it() -> None:
     await mount.connect()
     pos = await mount.position()
     assert pos.az_deg == pytest.approx(180.0, abs=0.01)
+
+
+@settings(max_examples=30, deadline=None)
+@given(commands=st.lists(
+    st.tuples(st.floats(0.0, 4.0),                      # wait before the command, s
+              st.sampled_from(["slew", "stop", "park"]),
+              st.floats(-270.0, 270.0), st.floats(0.0, 90.0)),
+    min_size=1, max_size=12))
+def test_any_command_sequence_respects_rate_acceleration_and_travel(commands) -> None:
+    """Whatever is commanded, when, the axes stay within their dynamics and travel."""
+
+    async def run() -> None:
+        clock = SimClock(T0_S, manual=True)
+        mount = make(clock, az_max_rate_deg_s=5.0, el_max_rate_deg_s=3.0,
+                     az_max_accel_deg_s2=4.0, el_max_accel_deg_s2=2.0, start_az_deg=0.0,
+                     start_el_deg=45.0)
+        await mount.connect()
+        dt = 0.05
+        prev = mount.true_velocity()
+
+        async def watch(duration_s: float) -> None:
+            nonlocal prev
+            for _ in range(max(1, round(duration_s / dt))):
+                await clock.advance(dt)
+                v = mount.true_velocity()
+                pos = mount.true_position()
+                assert abs(v[0]) <= 5.0 + 1e-9 and abs(v[1]) <= 3.0 + 1e-9
+                assert abs(v[0] - prev[0]) <= 4.0 * dt + 1e-9
+                assert abs(v[1] - prev[1]) <= 2.0 * dt + 1e-9
+                assert -270.0 <= pos.az_deg <= 270.0 and 0.0 <= pos.el_deg <= 90.0
+                prev = v
+
+        for wait_s, kind, az, el in commands:
+            await watch(wait_s)
+            if kind == "slew":
+                await mount.slew_to(az, el)
+            elif kind == "stop":
+                await mount.stop()
+            else:
+                await mount.park()
+        await watch(10.0)
+        await clock.advance(200.0)
+        # Left alone long enough, it always comes to rest.
+        assert mount.true_velocity() == (0.0, 0.0)
+
+    asyncio.run(run())
