@@ -179,7 +179,22 @@ _L2_FIELDS: list[tuple[int, int, str, re.Pattern[str]]] = [
 ]
 
 
+class _TleLineError(ValueError):
+    """A problem in one line of a TLE (1 or 2), so the report can point at that line."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.number = number
+
+
 def _check_tle_line(line: str, number: int) -> None:
+    try:
+        _check_tle_fields(line, number)
+    except ValueError as exc:
+        raise _TleLineError(number, str(exc)) from None
+
+
+def _check_tle_fields(line: str, number: int) -> None:
     if len(line) != 69:
         raise ValueError(f"TLE line {number} has {len(line)} characters, expected 69")
     if line[0] != str(number) or line[1] != " ":
@@ -259,6 +274,8 @@ def _parse_tle_text(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
                 continue
             try:
                 sets.append(_tle_record(name[1] if name else None, line, lines[i + 1], where))
+            except _TleLineError as exc:
+                problems.append(f"{path}:{i + exc.number}: {exc}")
             except ValueError as exc:
                 problems.append(f"{where}: {exc}")
             name = None

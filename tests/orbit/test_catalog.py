@@ -47,17 +47,19 @@ def test_reference_files_load_cleanly():
 
 
 @pytest.mark.parametrize(
-    ("mutate", "reason"),
+    ("mutate", "line", "reason"),
     [
-        (lambda l1, l2: (l1[:68] + str((int(l1[68]) + 1) % 10), l2), "checksum is"),
-        (lambda l1, l2: (l1[:60], l2), "has 60 characters, expected 69"),
-        (lambda l1, l2: (_with_checksum(l1[:18] + "1X" + l1[20:]), l2), "columns 19-20 (epoch year)"),
-        (lambda l1, l2: (l1, _with_checksum(l2[:2] + "41732" + l2[7:])), "name different satellites"),
-        (lambda l1, l2: (l1, _with_checksum(l2[:52] + " 0.00000000" + l2[63:])), "mean motion must be positive"),
-        (lambda l1, l2: (l1, _with_checksum(l2[:8] + "197.3699" + l2[16:])), "inclination 197.3699"),
+        (lambda l1, l2: (l1[:68] + str((int(l1[68]) + 1) % 10), l2), 7, "TLE line 1 checksum is 4, the line sums to 3"),
+        (lambda l1, l2: (l1[:60], l2), 7, "TLE line 1 has 60 characters, expected 69"),
+        (lambda l1, l2: (_with_checksum(l1[:18] + "1X" + l1[20:]), l2), 7,
+         "TLE line 1 columns 19-20 (epoch year) '1X' are malformed"),
+        (lambda l1, l2: (l1, l2[:40]), 8, "TLE line 2 has 40 characters, expected 69"),
+        (lambda l1, l2: (l1, _with_checksum(l2[:2] + "41732" + l2[7:])), 6, "name different satellites"),
+        (lambda l1, l2: (l1, _with_checksum(l2[:52] + " 0.00000000" + l2[63:])), 6, "mean motion must be positive"),
+        (lambda l1, l2: (l1, _with_checksum(l2[:8] + "197.3699" + l2[16:])), 6, "inclination 197.3699"),
     ],
 )
-def test_a_bad_record_is_rejected_with_file_line_and_reason_and_the_rest_loads(tmp_path, mutate, reason):
+def test_a_bad_record_is_rejected_with_file_line_and_reason_and_the_rest_loads(tmp_path, mutate, line, reason):
     bad1, bad2 = mutate(L1, L2)
     good = (ELEMENTS / "sim-microsat-2024-10-15.tle").read_text()
     path = tmp_path / "mixed.tle"
@@ -65,7 +67,8 @@ def test_a_bad_record_is_rejected_with_file_line_and_reason_and_the_rest_loads(t
     catalog = Catalog.load([tmp_path], fixed_clock(NIGHT_S))
     assert [es.norad_id for es in catalog] == [99001]
     [problem] = catalog.last_report.problems
-    assert problem.startswith(f"{path}:6: "), problem  # the BROKEN name line starts the record
+    # Line problems point at the line; record problems at the record's first (name) line.
+    assert problem.startswith(f"{path}:{line}: "), problem
     assert reason in problem
 
 
