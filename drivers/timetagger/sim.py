@@ -221,19 +221,38 @@ class _GeometryFit:
         return fit
 
     def range_el_at(self, time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At UTC seconds (float: ~0.2 µs resolution today; see :meth:`range_el_at_ps`)."""
         t = np.asarray(time_s, dtype=float)
-        k = np.floor(t / _GEOMETRY_BLOCK_S)
+        k0 = math.floor(float(t.min()) / _GEOMETRY_BLOCK_S) if t.size else 0
+        return self._eval(k0, t - k0 * _GEOMETRY_BLOCK_S)
+
+    def range_el_at_ps(self, base_ps: int, rel_ps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At UTC ``base_ps + rel_ps`` picoseconds, with ``base_ps`` an exact integer.
+
+        Float seconds since 1970 resolve only ~0.2 µs, which is millimetres of range
+        (picoseconds of time of flight); block-relative times keep full precision.
+        """
+        block_ps = round(_GEOMETRY_BLOCK_S * _PS_PER_S)
+        k0 = base_ps // block_ps
+        into_ps = base_ps - k0 * block_ps
+        return self._eval(k0, (into_ps + np.asarray(rel_ps, dtype=float)) / _PS_PER_S)
+
+    def _eval(self, k0: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x``: seconds after the start of block ``k0``."""
+        if x.size == 0:
+            return np.empty_like(x), np.empty_like(x)
+        k = np.floor(x / _GEOMETRY_BLOCK_S)
         k_lo, k_hi = int(k.min()), int(k.max())
         if k_lo == k_hi:  # the usual case: one block
-            fr, fe = self._block(k_lo)
-            u = (t - (k_lo * _GEOMETRY_BLOCK_S + _GEOMETRY_BLOCK_S / 2)) / self._half
+            fr, fe = self._block(k0 + k_lo)
+            u = (x - (k_lo * _GEOMETRY_BLOCK_S + _GEOMETRY_BLOCK_S / 2)) / self._half
             return np.polyval(fr, u), np.polyval(fe, u)
-        range_km = np.empty_like(t)
-        el_deg = np.empty_like(t)
+        range_km = np.empty_like(x)
+        el_deg = np.empty_like(x)
         for kb in range(k_lo, k_hi + 1):
             sel = k == kb
             if sel.any():
-                range_km[sel], el_deg[sel] = self.range_el_at(t[sel])
+                range_km[sel], el_deg[sel] = self._eval(k0 + kb, x[sel] - kb * _GEOMETRY_BLOCK_S)
         return range_km, el_deg
 
 
@@ -298,11 +317,11 @@ class DownlinkGenerator:
             if c.dead_time_ps:
                 self.dead_time_ps[c.channel] = int(c.dead_time_ps)
 
-    def tof_ps_at_emission(self, emission_utc_s: np.ndarray) -> np.ndarray:
-        """Time of flight of light leaving the satellite at these UTC seconds."""
+    def tof_ps_at_emission(self, base_ps: int, rel_ps: np.ndarray) -> np.ndarray:
+        """Time of flight of light leaving the satellite at UTC ``base_ps + rel_ps`` ps."""
         if self._geometry is None:
             raise TimeTaggerError("no link geometry set")
-        range_km, _ = self._geometry.range_el_at(emission_utc_s)
+        range_km, _ = self._geometry.range_el_at_ps(base_ps, rel_ps)
         return range_km * 1e3 / C_M_S * _PS_PER_S
 
     # -- generation ----------------------------------------------------------------------
@@ -359,14 +378,13 @@ class DownlinkGenerator:
         period = self.period_ps
         # Grid of emission times (relative to base_ps, a UTC ps Python int) over which
         # time of flight and efficiency are interpolated.
-        arrival_utc_s = (self.epoch_ps + start_ps) / _PS_PER_S
-        tof0_ps = float(self.tof_ps_at_emission(np.array([arrival_utc_s - 0.004]))[0])
-        tof0_ps = float(self.tof_ps_at_emission(np.array([arrival_utc_s - tof0_ps / _PS_PER_S]))[0])
-        base_ps = self.epoch_ps + start_ps - round(tof0_ps) - _GRID_STEP_PS
+        arrival_ps = self.epoch_ps + start_ps
+        tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-4e9]))[0])
+        tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-tof0_ps]))[0])
+        base_ps = arrival_ps - round(tof0_ps) - _GRID_STEP_PS
         n_nodes = int((end_ps - start_ps) // _GRID_STEP_PS) + 4
         grid_ps = np.arange(n_nodes, dtype=np.float64) * _GRID_STEP_PS
-        grid_utc_s = base_ps / _PS_PER_S + grid_ps / _PS_PER_S
-        range_km, el_deg = geometry.range_el_at(grid_utc_s)
+        range_km, el_deg = geometry.range_el_at_ps(base_ps, grid_ps)
         tof_ps = range_km * 1e3 / C_M_S * _PS_PER_S
         eta = self.budget.detection_efficiency(range_km, el_deg, pointing_error_urad)
         # Arrival relative to start_ps of light emitted at each node.
@@ -560,7 +578,7 @@ class DownlinkGenerator:
         rel = (t - (base_ps - self.epoch_ps)).astype(np.float64)
         emission = rel.copy()
         for _ in range(3):  # t_emit + tof(t_emit) = t_arrival, by fixed point
-            emission = rel - self.tof_ps_at_emission((base_ps + emission) / _PS_PER_S)
+            emission = rel - self.tof_ps_at_emission(base_ps, emission)
         n_base = base_ps // self.period_ps
         frac = (emission + (base_ps - n_base * self.period_ps)) / self.period_ps
         nearest = np.rint(frac)
@@ -747,7 +765,8 @@ class SimTimeTagger(TimeTagger):
             stopped = await self._sleep_or_stop((epoch_ps + end_ps) / _PS_PER_S, stop_event)
             if stopped:
                 # Deliver what was timestamped up to the stop, then end.
-                now_ps = round(self.clock.now_s() * _PS_PER_S) - epoch_ps
+                # Whole microseconds: float UTC seconds cannot resolve picoseconds.
+                now_ps = round((self.clock.now_s() - epoch_ps / _PS_PER_S) * 1e6) * 1_000_000
                 end_ps = min(end_ps, max(start_ps, now_ps))
                 if end_ps <= start_ps:
                     return
