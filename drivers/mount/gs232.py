@@ -221,6 +221,11 @@ class Gs232Mount(Mount):
                     if want_position and not line:
                         continue  # a stray acknowledgement of an earlier set command
                     return line
+        except asyncio.CancelledError:
+            # The caller gave up mid-exchange: a late reply would be taken for the answer
+            # to the next command. Reopen the port on the next call.
+            self._abandon()
+            raise
         except TimeoutError:
             raise await self._lose(
                 f"no reply to {command!r} within {self.options.io_timeout_s} s") from None
@@ -260,6 +265,15 @@ class Gs232Mount(Mount):
         self._attempt += 1
         self._next_attempt_loop_s = asyncio.get_running_loop().time() + delay
         self._last_error = reason
+
+    def _abandon(self) -> None:
+        """Close the port without waiting; the next call reopens it at once."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+        self.state = LinkState.LOST
+        self._last_error = "previous exchange was cancelled"
+        self._next_attempt_loop_s = 0.0
 
     async def _lose(self, reason: str) -> MountConnectionLost:
         self.links_lost += 1

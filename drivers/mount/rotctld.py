@@ -263,7 +263,7 @@ class RotctldMount(Mount):
                 f"{self._next_attempt_loop_s - loop_now:.2f} s", device=self.name)
         await self._open()
         self.reconnects += 1
-        log.warning("%s: reconnected to rotctld after %d lost link(s)", self.name, self.links_lost)
+        log.info("%s: reconnected to rotctld (%d lost link(s) so far)", self.name, self.links_lost)
 
     def _schedule_retry(self, reason: str) -> None:
         o = self.options
@@ -283,6 +283,15 @@ class RotctldMount(Mount):
                     await writer.wait_closed()
             except (OSError, TimeoutError):
                 pass  # the socket is closed on our side either way
+
+    def _abandon(self) -> None:
+        """Drop the connection without waiting; the next call reconnects at once."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+        self.state = LinkState.LOST
+        self._last_error = "previous exchange was cancelled"
+        self._next_attempt_loop_s = 0.0
 
     async def _lose(self, reason: str) -> MountConnectionLost:
         self.links_lost += 1
@@ -321,6 +330,11 @@ class RotctldMount(Mount):
                     reply.append(line)
                     if not until_rprt and lines and len(reply) == lines:
                         return reply
+        except asyncio.CancelledError:
+            # The caller gave up mid-exchange: the reply may still arrive and would be
+            # read as the answer to the next request. Start over on a fresh connection.
+            self._abandon()
+            raise
         except TimeoutError:
             raise await self._lose(
                 f"no complete reply to {request!r} within {self.options.io_timeout_s} s") from None

@@ -152,3 +152,21 @@ async def test_missing_port(clock: SimClock, tmp_path) -> None:
 def test_options_have_descriptions() -> None:
     for name, field in Gs232Mount.Options.model_fields.items():
         assert field.description, name
+
+
+async def test_cancelled_exchange_does_not_desynchronise_the_next_one(
+        emulator: Gs232Emulator, clock: SimClock) -> None:
+    mount = mount_for(emulator, clock)
+    await mount.connect()
+    emulator.hung = True
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):  # the caller's own deadline
+            await mount.position()
+    emulator.hung = False
+    await mount.slew_to(10.0, 10.0)  # reopened; its ack is its own
+    await clock.advance(10.0)
+    pos = await mount.position()
+    assert (pos.az_deg, pos.el_deg) == (10.0, 10.0)
+    await mount.close()
+    assert emulator.transcript[1:] == [
+        (b"C2\r", b""), (b"W010 010\r", b"\r\n"), (b"C2\r", b"AZ=010  EL=010\r\n")]

@@ -255,3 +255,20 @@ async def test_real_rotctld_restart_is_survived_by_reconnecting(rotctld) -> None
         assert mount.links_lost >= 1 and mount.reconnects == 1
     finally:
         await mount.close()
+
+
+async def test_cancelled_exchange_does_not_desynchronise_the_next_one() -> None:
+    async with ScriptedServer(
+        HELLO + [(b"p\n", SILENT)],
+        [(b"p\n", b"1.00\n2.00\n")],
+    ) as srv:
+        mount = mount_for(srv.port)
+        await mount.connect()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):  # the caller's own deadline
+                await mount.position()
+        pos = await mount.position()  # a fresh connection, its own answer
+        assert (pos.az_deg, pos.el_deg) == (1.0, 2.0)
+        assert mount.links_lost == 0
+        await mount.close()
+    srv.check()
