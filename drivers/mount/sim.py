@@ -395,8 +395,8 @@ class SimMount(Mount):
         parked = self._parking and not moving and self._at(self.options.park_az_deg,
                                                            self.options.park_el_deg)
         fault = self._fault
-        if self._link_down and self._connected:
-            fault = fault or "link to the controller lost"
+        if self._link_down:
+            fault = fault or "link to the controller lost (injected fault)"
         return MountStatus(connected=self._connected and not self._link_down, moving=moving,
                            tracking=tracking, parked=parked, fault=fault)
 

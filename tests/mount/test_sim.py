@@ -280,7 +280,7 @@ async def test_not_connected_and_injected_disconnect(clock: SimClock) -> None:
     with pytest.raises(MountConnectionLost):
         await mount.position()
     status = await mount.status()
-    assert not status.connected
+    assert not status.connected and "link" in (status.fault or "")
     with pytest.raises(MountConnectionLost):
         await mount.connect()
     # The controller's watchdog brakes the axes once the link is gone.
@@ -290,7 +290,8 @@ async def test_not_connected_and_injected_disconnect(clock: SimClock) -> None:
     assert 20.0 < az_after < 40.0
     mount.clear_fault()
     await mount.connect()
-    assert (await mount.status()).connected
+    status = await mount.status()
+    assert status.connected and status.fault is None
     await mount.close()
     with pytest.raises(MountNotConnected):
         await mount.slew_to(0, 45)
