@@ -261,3 +261,13 @@ async def test_too_bright_input_overflows_honestly() -> None:
     assert delivered + sum(i.missed_events for i in info[:5]) > 5 * 0.01 * 10e6
     # Right up to the overflow the tagger kept up: the kept events fill its buffer + drain.
     assert len(batches[0]) == pytest.approx(20_000 + 5e6 * batches[0].events["timestamp_ps"][-1] / PS, abs=2)
+
+
+def test_station_config_channel_map_and_inputs() -> None:
+    config = TimeTaggerConfig(backend="sim", channels=[{"channel": 5, "delay_ps": -250}])
+    assert config.channel_configs() == [ChannelConfig(channel=5, delay_ps=-250)]
+    assert config.channel_map.detectors() == {1: "H", 2: "V", 3: "D", 4: "A"}
+    with pytest.raises(ValidationError, match="input 2 is given to both h and v"):
+        TimeTaggerConfig(channel_map={"h": 2})
+    with pytest.raises(ValidationError, match="configured twice"):
+        TimeTaggerConfig(channels=[{"channel": 1}, {"channel": 1}])
