@@ -74,10 +74,13 @@ def validate_options(kind: str, name: str, options: dict[str, Any]) -> BaseModel
     return options_model.model_validate(merged)
 
 
-def create(kind: str, name: str, options: dict[str, Any], **context: Any) -> Any:
-    """Build a backend instance: ``Class(validated_options, **context)``."""
-    cls = backend_class(kind, name)
-    return cls(validate_options(kind, name, options), **context)
+def create(kind: str, backend: str, options: dict[str, Any], /, **context: Any) -> Any:
+    """Build a backend instance: ``Class(validated_options, **context)``.
+
+    ``context`` carries the constructor's keyword arguments (``clock``, ``name``, ...).
+    """
+    cls = backend_class(kind, backend)
+    return cls(validate_options(kind, backend, options), **context)
 
 
 __all__ = ["BACKENDS", "UnknownBackend", "ValidationError", "backend_class", "create",
