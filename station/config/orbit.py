@@ -121,9 +121,11 @@ class OrbitConfig(Strict):
 class ScheduleConfig(PassConstraints):
     """Station-wide constraints that decide which passes are taken."""
 
-    search_step_s: float = Field(
-        60.0, gt=0, le=600,
-        description="Coarse grid of the pass search; passes shorter than this above the mask may be missed.",
+    search_step_s: float | None = Field(
+        None, gt=0, le=600,
+        description="Coarse grid of the pass search in seconds; default a twentieth of the shortest "
+        "orbital period (as skyfield's find_events). Elevation maxima found on it are refined, so "
+        "short passes are not missed; a finer grid only helps masks with narrow obstacles.",
     )
     force_include: list[str] = Field(
         default_factory=list, description="Pass ids always scheduled, e.g. '41731-20161219T164712Z'."

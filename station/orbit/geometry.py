@@ -44,10 +44,6 @@ __all__ = [
     "times_from_epoch_s",
 ]
 
-#: Julian date (UTC) of the Unix epoch 1970-01-01T00:00:00Z.
-_UNIX_EPOCH_JD = 2440587.5
-
-
 @functools.cache
 def load_timescale() -> Timescale:
     """skyfield's timescale from its builtin tables (no download, no network)."""
@@ -84,13 +80,19 @@ def times_from_epoch_s(time_s: np.ndarray | float) -> Time:
     instead of 2000A (1365 terms), as skyfield's own almanac searches do: it was most of
     the cost of describing a pass, and a milliarcsecond is far below SGP4's accuracy.
     """
+    t = utc_time(time_s)
+    t._nutation_angles_radians = iau2000b_radians(t)
+    return t
+
+
+def utc_time(time_s: np.ndarray | float) -> Time:
+    """Like :func:`times_from_epoch_s` but leaves nutation to skyfield (computed only if
+    used): for callers that need just UT1 or TT, e.g. a GMST rotation."""
     ts = load_timescale()
     s = np.asarray(time_s, dtype=float)
     days = np.floor(s / 86400.0)
     # Split whole days from the fraction to keep sub-millisecond precision in doubles.
-    t = ts.utc(1970, 1, 1 + days, 0, 0, s - days * 86400.0)
-    t._nutation_angles_radians = iau2000b_radians(t)
-    return t
+    return ts.utc(1970, 1, 1 + days, 0, 0, s - days * 86400.0)
 
 
 def site_position(site: SiteConfig) -> GeographicPosition:

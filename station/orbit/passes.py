@@ -47,6 +47,7 @@ from station.orbit.geometry import (
     site_position,
     sun_altaz,
     times_from_epoch_s,
+    utc_time,
 )
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def _jd_split(time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _gmst(time_s: np.ndarray) -> tuple[np.ndarray, float]:
     """GMST 1982 angle (rad) and its rate (rad/s) at ``time_s``, with UT1 from skyfield."""
-    t = times_from_epoch_s(time_s)
+    t = utc_time(time_s)
     theta, theta_dot = theta_GMST1982(t.whole, t.ut1_fraction)
     return np.asarray(theta), float(np.mean(theta_dot)) / 86400.0
 
