@@ -184,6 +184,8 @@ class CommandDispatcher:
         correlation: bytes | None = None,
     ) -> None:
         """Take one message from ``cmd/<verb>``. Never raises, never blocks."""
+        if retained and not payload:
+            return  # someone clearing a retained command: nothing to do, nothing to count
         self.stats.received += 1
         if retained:
             self.stats.retained_ignored += 1

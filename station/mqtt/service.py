@@ -35,6 +35,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel
 
 from station import __version__
@@ -388,7 +389,13 @@ class MqttService:
         will = aiomqtt.Will(self.topic("status"), Status.OFFLINE.value.encode(), qos=1, retain=True)
         client = aiomqtt.Client(**kwargs, will=will, logger=_paho_log)
         async with client:
-            await client.subscribe(self.topic("cmd/+"), qos=1)
+            if self.mqtt.protocol == "5":
+                # Retain-as-published shows the retain flag on live messages too, so a
+                # command published with retain is refused even the first time.
+                await client.subscribe(self.topic("cmd/+"), options=SubscribeOptions(
+                    qos=1, retainAsPublished=True))
+            else:
+                await client.subscribe(self.topic("cmd/+"), qos=1)
             await client.publish(self.topic("status"), Status.ONLINE.value.encode(), qos=1, retain=True)
             self.state = ConnState.CONNECTED
             self.stats.connects += 1

@@ -212,6 +212,15 @@ async def test_mqtt5_reply_goes_to_the_response_topic_with_correlation_data(
             msg = col.messages[0]
             assert json.loads(msg.payload)["ok"] is True
             assert msg.properties.CorrelationData == b"corr-\x00\x01"
+            # Under MQTT 5 even a live command published with retain is refused.
+            await col.client.publish(f"{P}/cmd/goto", b'{"request_id": "v5-ret", "az_deg": 1, '
+                                     b'"el_deg": 45}', qos=1, retain=True)
+            await col.client.publish(f"{P}/cmd/reschedule", b'{"request_id": "v5-2"}', qos=1,
+                                     properties=props)
+            await col.wait_for(lambda: len(col.payloads("ops/inbox/42")) == 2)
+            await col.client.publish(f"{P}/cmd/goto", b"", qos=1, retain=True)
+        assert svc.dispatcher.stats.retained_ignored == 1
+        assert [c[0] for c in station.calls] == ["reschedule", "reschedule"]
 
 
 def test_mode_values_match_the_daemon():
