@@ -122,7 +122,7 @@ class ScheduleConfig(PassConstraints):
     """Station-wide constraints that decide which passes are taken."""
 
     search_step_s: float | None = Field(
-        None, gt=0, le=600,
+        None, ge=1, le=600,
         description="Coarse grid of the pass search in seconds; default a twentieth of the shortest "
         "orbital period (as skyfield's find_events). Elevation maxima found on it are refined, so "
         "short passes are not missed; a finer grid only helps masks with narrow obstacles.",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sgp4.api import Satrec
 from sgp4.exporter import export_omm
 
@@ -200,3 +202,23 @@ def test_html_error_page_is_not_elements():
 
 def test_sources_given_as_plain_paths(tmp_path):
     assert len(Catalog.load([Path(ELEMENTS) / "micius-2016-12-18.tle"], fixed_clock(NIGHT_S))) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2 * 70), st.characters(codec="ascii"))
+def test_any_single_character_corruption_is_caught_or_harmless(pos, char):
+    """Never an exception: a corrupted record is either still valid or reported."""
+    text = f"{NAME}\n{L1}\n{L2}\n"
+    offset = len(NAME) + 1 + pos
+    corrupted = text[:offset] + char + text[offset + 1:]
+    sets, problems = parse_elements(corrupted.encode(), "c.tle")
+    assert len(sets) + len(problems) >= 1
+    for problem in problems:
+        assert problem.startswith("c.tle:")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from(["x.tle", "x.json", "x.xml", "x.kvn"]))
+def test_garbage_never_raises(data, name):
+    sets, problems = parse_elements(data, name)
+    assert isinstance(sets, list) and isinstance(problems, list)
