@@ -176,7 +176,14 @@ def render(view: StationView) -> Group:
         if isinstance(progress, m.PassProgress) and state.current_pass is not None:
             cur += f"  elapsed {progress.elapsed_s:.0f} s  remaining {_num(progress.remaining_s, '.0f')} s"
         rows.add_row("Current pass", cur)
-        rows.add_row("Next pass", _pass_line(state.next_pass))
+        nxt = _pass_line(state.next_pass)
+        if state.next_pass is not None:
+            # Countdown on the station's clock (a simulation's time is not ours).
+            now = max((getattr(msg, "time", state.time) for msg in view.latest.values()),
+                      default=state.time)
+            wait_s = (state.next_pass.aos - now).total_seconds()
+            nxt += f"  in {_dur(wait_s)}" if wait_s > 0 else ""
+        rows.add_row("Next pass", nxt)
     else:
         rows.add_row("Mode", "— (no state yet)")
     if isinstance(mount, m.MountTelemetry):

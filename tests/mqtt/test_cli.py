@@ -70,7 +70,7 @@ async def test_monitor_renders_a_pass_in_progress(mosquitto, tmp_path):
         "QKD station monitor-live — Xinglong (NAOC), simulated", "ONLINE",
         "AUTO", "phase TRACK", "uptime 0:20:00",
         "MICIUS (41731-20161219T1655Z)", "max el 61.3°", "elapsed 190 s  remaining 260 s",
-        "SIM-MICROSAT", "az  213.451°  el  48.207°", "error 7.8 arcsec", "tracking moving",
+        "SIM-MICROSAT", "max el 34.0°  in 1:35:00", "az  213.451°  el  48.207°", "error 7.8 arcsec", "tracking moving",
         "H 5,210  V 4,980  D 5,102  A 5,033  SYNC 100,000  PPS 1", "ACQUIRING", "overflow no",
         "recorded 2,650,000  streamed 2,649,000  lost 0", "range 700 km",
         "mount up, timetagger up", "disk free 120.0 GB (pass needs 180.0 MB)", "time ref locked",
