@@ -83,6 +83,12 @@ class MqttConfig(Strict):
             raise ValueError("give either password or password_file, not both")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.embedded and self.protocol == "5":
+            raise ValueError('the embedded broker (amqtt) speaks MQTT 3.1.1 only: use protocol = '
+                             '"3.1.1", or embedded = false with a Mosquitto broker')
+        if self.embedded and self.tls is not None:
+            raise ValueError("the embedded broker is plain TCP for local use: remove [mqtt.tls], "
+                             "or set embedded = false and use Mosquitto (config/mosquitto/)")
         return self
 
     def resolved_password(self) -> str | None:

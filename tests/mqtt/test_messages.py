@@ -100,3 +100,17 @@ async def test_schemas_are_published_retained(mosquitto, tmp_path, clock):
             await col.wait_for(lambda: len(col.messages) >= len(m.SCHEMAS))
     got = {msg.topic.value.rsplit("/", 1)[1]: json.loads(msg.payload) for msg in col.messages}
     assert got == m.json_schemas()
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"embedded": True, "protocol": "5"}, "MQTT 3.1.1 only"),
+    ({"embedded": True, "tls": {"ca_file": "ca.crt"}}, "plain TCP"),
+    ({"password": "x", "password_file": "pw"}, "either password or password_file"),
+    ({"tls": {"ca_file": "ca.crt", "cert_file": "c.crt"}}, "cert_file and key_file go together"),
+    ({"port": 70000}, "less than or equal to 65535"),
+])
+def test_mqtt_config_rejects_combinations_that_cannot_work(extra, words):
+    from station.config.mqtt import MqttConfig
+
+    with pytest.raises(ValidationError, match=words):
+        MqttConfig(**extra)
