@@ -216,6 +216,14 @@ def render(view: StationView) -> Group:
         if health.stream_consumer_connected is not None:
             parts.append("consumer " + ("connected" if health.stream_consumer_connected else "ABSENT"))
         rows.add_row("Health", "; ".join(p for p in parts if p))
+    schedule = view.latest.get("schedule")
+    if isinstance(schedule, m.ScheduleMessage) and schedule.passes:
+        for i, sp in enumerate(schedule.passes[:4]):
+            rows.add_row("Plan" if i == 0 else "",
+                         f"{_t(sp.aos)} {sp.satellite:<14} max el {sp.max_el_deg:4.1f}°  "
+                         f"{sp.decision.value:<8} {sp.reason}")
+        if len(schedule.passes) > 4:
+            rows.add_row("", f"… {len(schedule.passes) - 4} more")
     alarms = Table.grid(padding=(0, 2))
     alarms.add_column(style="bold", min_width=12)
     alarms.add_column()

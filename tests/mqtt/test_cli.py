@@ -51,7 +51,7 @@ async def test_monitor_renders_a_pass_in_progress(mosquitto, tmp_path):
                                      on_update=updated.set), name="test-monitor")
     try:
         async with asyncio.timeout(10):
-            while not view.has_state or "health" not in view.latest:
+            while not view.has_state or len(view.latest) < len(TOPIC):
                 updated.clear()
                 await updated.wait()
         alarm = pass_in_progress(START)["alarm"]
@@ -76,6 +76,8 @@ async def test_monitor_renders_a_pass_in_progress(mosquitto, tmp_path):
         "mount up, timetagger up", "disk free 120.0 GB (pass needs 180.0 MB)", "time ref locked",
         "WARNING timetagger.rate_low: H rate 20% below expectation",
         "1 unreadable message(s)",
+        "16:37:50Z MICIUS         max el 61.3°  planned  highest priority",
+        "skipped  max elevation below 40°",
     ]:
         assert expected in text, f"{expected!r} not in:\n{text}"
     assert "\x1b[" not in text
