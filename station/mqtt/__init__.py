@@ -4,5 +4,9 @@
 - :mod:`station.mqtt.service`: :class:`MqttService`, the connection supervisor the daemon runs;
 - :mod:`station.mqtt.commands`: the :class:`StationControl` protocol and the command dispatcher;
 - :mod:`station.mqtt.broker`: the embedded amqtt broker for zero-setup runs;
-- :mod:`station.mqtt.homeassistant`: Home Assistant MQTT discovery payloads.
+- :mod:`station.mqtt.homeassistant`: Home Assistant MQTT discovery payloads;
+- :mod:`station.mqtt.client`: station id and ``[mqtt]`` for clients (monitor, cmd);
+- :mod:`station.mqtt.schemas`: ``python -m station.mqtt.schemas`` writes/checks docs/schemas.
+
+Topics, payloads and commands are documented in ``docs/mqtt.md``.
 """

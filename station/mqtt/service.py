@@ -404,7 +404,12 @@ class MqttService:
             log.info("connected to MQTT broker %s:%d as %s; %s/status is online",
                      self.mqtt.host, self.mqtt.port, self.client_id, self.prefix)
             # Everything retained goes out again: the broker may have restarted empty.
-            for topic, (gen, _) in self._retained.items():
+            # State first; the static schemas and HA configs after it.
+            self._dirty.clear()
+            static = self.topic("schema/")
+            ha = f"{self.mqtt.home_assistant_prefix}/"
+            for topic, (gen, _) in sorted(self._retained.items(),
+                                          key=lambda kv: kv[0].startswith((static, ha))):
                 self._dirty[topic] = gen
             self._wake.set()
             self._connected.set()
