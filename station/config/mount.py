@@ -68,6 +68,11 @@ class SafetyConfig(Strict):
         description="A streamed target may imply up to this times the rate limit "
         "(timing jitter of the control loop) before it is refused.",
     )
+    stream_extrapolation_s: float = Field(
+        1.0, ge=0, le=10,
+        description="How long the controller may extrapolate a streamed target's motion when "
+        "the next one does not come; the gate checks that extrapolated point as well.",
+    )
     position_max_age_s: float = Field(
         1.0, gt=0, le=60,
         description="Before a slew, a position reading older than this (clock seconds) is "

@@ -272,7 +272,11 @@ class Tracker:
         program = cfg.mode == "program" or (cfg.mode == "auto" and caps.program_track)
         period = 1.0 / cfg.rate_hz
         lead = self.lead_s
-        await self.clock.sleep_until(plan.aos_s)
+        # Keep reading the axes until AOS: the gate estimates the mount's rate from
+        # recent readings when it checks the first streamed targets.
+        while (wait_s := plan.aos_s - self.clock.now_s()) > 0:
+            await self.gated.position()
+            await self.clock.sleep(min(wait_s, 1.0 / cfg.rate_hz))
         t_start = max(self.clock.now_s(), plan.aos_s)
         k = 0
         chunk_end = -math.inf

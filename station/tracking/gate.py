@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +52,9 @@ SUN_MAX_RATE_DEG_S = 0.005
 
 #: Elevation sampling step of the Sun-distance search over a box (error <= half of it).
 _SUN_EL_STEP_DEG = 0.1
+
+#: Shortest time between two readings used for a rate estimate.
+_RATE_BASELINE_S = 0.04
 
 SunFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -96,6 +100,9 @@ class GateLimits:
     el_rate_deg_s: float
     sun_exclusion_deg: float
     rate_tolerance: float
+    stream_extrapolation_s: float = 0.0
+    az_accel_deg_s2: float = math.inf
+    el_accel_deg_s2: float = math.inf
 
     @property
     def el_over_zenith(self) -> bool:
@@ -125,6 +132,8 @@ def effective_limits(caps: MountCapabilities, safety: SafetyConfig) -> GateLimit
         az_min_deg=az_min, az_max_deg=az_max, el_axis_min_deg=el_min, el_axis_max_deg=el_max,
         min_el_deg=max(safety.min_el_deg, el_min), az_rate_deg_s=az_rate, el_rate_deg_s=el_rate,
         sun_exclusion_deg=safety.sun_exclusion_deg, rate_tolerance=safety.rate_tolerance,
+        stream_extrapolation_s=safety.stream_extrapolation_s,
+        az_accel_deg_s2=caps.az.max_accel_deg_s2, el_accel_deg_s2=caps.el.max_accel_deg_s2,
     )
 
 
@@ -218,16 +227,18 @@ class GatedMount:
                 return _sun(site, t)
         self._sun_fn: SunFunction = sun_altaz
         self._sun_cache: tuple[float, float, float] | None = None  # (time_s, az, el)
-        self.limits = effective_limits(backend.capabilities, safety)
-        self._check_static("park", park_az_deg, park_el_deg)
-        #: Last reading of the mount, and the box of every target sent since.
-        self._last_pos: MountPosition | None = None
-        self._since_read: list[tuple[float, float]] = []
-        #: Last timed (streamed) target: (time_s, az, el), for the rate check.
-        self._last_timed: tuple[float, float, float] | None = None
         self.refused_count = 0
         self.accepted_count = 0
         self.last_refusal: CommandRefused | None = None
+        self.limits = effective_limits(backend.capabilities, safety)
+        self._check_park_position()
+        #: Last reading of the mount, and the box of every target sent since.
+        self._last_pos: MountPosition | None = None
+        #: Recent readings, for the rate estimate of the stream check.
+        self._readings: deque[MountPosition] = deque(maxlen=16)
+        self._since_read: list[tuple[float, float]] = []
+        #: Recent timed (streamed) targets: (time_s, az, el), for rates and extrapolation.
+        self._timed: list[tuple[float, float, float]] = []
 
     # -- read-only passthroughs --------------------------------------------------------
     @property
@@ -235,8 +246,12 @@ class GatedMount:
         return self.__backend.capabilities
 
     async def connect(self) -> None:
+        """Connect the backend; its limits may only be known now (e.g. rotctld's
+        ``dump_caps``), so the effective limits and the park position are re-checked."""
         async with asyncio.timeout(self.command_timeout_s):
             await self.__backend.connect()
+        self.limits = effective_limits(self.__backend.capabilities, self.safety)
+        self._check_park_position()
 
     async def close(self) -> None:
         async with asyncio.timeout(self.command_timeout_s):
@@ -247,6 +262,7 @@ class GatedMount:
         async with asyncio.timeout(self.command_timeout_s):
             pos = await self.__backend.position()
         self._last_pos = pos
+        self._readings.append(pos)
         # The mount may still be moving to the latest target.
         self._since_read = self._since_read[-1:]
         return pos
@@ -274,26 +290,87 @@ class GatedMount:
         """Point-to-point move (the controller picks the speed); the swept box is checked."""
         await self._fresh_position()
         self._check_move("slew_to", az_deg, el_deg, self.clock.now_s())
-        self._last_timed = None
+        self._timed = []
         await self._send(self.__backend.slew_to(az_deg, el_deg), az_deg, el_deg)
 
     async def track_to(self, az_deg: float, el_deg: float, time_s: float) -> None:
         """A streamed tracking target meant for clock time ``time_s``.
 
         Besides the position checks, the rate implied by the previous streamed target
-        (when it was recent) must be within the axis rate limits.
+        (when it was recent) must be within the axis rate limits, and the point the
+        controller would reach by extrapolating the stream for
+        ``safety.stream_extrapolation_s`` (if the next target never came) must be allowed
+        too.
         """
-        await self._fresh_position()
-        self._check_move("track_to", az_deg, el_deg, max(time_s, self.clock.now_s()))
-        prev = self._last_timed
-        if prev is not None and 0.0 < time_s - prev[0] <= 2.0:
-            self._check_rate("track_to", prev, (time_s, az_deg, el_deg))
-        elif prev is not None and time_s <= prev[0]:
-            self._refuse("track_to", Rule.MALFORMED,
+        cmd = "track_to"
+        prev = self._timed[-1] if self._timed else None
+        if prev is not None and time_s <= prev[0]:
+            self._refuse(cmd, Rule.MALFORMED,
                          f"target time {time_s:.3f} is not after the previous one {prev[0]:.3f}",
                          az_deg, el_deg)
-        self._last_timed = (time_s, az_deg, el_deg)
-        await self._send(self.__backend.slew_to(az_deg, el_deg), az_deg, el_deg)
+        hist = self._timed[-2:] if prev is not None and time_s - prev[0] <= 2.0 else []
+        new = (time_s, az_deg, el_deg)
+        extra: list[tuple[float, float]] = []
+        self._check_static(cmd, az_deg, el_deg)
+        await self._fresh_position()
+        if hist:
+            self._check_rate(cmd, hist[-1], new)
+            for corner in self._stream_reach([*hist, new]):
+                self._check_static(cmd + " (extrapolated and braking)", *corner)
+                extra.append(corner)
+        self._check_move(cmd, az_deg, el_deg, max(time_s, self.clock.now_s()), extra=extra)
+        self._timed = [*hist, new]
+        await self._send(self.__backend.slew_to(az_deg, el_deg), az_deg, el_deg, extra=extra)
+
+    def _stream_reach(self, pts: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+        """Corners of the box a streaming controller may reach if the stream stopped now.
+
+        It extrapolates the stream (rate and acceleration from the last three targets) for
+        ``stream_extrapolation_s``, then brakes. The braking distance is taken from the
+        fastest the axis may then be moving: the stream's rate, plus how far the mount's
+        measured rate differs from it (it may be catching up), plus the speed a lagging
+        mount reaches closing its lag; all capped at the axis's maximum rate.
+        """
+        horizon = self.safety.stream_extrapolation_s
+        caps = self.capabilities
+        now = self.clock.now_s()
+        pos, prev = self._last_pos, None
+        if pos is not None:
+            # Readings too close together make a noisy rate (encoder noise, quantisation).
+            for r in reversed(self._readings):
+                if pos.time_s - r.time_s >= _RATE_BASELINE_S:
+                    prev = r
+                    break
+        lo: list[float] = []
+        hi: list[float] = []
+        for i, lim in ((1, caps.az), (2, caps.el)):
+            t2, x2 = pts[-1][0], pts[-1][i]
+            t1, x1 = pts[-2][0], pts[-2][i]
+            d2 = (x2 - x1) / (t2 - t1)
+            acc = 0.0
+            if len(pts) >= 3:
+                t0, x0 = pts[-3][0], pts[-3][i]
+                acc = 2.0 * (d2 - (x1 - x0) / (t1 - t0)) / (t2 - t0)
+                acc = max(-lim.max_accel_deg_s2, min(lim.max_accel_deg_s2, acc))
+            v = d2 + 0.5 * acc * (t2 - t1)
+            x = x2 + v * horizon + 0.5 * acc * horizon * horizon
+            v_end = v + acc * horizon
+            a = 0.9 * lim.max_accel_deg_s2
+            if pos is None or prev is None or pos.time_s - prev.time_s > 2.0:
+                dv = lim.max_rate_deg_s + abs(d2)
+            else:
+                p_now = (pos.az_deg, pos.el_deg)[i - 1]
+                p_prev = (prev.az_deg, prev.el_deg)[i - 1]
+                v_meas = (p_now - p_prev) / (pos.time_s - prev.time_s)
+                lag = abs(p_now - (x1 + d2 * (pos.time_s - t1)))
+                dv = (abs(v_meas - d2) + lim.max_accel_deg_s2 * (now - prev.time_s)
+                      + math.sqrt(2.0 * a * lag))
+            # The axis brakes in whichever direction it may be moving.
+            v_hi = min(lim.max_rate_deg_s, max(0.0, v_end + dv))
+            v_lo = min(lim.max_rate_deg_s, max(0.0, -(v_end - dv)))
+            lo.append(min(lim.max_deg, max(lim.min_deg, x - v_lo * v_lo / (2.0 * a))))
+            hi.append(min(lim.max_deg, max(lim.min_deg, x + v_hi * v_hi / (2.0 * a))))
+        return [(lo[0], lo[1]), (hi[0], hi[1])]
 
     async def load_track(self, points: Sequence[TrackPoint]) -> None:
         """Program track: every point, every segment (with its interpolation overshoot
@@ -336,7 +413,7 @@ class GatedMount:
                 min(el[i], el[i + 1]) - pad_el[i], max(el[i], el[i + 1]) + pad_el[i],
                 max(now, float(t[i])), float(az[i + 1]), float(el[i + 1]),
             )
-        self._last_timed = None
+        self._timed = []
         await self._send(self.__backend.load_track(pts), float(az[-1]), float(el[-1]), all_pts=pts)
 
     async def park(self) -> None:
@@ -347,7 +424,7 @@ class GatedMount:
         await self._fresh_position()
         az, el = self.park_az_deg, self.park_el_deg
         self._check_move("park", az, el, self.clock.now_s())
-        self._last_timed = None
+        self._timed = []
         caps = self.capabilities
         tol = self.park_tolerance_deg
         if abs(caps.park_az_deg - az) <= tol and abs(caps.park_el_deg - el) <= tol:
@@ -360,7 +437,7 @@ class GatedMount:
         """Stop both axes where they are; never refused."""
         async with asyncio.timeout(self.command_timeout_s):
             await self.__backend.stop()
-        self._last_timed = None
+        self._timed = []
         log.info("mount %s: stop commanded", self.name)
 
     # -- checks -------------------------------------------------------------------------
@@ -369,6 +446,18 @@ class GatedMount:
         t = self.clock.now_s() if time_s is None else time_s
         self._check_static("check", az_deg, el_deg)
         self._check_box("check", az_deg, az_deg, el_deg, el_deg, t, az_deg, el_deg)
+
+    def _check_park_position(self) -> None:
+        """The park position must be inside the travel and above the horizon mask (the
+        Sun is checked when park is commanded)."""
+        az, el = self.park_az_deg, self.park_el_deg
+        self._check_static("park", az, el)
+        true_az, true_el = true_direction(az, el)
+        floor = max(self.limits.min_el_deg, float(self.site.horizon_min_el_deg(true_az)))
+        if true_el < floor:
+            self._refuse("park", Rule.HORIZON,
+                         f"the park position's elevation {true_el:g}° is below the horizon "
+                         f"mask / floor {floor:g}° there", az, el)
 
     def _check_static(self, cmd: str, az: float, el: float) -> None:
         lim = self.limits
@@ -383,9 +472,10 @@ class GatedMount:
                          f"elevation axis {el:.4f}° is outside the allowed travel "
                          f"{lim.el_axis_min_deg:g}…{lim.el_axis_max_deg:g}°", az, el)
 
-    def _check_move(self, cmd: str, az: float, el: float, time_s: float) -> None:
+    def _check_move(self, cmd: str, az: float, el: float, time_s: float,
+                    extra: Sequence[tuple[float, float]] = ()) -> None:
         self._check_static(cmd, az, el)
-        corners = [(az, el), *self._since_read]
+        corners = [(az, el), *extra, *self._since_read]
         if self._last_pos is not None:
             corners.append((self._last_pos.az_deg, self._last_pos.el_deg))
         azs = [c[0] for c in corners]
@@ -396,6 +486,14 @@ class GatedMount:
                    time_s: float, az: float, el: float) -> None:
         """Every direction the mount may sweep through on the way must be allowed."""
         lim = self.limits
+        if az_lo < lim.az_min_deg or az_hi > lim.az_max_deg:
+            self._refuse(cmd, Rule.AZIMUTH,
+                         f"the move spans azimuth {az_lo:.4f}…{az_hi:.4f}°, outside the allowed "
+                         f"travel {lim.az_min_deg:g}…{lim.az_max_deg:g}°", az, el)
+        if el_lo < lim.el_axis_min_deg or el_hi > lim.el_axis_max_deg:
+            self._refuse(cmd, Rule.ELEVATION,
+                         f"the move spans elevation axis {el_lo:.4f}…{el_hi:.4f}°, outside the "
+                         f"allowed travel {lim.el_axis_min_deg:g}…{lim.el_axis_max_deg:g}°", az, el)
         # True elevation is lowest at the box's elevation ends (it peaks at 90 in between).
         true_lo = min(el_lo if el_lo <= 90 else 180 - el_lo, el_hi if el_hi <= 90 else 180 - el_hi)
         if true_lo < lim.min_el_deg:
@@ -455,13 +553,15 @@ class GatedMount:
             await self.position()
 
     async def _send(self, call: object, az: float, el: float,
-                    all_pts: Sequence[TrackPoint] | None = None) -> None:
+                    all_pts: Sequence[TrackPoint] | None = None,
+                    extra: Sequence[tuple[float, float]] = ()) -> None:
         async with asyncio.timeout(self.command_timeout_s):
             await call  # type: ignore[misc]
         self.accepted_count += 1
         if all_pts is not None:
             self._since_read.extend((p.az_deg, p.el_deg) for p in all_pts)
         else:
+            self._since_read.extend(extra)
             self._since_read.append((az, el))
         # Keep the envelope cheap: its box is all that matters.
         if len(self._since_read) > 8:

@@ -159,8 +159,17 @@ def plan_track(
     keyhole, (az, el, err) = min(candidates, key=lambda c: round(float(np.max(c[1][2])), 6))
     # Trim the ends that are under the horizon mask or the elevation floor: the gate
     # would refuse them (AOS/LOS from the schedule are computed without refraction).
-    floor = np.maximum(site.horizon_min_el_deg(np.mod(sky_az, 360.0)), limits.min_el_deg) + 1e-6
-    above = sky_el >= floor
+    # A stream's last targets are extrapolated by the controller (and checked so by the
+    # gate): the elevation that far ahead must clear the floor as well.
+    floor = np.maximum(site.horizon_min_el_deg(np.mod(sky_az, 360.0)), limits.min_el_deg) + 1e-3
+    # It then brakes: allow for the braking distance from the pass's own rate plus the
+    # rate change one control period of measurement lag allows (see GatedMount).
+    el_rate = np.gradient(sky_el, t)
+    a = limits.el_accel_deg_s2
+    v = np.abs(el_rate) + a * 2.5 / tracking.rate_hz
+    brake = v * v / (1.8 * a)
+    ahead = sky_el + el_rate * limits.stream_extrapolation_s - brake
+    above = np.minimum(sky_el, ahead) >= floor
     idx = np.flatnonzero(above)
     if idx.size < 2:
         raise ValueError(
