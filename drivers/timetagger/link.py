@@ -134,11 +134,23 @@ class LinkBudget:
         ground_pointing_error_urad: float = 0.0,
     ) -> np.ndarray:
         """Transmittance satellite aperture -> detector input (no detector efficiency)."""
-        total = None
-        for factor in self.components(range_km, el_deg, ground_pointing_error_urad).values():
-            total = factor if total is None else total * factor
-        assert total is not None
-        return total
+        # The product of components(), without building the per-factor arrays.
+        el = np.asarray(el_deg, dtype=float)
+        visible = el >= self.min_elevation_deg
+        atm_db = self.atm_zenith_loss_db * airmass(np.where(visible, el, 90.0))
+        constant = (
+            sat_pointing_efficiency(divergence_urad=self.divergence_urad,
+                                    jitter_urad=self.sat_pointing_jitter_urad)
+            * self.rx_optics_efficiency
+            * 10.0 ** (-self.extra_loss_db / 10.0)
+        )
+        return (
+            diffraction_efficiency(range_km, divergence_urad=self.divergence_urad,
+                                   tx_aperture_m=self.tx_aperture_m, rx_aperture_m=self.rx_aperture_m)
+            * ground_pointing_efficiency(ground_pointing_error_urad, rx_fov_urad=self.rx_fov_urad)
+            * np.where(visible, 10.0 ** (-atm_db / 10.0), 0.0)
+            * constant
+        )
 
     def loss_db(
         self,

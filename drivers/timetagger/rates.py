@@ -58,7 +58,9 @@ class RateMeter:
         """Account one batch."""
         info = batch.info
         if batch.events.size:
-            channels, counts = np.unique(batch.events["channel"], return_counts=True)
+            per_channel = np.bincount(batch.events["channel"], minlength=256)
+            channels = np.flatnonzero(per_channel)
+            counts = per_channel[channels]
         else:
             channels = np.empty(0, np.uint8)
             counts = np.empty(0, np.int64)

@@ -128,6 +128,11 @@ class SimOptions(BaseModel):
     sync_detection_prob: float = Field(1.0, ge=0, le=1, description="Probability each sync pulse is detected.")
     sync_jitter_ps: float = Field(50.0, ge=0, description="Sync detection jitter, rms.")
     pps: bool = Field(True, description="Emit the station's PPS on the PPS channel.")
+    inline_below_events: int = Field(
+        20_000, ge=0,
+        description="Batches expected to hold fewer events are generated on the event loop "
+        "(about 1 ms of work, less than a thread hop); bigger ones in a worker thread.",
+    )
     # -- the tagger's limits -----------------------------------------------------------
     max_rate_hz: float | None = Field(
         80e6, gt=0, description="Sustained tagger throughput; None for unlimited."
@@ -302,6 +307,7 @@ class DownlinkGenerator:
         self.dead_time_ps: dict[int, int] = {int(c): round(options.dead_time_ns * 1000) for c in _DETECTORS}
         self._geometry: _GeometryFit | None = None
         self._next_pulse: int | None = None
+        self._tof_hint_ps: float | None = None
         self._last_click_ps: dict[int, int] = {}
         self._pending = np.empty(0, EVENT_DTYPE)
         self._overflow = _OverflowState()
@@ -310,6 +316,7 @@ class DownlinkGenerator:
     def set_geometry(self, geometry: LinkGeometry | None) -> None:
         self._geometry = None if geometry is None else _GeometryFit(geometry)
         self._next_pulse = None
+        self._tof_hint_ps = None
 
     def configure(self, channels: list[ChannelConfig]) -> None:
         for c in channels:
@@ -338,6 +345,7 @@ class DownlinkGenerator:
             parts += [signal, sync]
         else:
             self._next_pulse = None
+            self._tof_hint_ps = None
         noise = self._noise(start_ps, end_ps, rng)
         truth["noise"] = len(noise)
         parts.append(noise)
@@ -379,13 +387,20 @@ class DownlinkGenerator:
         # Grid of emission times (relative to base_ps, a UTC ps Python int) over which
         # time of flight and efficiency are interpolated.
         arrival_ps = self.epoch_ps + start_ps
-        tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-4e9]))[0])
-        tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-tof0_ps]))[0])
+        # Time of flight near the batch start, to within nanoseconds: the grid below has
+        # a millisecond of margin either side. The previous batch's grid knows it.
+        tof0_ps = self._tof_hint_ps
+        if tof0_ps is None:
+            tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-4e9]))[0])
+            tof0_ps = float(self.tof_ps_at_emission(arrival_ps, np.array([-tof0_ps]))[0])
         base_ps = arrival_ps - round(tof0_ps) - _GRID_STEP_PS
         n_nodes = int((end_ps - start_ps) // _GRID_STEP_PS) + 4
         grid_ps = np.arange(n_nodes, dtype=np.float64) * _GRID_STEP_PS
         range_km, el_deg = geometry.range_el_at_ps(base_ps, grid_ps)
         tof_ps = range_km * 1e3 / C_M_S * _PS_PER_S
+        # Next batch starts where this one ends: its time of flight is on this grid.
+        self._tof_hint_ps = float(np.interp(end_ps - start_ps + _GRID_STEP_PS,
+                                            grid_ps, tof_ps))
         eta = self.budget.detection_efficiency(range_km, el_deg, pointing_error_urad)
         # Arrival relative to start_ps of light emitted at each node.
         arrival_rel = (base_ps - self.epoch_ps - start_ps) + grid_ps + tof_ps
@@ -649,6 +664,7 @@ class SimTimeTagger(TimeTagger):
         self._connected = False
         self._running = False
         self._stop_event: asyncio.Event | None = None
+        self._sleeper: asyncio.Future[None] | None = None
         self._geometry: LinkGeometry | None = None
         self._pointing: float | Callable[[float], float] | None = None
         self._channels: list[ChannelConfig] = []
@@ -749,6 +765,8 @@ class SimTimeTagger(TimeTagger):
         self._running = False
         if self._stop_event is not None:
             self._stop_event.set()
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.cancel()
 
     async def batches(self) -> AsyncIterator[Batch]:  # type: ignore[override]
         """One batch per ``batch_s`` of clock time, each delivered when its interval has
@@ -759,6 +777,8 @@ class SimTimeTagger(TimeTagger):
         assert self._epoch_ps is not None
         epoch_ps = self._epoch_ps
         batch_ps = round(self.options.batch_s * _PS_PER_S)
+        # Unknown before the first batch: a bright link must not block the loop even once.
+        expected_events = self.options.inline_below_events
         while True:
             start_ps = self._next_start_ps
             end_ps = start_ps + batch_ps
@@ -772,7 +792,12 @@ class SimTimeTagger(TimeTagger):
                     return
             pointing = self._pointing_at((epoch_ps + start_ps) / _PS_PER_S)
             seq = self._seq
-            out = await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
+            if expected_events < self.options.inline_below_events:
+                # A thread hop costs more than generating a small batch (~1 ms): do it here.
+                out = gen.generate(start_ps, end_ps, seq, pointing)
+            else:
+                out = await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
+            expected_events = len(out.events) + out.missed_events
             self._seq += 1
             self._next_start_ps = end_ps
             batch = Batch(
@@ -814,18 +839,20 @@ class SimTimeTagger(TimeTagger):
         return abs(float(value))
 
     async def _sleep_or_stop(self, until_s: float, stop_event: asyncio.Event) -> bool:
-        """Sleep on the clock until ``until_s``; True if stop() came first."""
+        """Sleep on the clock until ``until_s``; True if stop() came first (it cancels
+        the sleep)."""
         if stop_event.is_set():
             return True
         sleeper = asyncio.ensure_future(self.clock.sleep_until(until_s))
-        waiter = asyncio.ensure_future(stop_event.wait())
+        self._sleeper = sleeper
         try:
-            await asyncio.wait([sleeper, waiter], return_when=asyncio.FIRST_COMPLETED)
+            # wait() does not raise when stop() cancels the sleeper; a cancellation of
+            # this task itself still propagates.
+            await asyncio.wait([sleeper])
         finally:
-            for task in (sleeper, waiter):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            self._sleeper = None
+            if not sleeper.done():
+                sleeper.cancel()
         return stop_event.is_set()
 
 

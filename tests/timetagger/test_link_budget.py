@@ -99,3 +99,11 @@ def test_geometry_fit_follows_the_orbit_code_to_a_centimetre() -> None:
     r_fit, el_fit = fit.range_el_at(t)
     assert np.max(np.abs(r_fit - r_direct)) * 1e5 < 1.0  # km -> cm
     assert np.max(np.abs(el_fit - el_direct)) < 1e-6
+
+
+def test_efficiency_is_the_product_of_the_components() -> None:
+    budget = SimOptions(preset="micius", min_elevation_deg=5.0, extra_loss_db=1.5).link_budget()
+    r = np.array([500.0, 900.0, 1500.0, 2000.0])
+    el = np.array([80.0, 30.0, 12.0, 3.0])
+    product = np.prod(np.stack(list(budget.components(r, el, 20.0).values())), axis=0)
+    assert np.allclose(budget.efficiency(r, el, 20.0), product, rtol=1e-12, atol=0)
