@@ -36,7 +36,7 @@ class PassConstraints(Strict):
     sun_exclusion_deg: float = Field(
         30.0, ge=0, le=180,
         description="The line of sight must stay this far from the Sun at every point of the track "
-        "(checked while the Sun is above the horizon).",
+        "(the larger of this and safety.sun_exclusion_deg applies: the gate would refuse the rest).",
     )
     moon_exclusion_deg: float = Field(
         10.0, ge=0, le=180,

@@ -20,17 +20,17 @@ the daemon runs it with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import AwareDatetime, BaseModel, Field, field_serializer
 
 from station.config.orbit import PassConstraints
 from station.orbit.catalog import Catalog, ElementSet
-from station.orbit.passes import PassInfo, PassTrack, _iso, describe_pass, find_passes
+from station.orbit.passes import PassInfo, _iso, describe_pass, find_passes
 
 if TYPE_CHECKING:
     from station.config.root import StationConfig
@@ -133,7 +133,9 @@ def _fmt_el(value: float) -> str:
     return f"{value:+.1f}°"
 
 
-def _violations(info: PassInfo, track: PassTrack, c: PassConstraints) -> list[str]:
+def _violations(
+    info: PassInfo, c: PassConstraints, gate_sun_exclusion_deg: float = 0.0
+) -> list[str]:
     out = []
     if info.sun_el_deg > c.max_sun_el_deg:
         out.append(f"daylight: sun at {_fmt_el(info.sun_el_deg)} (limit {_fmt_el(c.max_sun_el_deg)})")
@@ -146,11 +148,12 @@ def _violations(info: PassInfo, track: PassTrack, c: PassConstraints) -> list[st
         out.append(f"no QKD window: never above {limit}")
     elif info.qkd_duration_s < c.min_qkd_s:
         out.append(f"short: QKD window {info.qkd_duration_s:.0f} s, minimum {c.min_qkd_s:g} s")
-    sun_up = track.sun_el_deg > 0
-    if sun_up.any():
-        sep = np.min(_sep(track, "sun")[sun_up])
-        if sep < c.sun_exclusion_deg:
-            out.append(f"sun: line of sight {sep:.1f}° from the Sun (exclusion {c.sun_exclusion_deg:g}°)")
+    # The Sun is checked at every point, up or not, like the mount's safety gate does: a
+    # pass the gate would refuse to track must not be scheduled.
+    sun_limit = max(c.sun_exclusion_deg, gate_sun_exclusion_deg)
+    if info.sun_min_sep_deg < sun_limit:
+        who = "safety gate" if gate_sun_exclusion_deg > c.sun_exclusion_deg else "exclusion"
+        out.append(f"sun: line of sight {info.sun_min_sep_deg:.1f}° from the Sun ({who} {sun_limit:g}°)")
     if info.moon_min_sep_up_deg is not None and info.moon_min_sep_up_deg < c.moon_exclusion_deg:
         out.append(
             f"moon: line of sight {info.moon_min_sep_up_deg:.1f}° from the Moon "
@@ -159,14 +162,6 @@ def _violations(info: PassInfo, track: PassTrack, c: PassConstraints) -> list[st
     if c.require_satellite_in_shadow and info.qkd_sunlit:
         out.append("sunlit: the satellite is in sunlight during the QKD window")
     return out
-
-
-def _sep(track: PassTrack, body: str) -> np.ndarray:
-    from station.orbit.geometry import angular_separation_deg
-
-    if body == "sun":
-        return angular_separation_deg(track.az_deg, track.el_deg, track.sun_az_deg, track.sun_el_deg)
-    return angular_separation_deg(track.az_deg, track.el_deg, track.moon_az_deg, track.moon_el_deg)
 
 
 def _overlaps(a: PlannedPass, b: PlannedPass) -> bool:
@@ -183,7 +178,7 @@ def _best_subset(cands: list[PlannedPass]) -> set[str]:
     prev = [0] * n
     for i, p in enumerate(order):
         # Number of passes (in order) ending at or before this one's start.
-        prev[i] = int(np.searchsorted(ends, p.busy_start_s, side="right"))
+        prev[i] = bisect.bisect_right(ends, p.busy_start_s)
         prev[i] = min(prev[i], i)
         with_it = p.weight + best[prev[i]]
         # Strictly better to take it; on a tie keep the earlier choice (determinism).
@@ -264,6 +259,8 @@ def plan(
     warnings += search.problems
     by_norad = {es.norad_id: es for es in sets}
 
+    safety = getattr(cfg, "safety", None)
+    gate_sun_deg = float(getattr(safety, "sun_exclusion_deg", 0.0) or 0.0)
     candidates: list[PlannedPass] = []
     for n_done, ev in enumerate(search.passes):
         if progress is not None:
@@ -271,12 +268,12 @@ def plan(
         es = by_norad[ev.norad_id]
         sat_cfg = cfg.orbit.satellite(ev.norad_id)
         c = sched_cfg.for_satellite(sat_cfg)
-        info, track = describe_pass(
+        info, _track = describe_pass(
             es, cfg.site, ev, qkd_min_el_deg=c.qkd_min_el_deg, qkd_max_range_km=c.qkd_max_range_km
         )
         if sat_cfg is not None and sat_cfg.name:
             info.satellite = sat_cfg.name
-        violations = _violations(info, track, c)
+        violations = _violations(info, c, gate_sun_deg)
         if info.qkd_end is not None and info.qkd_end.timestamp() <= start_s:
             violations.insert(0, "over: the QKD window ended before the plan start")
         priority = sat_cfg.priority if sat_cfg else 1.0

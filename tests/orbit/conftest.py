@@ -48,13 +48,16 @@ def microsat() -> EarthSatellite:
     return _satellite("sim-microsat-2024-10-15.tle")
 
 
-def make_config(site: SiteConfig, satellites: list[dict] | None = None, **schedule: object):
+def make_config(
+    site: SiteConfig, satellites: list[dict] | None = None, *, safety: dict | None = None, **schedule: object
+):
     """A StationConfig with only the sections the planner reads.
 
     Built with ``model_construct`` so these tests do not depend on which device backends
     exist (the planner never touches mount/tagger sections); the pieces it does read are
     validated models. The full file is exercised by test_cli.py with config/sim.toml.
     """
+    from station.config.mount import SafetyConfig
     from station.config.orbit import OrbitConfig, SatelliteConfig, ScheduleConfig
     from station.config.root import StationConfig
 
@@ -66,4 +69,5 @@ def make_config(site: SiteConfig, satellites: list[dict] | None = None, **schedu
             satellites=[SatelliteConfig(**s) for s in (satellites or [])],
         ),
         schedule=ScheduleConfig(**schedule),
+        safety=SafetyConfig(**(safety or {})),
     )

@@ -131,6 +131,15 @@ def test_station_defaults_apply_unless_a_satellite_overrides_them(xinglong):
     assert plan(cfg, _catalog(), NIGHT_S, 1).get(MICIUS_PASS).status == "scheduled"
 
 
+def test_the_safety_gates_sun_exclusion_counts_even_with_the_sun_down(xinglong):
+    # The gate refuses any pointing within safety.sun_exclusion_deg of the Sun, up or not.
+    cfg = make_config(xinglong, [MICIUS], safety={"sun_exclusion_deg": 90})
+    p = plan(cfg, _catalog(), NIGHT_S, 1).get(MICIUS_PASS)
+    assert p.sun_el_deg < -60
+    assert p.reason == "sun: line of sight 83.4° from the Sun (safety gate 90°)"
+    assert plan(make_config(xinglong, [MICIUS]), _catalog(), NIGHT_S, 1).get(MICIUS_PASS).status == "scheduled"
+
+
 def test_shadow_requirement_rejects_sunlit_passes(xinglong):
     cfg = make_config(xinglong, [{**MICIUS, "max_sun_el_deg": 90, "require_satellite_in_shadow": True}])
     schedule = plan(cfg, _catalog(), NIGHT_S, 24)
