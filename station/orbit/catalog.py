@@ -129,6 +129,7 @@ class LoadReport:
     skipped_files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +143,8 @@ class LoadReport:
             parts.append(f"{len(self.duplicates)} older duplicate(s) dropped")
         if self.skipped_files:
             parts.append(f"{len(self.skipped_files)} file(s) skipped")
+        if self.kept:
+            parts.append(f"{len(self.kept)} previous element set(s) kept from broken files")
         return ", ".join(parts)
 
 
@@ -591,15 +594,19 @@ class Catalog:
     def reload(self) -> LoadReport:
         """Re-read every source (SIGHUP). Blocking file I/O: call it off the event loop.
 
-        The new element sets replace the old ones in one step. A source that has become
-        unreadable is reported; its satellites disappear from the catalog.
+        The new element sets replace the old ones in one step. A satellite whose file still
+        exists but now fails to load (hand-edited, half-copied) keeps its previous element
+        set, reported in ``kept``; a satellite whose file was removed leaves the catalog.
         """
         report = LoadReport()
         newest: dict[int, ElementSet] = {}
+        broken: set[str] = set()
         for path in _expand(self.sources, report):
             report.files += 1
             sets, problems = parse_file(path)
             report.problems.extend(problems)
+            if problems:
+                broken.add(str(path))
             for es in sets:
                 old = newest.get(es.norad_id)
                 if old is None:
@@ -610,6 +617,14 @@ class Catalog:
                 report.duplicates.append(
                     f"{drop.source}: {drop.name} ({drop.norad_id}) epoch {drop.epoch:%Y-%m-%dT%H:%M:%SZ} "
                     f"superseded by {keep.source} epoch {keep.epoch:%Y-%m-%dT%H:%M:%SZ}"
+                )
+        for norad, old in self._sets.items():
+            old_file = old.source.rsplit(":", 1)[0]
+            if norad not in newest and old_file in broken:
+                newest[norad] = old
+                report.kept.append(
+                    f"{old.source}: kept the previous elements of {old.name} ({norad}, epoch "
+                    f"{old.epoch:%Y-%m-%dT%H:%M:%SZ}) because the file now fails to load"
                 )
         report.loaded = len(newest)
         self._sets = dict(sorted(newest.items()))

@@ -126,6 +126,17 @@ def test_reload_picks_up_changes_and_reports_them(tmp_path):
         catalog[41731]
 
 
+def test_a_file_broken_between_reloads_keeps_its_previous_elements(tmp_path):
+    path = tmp_path / "sats.tle"
+    path.write_text(f"{NAME}\n{L1}\n{L2}\n")
+    catalog = Catalog.load([tmp_path], fixed_clock(NIGHT_S))
+    path.write_text(f"{NAME}\n{L1}\n{L2[:50]}\n")  # someone saved a half-edited file
+    report = catalog.reload()
+    assert catalog[41731].epoch.day == 18
+    assert report.problems and report.kept[0].startswith(f"{path}:1: kept the previous elements of MICIUS")
+    assert "1 previous element set(s) kept" in report.summary()
+
+
 def test_missing_source_and_foreign_files_are_reported(tmp_path):
     (tmp_path / "notes.md").write_text("hello")
     (tmp_path / ".sats.tle.123.tmp").write_text("half-written")
