@@ -105,6 +105,7 @@ class Schedule(BaseModel):
         return [p for p in self.passes if p.status == "scheduled"]
 
     def rejected(self) -> list[PlannedPass]:
+        """Passes left out, each with its reason."""
         return [p for p in self.passes if p.status == "rejected"]
 
     def get(self, pass_id: str) -> PlannedPass | None:
