@@ -271,3 +271,29 @@ def test_station_config_channel_map_and_inputs() -> None:
         TimeTaggerConfig(channel_map={"h": 2})
     with pytest.raises(ValidationError, match="configured twice"):
         TimeTaggerConfig(channels=[{"channel": 1}, {"channel": 1}])
+
+
+async def test_stop_delivers_the_partial_last_batch() -> None:
+    import asyncio
+
+    clock = SimClock(START_S, manual=True)
+    tagger = await started(clock, None, batch_s=0.1, background_hz=1e5)
+    batches: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def consume() -> None:
+        async for batch in tagger.batches():
+            batches.append(batch)
+            arrived.set()
+
+    task = asyncio.ensure_future(consume())
+    await clock.advance(0.15)
+    async with asyncio.timeout(30):  # the first batch is generated in a worker thread
+        await arrived.wait()
+    assert [b.info.end_ps for b in batches] == [PS // 10]
+    await tagger.stop()
+    await task
+    assert [b.info.end_ps for b in batches] == [PS // 10, 15 * PS // 100]
+    last = batches[-1].events["timestamp_ps"]
+    assert last.size > 0 and last.min() >= PS // 10 and last.max() < 15 * PS // 100
+    await tagger.close()
