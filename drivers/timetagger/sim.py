@@ -314,6 +314,8 @@ class DownlinkGenerator:
 
     # -- link ----------------------------------------------------------------------------
     def set_geometry(self, geometry: LinkGeometry | None) -> None:
+        if geometry is not None and self._geometry is not None and self._geometry.geometry is geometry:
+            return  # the same link again: keep the pulse bookkeeping continuous
         self._geometry = None if geometry is None else _GeometryFit(geometry)
         self._next_pulse = None
         self._tof_hint_ps = None
@@ -665,6 +667,8 @@ class SimTimeTagger(TimeTagger):
         self._running = False
         self._stop_event: asyncio.Event | None = None
         self._sleeper: asyncio.Future[None] | None = None
+        self._link_dirty = False
+        self._channels_dirty = False
         self._geometry: LinkGeometry | None = None
         self._pointing: float | Callable[[float], float] | None = None
         self._channels: list[ChannelConfig] = []
@@ -679,9 +683,9 @@ class SimTimeTagger(TimeTagger):
     # -- station-facing extras ---------------------------------------------------------
     def set_link(self, geometry: LinkGeometry | None) -> None:
         """Follow this satellite (``None``: no satellite; only noise, PPS, local sync)."""
+        # Applied between batches (the generator may be busy in its thread right now).
         self._geometry = geometry
-        if self._gen is not None:
-            self._gen.set_geometry(geometry)
+        self._link_dirty = True
 
     def set_pointing_error_urad(self, error: float | Callable[[float], float] | None) -> None:
         """The station's tracking error: a value in µrad, or a callable of clock time
@@ -740,8 +744,7 @@ class SimTimeTagger(TimeTagger):
             if c.dead_time_ps < 0:
                 raise TimeTaggerError(f"channel {c.channel}: dead time {c.dead_time_ps} ps < 0", device=self.name)
         self._channels = list(channels)
-        if self._gen is not None:
-            self._gen.configure(self._channels)
+        self._channels_dirty = True
 
     async def start(self) -> None:
         """Start timestamping; tagger time 0 is now (whole microseconds of UTC)."""
@@ -752,6 +755,7 @@ class SimTimeTagger(TimeTagger):
         self._gen = DownlinkGenerator(self.options, self._epoch_ps)
         self._gen.configure(self._channels)
         self._gen.set_geometry(self._geometry)
+        self._link_dirty = self._channels_dirty = False
         self._seq = 0
         self._next_start_ps = 0
         self._rates.reset()
@@ -791,6 +795,12 @@ class SimTimeTagger(TimeTagger):
                 if end_ps <= start_ps:
                     return
             pointing = self._pointing_at((epoch_ps + start_ps) / _PS_PER_S)
+            if self._link_dirty:
+                self._link_dirty = False
+                gen.set_geometry(self._geometry)
+            if self._channels_dirty:
+                self._channels_dirty = False
+                gen.configure(self._channels)
             seq = self._seq
             if expected_events < self.options.inline_below_events:
                 # A thread hop costs more than generating a small batch (~1 ms): do it here.

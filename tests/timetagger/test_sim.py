@@ -297,3 +297,25 @@ async def test_stop_delivers_the_partial_last_batch() -> None:
     last = batches[-1].events["timestamp_ps"]
     assert last.size > 0 and last.min() >= PS // 10 and last.max() < 15 * PS // 100
     await tagger.close()
+
+
+async def test_link_comes_and_goes_between_batches() -> None:
+    clock = SimClock(START_S, speed=math.inf)
+    tagger = await started(clock, None, background_hz=0.0, dark_count_hz=0.0)
+    link = StaticLinkGeometry(650.0, 50.0)
+    per_batch = []
+    async for batch in tagger.batches():
+        ch = batch.events["channel"]
+        per_batch.append((int(np.isin(ch, DETECTORS).sum()), int((ch == Channel.SYNC).sum())))
+        if batch.info.seq == 2:
+            tagger.set_link(link)
+        if batch.info.seq == 5:
+            tagger.set_link(link)  # the same link again changes nothing
+        if batch.info.seq == 8:
+            tagger.set_link(None)
+        if batch.info.seq == 10:
+            await tagger.stop()
+    await tagger.close()
+    assert per_batch[:3] == [(0, 0)] * 3
+    assert all(d > 1000 and s == 1000 for d, s in per_batch[3:9])
+    assert per_batch[9:] == [(0, 0)] * 2
