@@ -129,3 +129,11 @@ def test_check_config_cli_ok_and_failures(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "site.height_m: -9999: Input should be greater than or equal to -500" in res.stderr
     assert "mqtt.port: 0: Input should be greater than or equal to 1" in res.stderr
+
+
+def test_example_config_is_generated_from_the_current_models() -> None:
+    from station.config.example import render_example
+
+    assert EXAMPLE.read_text() == render_example(), (
+        "config/station.example.toml is stale: run "
+        "`python -m station.config.example > config/station.example.toml`")

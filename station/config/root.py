@@ -38,7 +38,9 @@ class StationConfig(BaseSettings):
         description="Short id used in MQTT topics and file names (lowercase, digits, - _).",
     )
     state_dir: ConfigPath = Field(description="Pass files and the state file go here.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
     site: SiteConfig
     clock: ClockConfig = Field(default_factory=ClockConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
