@@ -154,17 +154,15 @@ def _gmst(time_s: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _topocentric(
-    r_teme: np.ndarray, v_teme: np.ndarray, theta: np.ndarray, theta_dot: float, st: _Station
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Elevation, azimuth (deg), elevation rate (deg/s) and central angle to the
-    sub-satellite point (rad) from TEME vectors; ``theta`` broadcasts over the leading axes."""
+    r_teme: np.ndarray, v_teme: np.ndarray | None, theta: np.ndarray, theta_dot: float, st: _Station
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Elevation, azimuth (deg), elevation rate (deg/s; None without velocities) and the
+    angle between the satellite's direction and the station's vertical (rad, ~ the central
+    angle to the sub-satellite point) from TEME vectors; ``theta`` broadcasts."""
     c, s = np.cos(theta), np.sin(theta)
     x, y, z = r_teme[..., 0], r_teme[..., 1], r_teme[..., 2]
-    vx, vy, vz = v_teme[..., 0], v_teme[..., 1], v_teme[..., 2]
-    # Earth-fixed position and velocity (the frame turns at theta_dot).
+    # Earth-fixed position (the frame turns at theta_dot).
     xe, ye = c * x + s * y, -s * x + c * y
-    vxe = c * vx + s * vy + theta_dot * ye
-    vye = -s * vx + c * vy - theta_dot * xe
     dx, dy, dz = xe - st.xyz_km[0], ye - st.xyz_km[1], z - st.xyz_km[2]
     rng = np.sqrt(dx * dx + dy * dy + dz * dz)
     up = dx * st.up[0] + dy * st.up[1] + dz * st.up[2]
@@ -173,9 +171,15 @@ def _topocentric(
     sin_el = np.clip(up / rng, -1.0, 1.0)
     el = np.degrees(np.arcsin(sin_el))
     az = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
-    up_dot = vxe * st.up[0] + vye * st.up[1] + vz * st.up[2]
-    rng_dot = (dx * vxe + dy * vye + dz * vz) / rng
-    el_rate = np.degrees((up_dot / rng - up * rng_dot / (rng * rng)) / np.sqrt(np.maximum(1 - sin_el**2, 1e-12)))
+    el_rate = None
+    if v_teme is not None:
+        vx, vy, vz = v_teme[..., 0], v_teme[..., 1], v_teme[..., 2]
+        vxe = c * vx + s * vy + theta_dot * ye
+        vye = -s * vx + c * vy - theta_dot * xe
+        up_dot = vxe * st.up[0] + vye * st.up[1] + vz * st.up[2]
+        rng_dot = (dx * vxe + dy * vye + dz * vz) / rng
+        cos_el = np.sqrt(np.maximum(1 - sin_el**2, 1e-12))
+        el_rate = np.degrees((up_dot / rng - up * rng_dot / (rng * rng)) / cos_el)
     r_norm = np.sqrt(xe * xe + ye * ye + z * z)
     cos_psi = (xe * st.up[0] + ye * st.up[1] + z * st.up[2]) / r_norm
     psi = np.arccos(np.clip(cos_psi, -1.0, 1.0))
@@ -204,6 +208,7 @@ class _Evaluator:
             r[group], v[group], err[group] = rr, vv, e
         theta, theta_dot = _gmst(time_s)
         el, az, el_rate, _ = _topocentric(r, v, theta, theta_dot, self.st)
+        assert el_rate is not None
         bad = err != 0
         el[bad], el_rate[bad] = -90.0, 0.0
         return el, az, el_rate
@@ -292,8 +297,8 @@ def find_passes(
         batch = list(element_sets[b0:b0 + per_batch])
         satrecs = [es.satellite.model for es in batch]
         err, r, v = SatrecArray(satrecs).sgp4(jd, fr)
-        el, az, el_rate, psi = _topocentric(r, v, theta[None, :], theta_dot, st)
-        del v
+        del v  # the coarse grid needs no rates
+        el, az, _, psi = _topocentric(r, None, theta[None, :], theta_dot, st)
         alt_km = np.linalg.norm(r, axis=-1) - _EARTH_RADIUS_KM
         del r
         bad = err != 0
@@ -335,7 +340,8 @@ def _refine_batch(
     # sub-satellite point moves at most rate*step, so the central angle at the true
     # culmination is no smaller than the sampled minimum minus that.
     psi_min = np.minimum(np.minimum(psi[si, ki - 1], psi[si, ki]), psi[si, ki + 1])
-    reach = psi_min - rate_rad_s[si] * step
+    # 1° of margin covers geodetic vs geocentric vertical and the oblate Earth.
+    reach = psi_min - rate_rad_s[si] * step - math.radians(1.0)
     alt_hi = np.maximum(np.maximum(alt_km[si, ki - 1], alt_km[si, ki]), alt_km[si, ki + 1]) + 50.0
     keep = reach <= _psi_bound_rad(mask_min_deg, alt_hi)
     si, ki = si[keep], ki[keep]
@@ -403,30 +409,31 @@ def _refine_batch(
     own = np.asarray(owner)
     sat_of = si[own]
 
-    def g_at(idx: np.ndarray, t: np.ndarray) -> np.ndarray:
-        e, azv, _ = evaluate(sat_of[idx], t)
+    # Rises and sets are refined together: one SGP4 call per satellite per iteration.
+    n_own = len(own)
+    sat_2 = np.concatenate([sat_of, sat_of])
+    lo_a = np.asarray(aos_lo + los_lo, dtype=float)
+    hi_a = np.asarray(aos_hi + los_hi, dtype=float)
+    clipped = np.asarray(clipped_a + clipped_l, dtype=bool)
+
+    def g_at(rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        e, azv, _ = evaluate(sat_2[rows], t)
         return e - site.horizon_min_el_deg(azv)
 
-    def crossing(lo_t: list[float], hi_t: list[float], clipped: list[bool]) -> np.ndarray:
-        lo_a, hi_a = np.asarray(lo_t), np.asarray(hi_t)
-        out = lo_a.copy()
-        work = np.flatnonzero(~np.asarray(clipped) & (hi_a > lo_a))
-        if len(work):
-            all_idx = np.arange(len(own))
-            f_lo = g_at(all_idx[work], lo_a[work])
-            f_hi = g_at(all_idx[work], hi_a[work])
-            # The culmination itself may sit a hair under the mask when only a grid point
-            # cleared it; such brackets have no sign change and keep the grid point.
-            ok = np.sign(f_lo) != np.sign(f_hi)
-            w = work[ok]
-            if len(w):
-                out[w] = _illinois(lambda idx, t: g_at(w[idx], t), lo_a[w], hi_a[w], f_lo[ok], f_hi[ok])
-            bad = work[~ok]
-            out[bad] = np.where(f_lo[~ok] > 0, lo_a[bad], hi_a[bad])
-        return out
-
-    aos = crossing(aos_lo, aos_hi, clipped_a)
-    los = crossing(los_lo, los_hi, clipped_l)
+    edges = lo_a.copy()
+    work = np.flatnonzero(~clipped & (hi_a > lo_a))
+    if len(work):
+        f_both = g_at(np.concatenate([work, work]), np.concatenate([lo_a[work], hi_a[work]]))
+        f_lo, f_hi = f_both[:len(work)], f_both[len(work):]
+        # The culmination itself may sit a hair under the mask when only a grid point
+        # cleared it; such brackets have no sign change and keep the grid point.
+        ok = np.sign(f_lo) != np.sign(f_hi)
+        w = work[ok]
+        if len(w):
+            edges[w] = _illinois(lambda idx, t: g_at(w[idx], t), lo_a[w], hi_a[w], f_lo[ok], f_hi[ok])
+        bad = work[~ok]
+        edges[bad] = np.where(f_lo[~ok] > 0, lo_a[bad], hi_a[bad])
+    aos, los = edges[:n_own], edges[n_own:]
     for j, row in enumerate(own):
         events.append(PassEvent(
             norad_id=batch[si[row]].norad_id,
