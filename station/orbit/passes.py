@@ -207,8 +207,8 @@ class _Evaluator:
             e, rr, vv = self.satrecs[sat_index[group[0]]].sgp4_array(jd[group], fr[group])  # type: ignore[attr-defined]
             r[group], v[group], err[group] = rr, vv, e
         theta, theta_dot = _gmst(time_s)
-        el, az, el_rate, _ = _topocentric(r, v, theta, theta_dot, self.st)
-        assert el_rate is not None
+        el, az, rate, _ = _topocentric(r, v, theta, theta_dot, self.st)
+        el_rate = rate if rate is not None else np.zeros_like(el)  # always set: v was given
         bad = err != 0
         el[bad], el_rate[bad] = -90.0, 0.0
         return el, az, el_rate
