@@ -80,18 +80,31 @@ def sent_pulses(
     in any order or chunking. The hash is SplitMix64 of ``key(seed) XOR index``; the top
     two bits give basis and bit, the low 32 bits the intensity class.
     """
+    h = pulse_hash(seed, pulse_index)
+    return hash_basis_bit(h) + (hash_intensity(h, intensity_probs),)
+
+
+def pulse_hash(seed: int, pulse_index: np.ndarray) -> np.ndarray:
+    """The 64-bit hash :func:`sent_pulses` derives everything from (uint64 array)."""
     idx = np.asarray(pulse_index)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"pulse_index must be an integer array, got dtype {idx.dtype}")
-    h = splitmix64(idx.astype(_U64) ^ _seed_key(seed))
-    basis = (h >> _U64(63)).astype(np.uint8)
-    bit = ((h >> _U64(62)) & _U64(1)).astype(np.uint8)
+    return splitmix64(idx.astype(_U64) ^ _seed_key(seed))
+
+
+def hash_basis_bit(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Basis (top bit) and bit (next bit) of :func:`pulse_hash` values."""
+    return (h >> _U64(63)).astype(np.uint8), ((h >> _U64(62)) & _U64(1)).astype(np.uint8)
+
+
+def hash_intensity(h: np.ndarray, intensity_probs: tuple[float, ...] = (0.5, 0.25, 0.25)) -> np.ndarray:
+    """Intensity class (low 32 bits against the class thresholds) of :func:`pulse_hash` values."""
     low = h & _U64(0xFFFF_FFFF)
     # Counting thresholds passed is a searchsorted that is several times faster for 3 classes.
     intensity = np.zeros(low.shape, dtype=np.uint8)
     for threshold in class_thresholds(tuple(intensity_probs))[:-1]:
         intensity += low >= threshold
-    return basis, bit, intensity
+    return intensity
 
 
 def period_ps_of(rep_rate_hz: float) -> int:
@@ -204,7 +217,10 @@ __all__ = [
     "Intensity",
     "anchor_sync_index",
     "class_thresholds",
+    "hash_basis_bit",
+    "hash_intensity",
     "period_ps_of",
+    "pulse_hash",
     "pulse_index_from_sync",
     "sent_pulses",
     "sift_qber",

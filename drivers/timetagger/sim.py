@@ -57,7 +57,13 @@ from drivers.timetagger.base import (
     TimeTaggerError,
     TimeTaggerNotConnected,
 )
-from drivers.timetagger.bb84 import class_thresholds, period_ps_of, sent_pulses
+from drivers.timetagger.bb84 import (
+    class_thresholds,
+    hash_basis_bit,
+    hash_intensity,
+    period_ps_of,
+    pulse_hash,
+)
 from drivers.timetagger.link import LinkBudget
 from drivers.timetagger.presets import PRESETS
 from drivers.timetagger.rates import RateMeter
@@ -308,6 +314,7 @@ class DownlinkGenerator:
         self._geometry: _GeometryFit | None = None
         self._next_pulse: int | None = None
         self._tof_hint_ps: float | None = None
+        self._dead_time_busy = False
         self._last_click_ps: dict[int, int] = {}
         self._pending = np.empty(0, EVENT_DTYPE)
         self._overflow = _OverflowState()
@@ -442,7 +449,10 @@ class DownlinkGenerator:
         else:
             offsets = _geometric_positions(rng, p_max, n_pulses)
             n = n_lo + offsets
-            basis, bit, klass = sent_pulses(opt.seed, n, opt.mu_probs)
+            # What was sent is sent_pulses(seed, n); the class decides acceptance, basis
+            # and bit are only needed for the pulses kept.
+            h = pulse_hash(opt.seed, n)
+            klass = hash_intensity(h, opt.mu_probs)
             if np.ptp(eta) == 0.0:
                 # Constant link: one acceptance probability per intensity class.
                 accept = -np.expm1(-self.mu * eta_max) / p_max
@@ -450,13 +460,14 @@ class DownlinkGenerator:
             else:
                 eta_n = np.interp(emission_rel(n), grid_ps, eta)
                 keep = rng.random(n.size) * p_max < -np.expm1(-self.mu[klass] * eta_n)
-            n, basis, bit = n[keep], basis[keep], bit[keep]
+            n = n[keep]
+            basis, bit = hash_basis_bit(h[keep])
             m = n.size
             rx_basis = (rng.random(m) >= opt.basis_split_z).astype(np.uint8)
-            same = rx_basis == basis
-            flip = rng.random(m) < self.error_prob
-            random_bit = rng.integers(0, 2, m, dtype=np.uint8)
-            rx_bit = np.where(same, bit ^ flip.astype(np.uint8), random_bit)
+            # One uniform per photon: below the error probability it flips the sent bit
+            # (matching basis); in the other basis its halves pick either detector.
+            v = rng.random(m)
+            rx_bit = np.where(rx_basis == basis, bit ^ (v < self.error_prob), v < 0.5).astype(np.uint8)
             signal = np.empty(m, EVENT_DTYPE)
             signal["timestamp_ps"] = arrival_ps(n, self.jitter_sigma_ps)
             signal["channel"] = 1 + 2 * rx_basis + rx_bit  # H=1 V=2 D=3 A=4
@@ -511,8 +522,10 @@ class DownlinkGenerator:
         if events.size == 0:
             return events
         channels = events["channel"]
-        if self._no_dead_time_conflict(events):
+        # On a bright link clicks collide every batch: skip the fast check there.
+        if not self._dead_time_busy and self._no_dead_time_conflict(events):
             return events
+        self._dead_time_busy = False
         keep = np.ones(events.size, dtype=bool)
         for ch, dead_ps in self.dead_time_ps.items():
             if dead_ps <= 0:
@@ -522,6 +535,7 @@ class DownlinkGenerator:
                 continue
             t = events["timestamp_ps"][idx]
             ok = _non_paralysable(t, dead_ps, self._last_click_ps.get(ch))
+            self._dead_time_busy |= not ok.all()
             keep[idx[~ok]] = False
             if ok.any():
                 self._last_click_ps[ch] = int(t[ok][-1])
@@ -610,9 +624,12 @@ def _geometric_positions(rng: np.random.Generator, p: float, n_pulses: int) -> n
     chunks: list[np.ndarray] = []
     pos = -1
     expected = n_pulses * p
+    # floor(E/λ) + 1 with E ~ Exp(1), λ = −ln(1−p) is exactly Geometric(p), and the
+    # ziggurat exponential is several times faster than Generator.geometric.
+    inv_lambda = -1.0 / math.log1p(-p)
     while True:
         size = int(expected + 6 * math.sqrt(expected) + 16)
-        gaps = rng.geometric(p, size)
+        gaps = (rng.standard_exponential(size) * inv_lambda).astype(np.int64) + 1
         cum = pos + np.cumsum(gaps)
         if cum[-1] >= n_pulses:
             chunks.append(cum[: int(np.searchsorted(cum, n_pulses))])
