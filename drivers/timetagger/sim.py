@@ -63,6 +63,7 @@ from drivers.timetagger.bb84 import (
     hash_intensity,
     period_ps_of,
     pulse_hash,
+    sent_pulses,
 )
 from drivers.timetagger.link import LinkBudget
 from drivers.timetagger.presets import PRESETS
@@ -728,6 +729,11 @@ class SimTimeTagger(TimeTagger):
         """Pulses between sync pulses (sync pulses are ``n % pulses_per_sync == 0``)."""
         return round(self.options.rep_rate_hz / self.options.sync_rate_hz)
 
+    def sent_pulses(self, pulse_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(basis, bit, intensity_class)`` this tagger's satellite sent: the module
+        function :func:`drivers.timetagger.bb84.sent_pulses` with this seed and ``mu_probs``."""
+        return sent_pulses(self.options.seed, pulse_index, self.options.mu_probs)
+
     def pulse_index_at(self, timestamps_ps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ground truth ``(pulse_index, offset_ps)`` for tagger timestamps of the current
         link; what downstream clock recovery should find."""
@@ -819,11 +825,20 @@ class SimTimeTagger(TimeTagger):
                 self._channels_dirty = False
                 gen.configure(self._channels)
             seq = self._seq
-            if expected_events < self.options.inline_below_events:
-                # A thread hop costs more than generating a small batch (~1 ms): do it here.
-                out = gen.generate(start_ps, end_ps, seq, pointing)
-            else:
-                out = await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
+            try:
+                if expected_events < self.options.inline_below_events:
+                    # A thread hop costs more than a small batch (~1 ms of work): do it here.
+                    out = gen.generate(start_ps, end_ps, seq, pointing)
+                else:
+                    out = await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
+            except TimeTaggerError:
+                raise
+            except (ValueError, ArithmeticError, TypeError, IndexError) as exc:
+                # E.g. a link geometry that fails for these times: name it, do not crash.
+                raise TimeTaggerError(
+                    f"simulated batch {seq} ({(epoch_ps + start_ps) / _PS_PER_S:.3f} s UTC) "
+                    f"could not be generated: {exc}", device=self.name,
+                ) from exc
             expected_events = len(out.events) + out.missed_events
             self._seq += 1
             self._next_start_ps = end_ps

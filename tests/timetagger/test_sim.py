@@ -341,3 +341,25 @@ async def test_jinan1_preset_at_625_mhz_maps_detections_to_pulses() -> None:
     assert np.mean(index[gated] == truth[gated]) > 0.999
     result = sift_qber(det["channel"], index, offset, seed=5, gate_ps=400)
     assert result["qber_signal"] < 0.015
+
+
+class BrokenGeometry:
+    def range_el_at(self, time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = np.asarray(time_s, dtype=float)
+        return np.full(t.shape, np.nan), np.full(t.shape, 45.0)
+
+
+async def test_a_failing_link_geometry_is_a_named_error() -> None:
+    from drivers.timetagger.base import TimeTaggerError
+
+    clock = SimClock(START_S, speed=math.inf)
+    tagger = await started(clock, BrokenGeometry())
+    with pytest.raises(TimeTaggerError, match="non-finite range"):
+        async for _ in tagger.batches():
+            pass
+    await tagger.close()
+    # The tagger's own view of what it sent is the module function with its seed.
+    n = np.arange(10, dtype=np.int64)
+    from drivers.timetagger.bb84 import sent_pulses
+
+    assert all(np.array_equal(a, b) for a, b in zip(tagger.sent_pulses(n), sent_pulses(1, n), strict=True))
