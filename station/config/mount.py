@@ -130,6 +130,14 @@ class TrackingConfig(Strict):
         "loss: the pass is abandoned and the mount parked.",
     )
     loss_duration_s: float = Field(3.0, ge=0, description="See loss_error_deg.")
+    capture_deg: float = Field(
+        0.5, gt=0,
+        description="Streaming starts when the mount is this close to the track; farther "
+        "away it first slews to a point the satellite will reach (intercept).",
+    )
+    recapture_deg: float = Field(
+        2.0, gt=0, description="While streaming, an error above this goes back to intercepting."
+    )
     preposition_tolerance_deg: float = Field(
         0.05, gt=0, description="Pre-positioning is done when both axes are within this."
     )

@@ -185,24 +185,46 @@ class Tracker:
         """
         deadline = plan.aos_s if deadline_s is None else deadline_s
         az, el = plan.start
+        for leg_az, leg_el in await self._legs_to(az, el):
+            await self.gated.slew_to(leg_az, leg_el)
+            await self._wait_at(plan.pass_id, leg_az, leg_el, deadline)
         await self.gated.slew_to(az, el)
+        return await self._wait_at(plan.pass_id, az, el, deadline, publish=True, plan=plan)
+
+    async def _legs_to(self, az: float, el: float) -> list[tuple[float, float]]:
+        """The intermediate stops of a move to (az, el), final one excluded.
+
+        The gate checks the whole az/el box a direct slew may sweep; when that box holds
+        the Sun or dips under the horizon mask, go up first, turn in azimuth high in the
+        sky, then come down.
+        """
+        pos = await self.gated.position()
+        if self.gated.would_refuse(az, el) is None:
+            return []
+        high = max(pos.el_deg, el)
+        legs = [(pos.az_deg, high), (az, high)]
+        return [leg for leg in legs if leg not in ((pos.az_deg, pos.el_deg), (az, el))]
+
+    async def _wait_at(self, pass_id: str, az: float, el: float, deadline: float, *,
+                       publish: bool = False, plan: TrackPlan | None = None) -> float:
         tol = self.cfg.preposition_tolerance_deg
         while True:
             pos = await self.gated.position()
             err = float(angle_between_deg(np.asarray(pos.az_deg), np.asarray(pos.el_deg), az, el))
             self._publish(TrackingSample(
-                pass_id=plan.pass_id, phase="preposition", time_s=pos.time_s,
+                pass_id=pass_id, phase="preposition", time_s=pos.time_s,
                 commanded_az_deg=az, commanded_el_deg=el, actual_az_deg=pos.az_deg,
                 actual_el_deg=pos.el_deg, error_arcsec=err * 3600.0,
                 sky_error_arcsec=err * 3600.0, lateness_s=0.0, acquired=False))
             if abs(pos.az_deg - az) <= tol and abs(pos.el_deg - el) <= tol:
-                log.info("pass %s: at the rise point %.0f s before AOS", plan.pass_id,
-                         plan.aos_s - pos.time_s)
+                if plan is not None:
+                    log.info("pass %s: at the rise point %.0f s before AOS", pass_id,
+                             plan.aos_s - pos.time_s)
                 return pos.time_s
             if pos.time_s >= deadline:
                 raise PrepositionTimeout(
-                    f"pass {plan.pass_id}: mount at az {pos.az_deg:.3f}°, el {pos.el_deg:.3f}°, "
-                    f"not at the rise point az {az:.3f}°, el {el:.3f}° by the deadline"
+                    f"pass {pass_id}: mount at az {pos.az_deg:.3f}°, el {pos.el_deg:.3f}°, "
+                    f"not at az {az:.3f}°, el {el:.3f}° by the deadline"
                 )
             await self.clock.sleep(_POLL_S)
 
@@ -283,6 +305,12 @@ class Tracker:
         under = 0
         over_since: float | None = None
         refused_since: float | None = None
+        pos0 = await self.gated.position()
+        paz0, pel0 = plan.point_at(pos0.time_s)
+        streaming = program or float(angle_between_deg(
+            np.asarray(pos0.az_deg), np.asarray(pos0.el_deg), paz0, pel0)) < cfg.capture_deg
+        intercept_until = -math.inf
+        last_err_deg = math.inf
         errors: list[float] = []
         sky_errors: list[float] = []
         lateness: deque[float] = deque(maxlen=100_000)
@@ -303,10 +331,12 @@ class Tracker:
                     if now >= chunk_end - cfg.program_chunk_s / 2:
                         chunk_end = await self._upload_chunk(plan, now)
                         stats.chunks_uploaded += 1
-                else:
+                elif streaming:
                     t_cmd = now + lead
                     az_c, el_c = plan.point_at(t_cmd)
                     await self.gated.track_to(float(az_c), float(el_c), t_cmd)
+                elif now >= intercept_until:
+                    intercept_until = await self._intercept(plan, now)
                 refused_since = None
             except CommandRefused as exc:
                 stats.refused_commands += 1
@@ -321,6 +351,14 @@ class Tracker:
             err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
             sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
             stats.ticks += 1
+            last_err_deg = err / 3600.0
+            if not program:
+                if not streaming and last_err_deg < cfg.capture_deg:
+                    streaming = True
+                elif streaming and last_err_deg > cfg.recapture_deg:
+                    streaming, intercept_until = False, -math.inf
+                    log.warning("pass %s: %.2f° off the track, intercepting again",
+                                plan.pass_id, last_err_deg)
             acquired = stats.acquired_at_s is not None
             if not acquired:
                 under = under + 1 if err < cfg.acquisition_error_arcsec else 0
@@ -368,6 +406,22 @@ class Tracker:
             stats.rms_sky_error_arcsec = float(np.sqrt(np.mean(sk * sk)))
         if lateness:
             stats.p99_lateness_s = float(np.percentile(np.asarray(lateness), 99))
+
+    async def _intercept(self, plan: TrackPlan, now: float) -> float:
+        """Slew to where the satellite will be once the mount can get there; returns the
+        time it passes that point (re-plan the intercept after it)."""
+        pos = await self.gated.position()
+        t_hit = now
+        for _ in range(3):
+            az, el = plan.point_at(t_hit)
+            probe = TrackPlan(plan.pass_id, plan.satellite, np.array([t_hit, t_hit + 1.0]),
+                              np.array([float(az)] * 2), np.array([float(el)] * 2),
+                              np.zeros(2), np.zeros(2), np.zeros(2), 0.0, "none")
+            t_hit = now + 1.2 * self.estimate_slew_s(probe, pos) + 1.0
+        t_hit = min(t_hit, plan.los_s)
+        az, el = plan.point_at(t_hit)
+        await self.gated.slew_to(float(az), float(el))
+        return t_hit
 
     async def _upload_chunk(self, plan: TrackPlan, now: float) -> float:
         """Upload the program track from just before now to ``program_chunk_s`` ahead."""

@@ -41,30 +41,30 @@ def build_mount(cfg: StationConfig, clock: Clock, *, sun_altaz: SunFunction | No
 async def plan_for_pass(
     gated: GatedMount,
     cfg: StationConfig,
-    satellite_or_pass: Any,
+    satellite: EarthSatellite,
+    pass_: Any = None,
+    *,
     aos: datetime | float | None = None,
     los: datetime | float | None = None,
-    *,
     pass_id: str | None = None,
     from_az_deg: float | None = None,
 ) -> TrackPlan:
     """Plan the track of a pass in a worker thread.
 
-    Takes either a scheduled pass object (attributes ``satellite`` (an EarthSatellite),
-    ``aos`` and ``los`` (aware datetimes) and ``pass_id``), or an ``EarthSatellite`` with
-    ``aos`` and ``los``. The wrap turn is chosen for the shortest slew from
+    ``pass_`` is a scheduled pass (``station.orbit.passes.PassInfo`` / ``PlannedPass``
+    with ``aos``/``los`` datetimes, or a ``PassEvent`` with ``aos_s``/``los_s``); or give
+    ``aos`` and ``los`` directly. The wrap turn is chosen for the shortest slew from
     ``from_az_deg`` (default: where the mount is now).
     """
-    obj = satellite_or_pass
-    sat: EarthSatellite = getattr(obj, "satellite", obj)
-    aos = getattr(obj, "aos", aos) if aos is None else aos
-    los = getattr(obj, "los", los) if los is None else los
+    if pass_ is not None:
+        aos = aos if aos is not None else getattr(pass_, "aos", None) or getattr(pass_, "aos_s", None)
+        los = los if los is not None else getattr(pass_, "los", None) or getattr(pass_, "los_s", None)
+        pass_id = pass_id if pass_id is not None else str(getattr(pass_, "pass_id", "") or "")
     if aos is None or los is None:
         raise ValueError("plan_for_pass needs AOS and LOS (from the pass or as arguments)")
-    pid = pass_id if pass_id is not None else str(getattr(obj, "pass_id", "") or "")
     if from_az_deg is None:
         from_az_deg = (await gated.position()).az_deg
     return await asyncio.to_thread(
-        plan_track, sat, cfg.site, to_epoch_s(aos), to_epoch_s(los), limits=gated.limits,
-        tracking=cfg.tracking, from_az_deg=from_az_deg, pass_id=pid,
+        plan_track, satellite, cfg.site, to_epoch_s(aos), to_epoch_s(los), limits=gated.limits,
+        tracking=cfg.tracking, from_az_deg=from_az_deg, pass_id=pass_id or "",
     )

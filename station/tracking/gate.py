@@ -227,6 +227,7 @@ class GatedMount:
                 return _sun(site, t)
         self._sun_fn: SunFunction = sun_altaz
         self._sun_cache: tuple[float, float, float] | None = None  # (time_s, az, el)
+        self._dry_run = False
         self.refused_count = 0
         self.accepted_count = 0
         self.last_refusal: CommandRefused | None = None
@@ -239,6 +240,8 @@ class GatedMount:
         self._since_read: list[tuple[float, float]] = []
         #: Recent timed (streamed) targets: (time_s, az, el), for rates and extrapolation.
         self._timed: list[tuple[float, float, float]] = []
+        #: The last target if it came from track_to (the rate rule applies after it).
+        self._streamed: set[tuple[float, float, float]] = set()
 
     # -- read-only passthroughs --------------------------------------------------------
     @property
@@ -287,40 +290,57 @@ class GatedMount:
 
     # -- motion commands ----------------------------------------------------------------
     async def slew_to(self, az_deg: float, el_deg: float) -> None:
-        """Point-to-point move (the controller picks the speed); the swept box is checked."""
-        await self._fresh_position()
-        self._check_move("slew_to", az_deg, el_deg, self.clock.now_s())
-        self._timed = []
-        await self._send(self.__backend.slew_to(az_deg, el_deg), az_deg, el_deg)
+        """Point-to-point move (the controller picks the speed); the swept box is checked.
+
+        Two slews in quick succession look like a stream to many controllers, which then
+        extrapolate; the gate checks that reach as it does for :meth:`track_to`.
+        """
+        await self._target("slew_to", az_deg, el_deg, self.clock.now_s(), enforce_rate=False)
 
     async def track_to(self, az_deg: float, el_deg: float, time_s: float) -> None:
         """A streamed tracking target meant for clock time ``time_s``.
 
         Besides the position checks, the rate implied by the previous streamed target
-        (when it was recent) must be within the axis rate limits, and the point the
-        controller would reach by extrapolating the stream for
-        ``safety.stream_extrapolation_s`` (if the next target never came) must be allowed
-        too.
+        (when it was recent) must be within the axis rate limits, and the box the
+        controller may reach by extrapolating the stream for
+        ``safety.stream_extrapolation_s`` (if the next target never came) and braking
+        must be allowed too.
         """
-        cmd = "track_to"
+        await self._target("track_to", az_deg, el_deg, time_s, enforce_rate=True)
+
+    async def _target(self, cmd: str, az_deg: float, el_deg: float, time_s: float, *,
+                      enforce_rate: bool) -> None:
         prev = self._timed[-1] if self._timed else None
-        if prev is not None and time_s <= prev[0]:
+        if enforce_rate and prev is not None and time_s <= prev[0]:
             self._refuse(cmd, Rule.MALFORMED,
                          f"target time {time_s:.3f} is not after the previous one {prev[0]:.3f}",
                          az_deg, el_deg)
-        hist = self._timed[-2:] if prev is not None and time_s - prev[0] <= 2.0 else []
+        hist = self._timed[-2:] if prev is not None and 0.0 < time_s - prev[0] <= 2.0 else []
         new = (time_s, az_deg, el_deg)
         extra: list[tuple[float, float]] = []
         self._check_static(cmd, az_deg, el_deg)
         await self._fresh_position()
+        # The rate limit binds between streamed targets; after a plain slew, a target too
+        # fast to continue it is what the controller takes as a new plain move.
+        streamed = enforce_rate and bool(hist) and prev in self._streamed
+        if hist and not streamed and not self._within_rate(hist[-1], new):
+            hist = []
         if hist:
-            self._check_rate(cmd, hist[-1], new)
+            if streamed:
+                self._check_rate(cmd, hist[-1], new)
             for corner in self._stream_reach([*hist, new]):
                 self._check_static(cmd + " (extrapolated and braking)", *corner)
                 extra.append(corner)
         self._check_move(cmd, az_deg, el_deg, max(time_s, self.clock.now_s()), extra=extra)
         self._timed = [*hist, new]
+        self._streamed = {new} if enforce_rate else set()
         await self._send(self.__backend.slew_to(az_deg, el_deg), az_deg, el_deg, extra=extra)
+
+    def _within_rate(self, a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
+        caps = self.capabilities
+        dt = b[0] - a[0]
+        return (abs(b[1] - a[1]) <= caps.az.max_rate_deg_s * dt * self.limits.rate_tolerance
+                and abs(b[2] - a[2]) <= caps.el.max_rate_deg_s * dt * self.limits.rate_tolerance)
 
     def _stream_reach(self, pts: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
         """Corners of the box a streaming controller may reach if the stream stopped now.
@@ -441,6 +461,18 @@ class GatedMount:
         log.info("mount %s: stop commanded", self.name)
 
     # -- checks -------------------------------------------------------------------------
+    def would_refuse(self, az_deg: float, el_deg: float) -> CommandRefused | None:
+        """What a ``slew_to(az, el)`` from the mount's last known position would be
+        refused for (None: it would pass). Sends nothing, counts nothing."""
+        self._dry_run = True
+        try:
+            self._check_move("slew_to", az_deg, el_deg, self.clock.now_s())
+        except CommandRefused as exc:
+            return exc
+        finally:
+            self._dry_run = False
+        return None
+
     def check_target(self, az_deg: float, el_deg: float, time_s: float | None = None) -> None:
         """Raise :class:`CommandRefused` if a *position* (no path) is not allowed at ``time_s``."""
         t = self.clock.now_s() if time_s is None else time_s
@@ -542,6 +574,8 @@ class GatedMount:
     def _refuse(self, cmd: str, rule: Rule, reason: str,
                 az: float | None = None, el: float | None = None) -> None:
         exc = CommandRefused(cmd, rule, reason, az_deg=az, el_deg=el)
+        if self._dry_run:
+            raise exc
         self.refused_count += 1
         self.last_refusal = exc
         log.warning("mount %s: %s", self.name, exc)

@@ -148,13 +148,16 @@ def plan_track(
         # Resample finely: the rate-limited path bends within a second.
         t, sky_az, sky_el = _sample(satellite, site, aos_s, los_s, _KEYHOLE_STEP_S, refraction)
     el_lo = max(limits.el_axis_min_deg, limits.min_el_deg)
+    # Keyhole paths have corners; smoothing them keeps acceleration within the margin.
+    accel = ({"az_accel_deg_s2": limits.az_accel_deg_s2 * margin,
+              "el_accel_deg_s2": limits.el_accel_deg_s2 * margin} if (high or fast) else {})
     candidates = [("rate_limited" if fast else "none", keyhole_path(
         t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=False,
-        el_min_deg=el_lo, el_max_deg=min(90.0, limits.el_axis_max_deg)))]
+        el_min_deg=el_lo, el_max_deg=min(90.0, limits.el_axis_max_deg), **accel))]
     if high and limits.el_over_zenith:
         candidates.append(("flip", keyhole_path(
             t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=True,
-            el_min_deg=el_lo, el_max_deg=limits.el_axis_max_deg)))
+            el_min_deg=el_lo, el_max_deg=limits.el_axis_max_deg, **accel)))
     # The candidate with the smaller worst-case error; the plain one wins ties.
     keyhole, (az, el, err) = min(candidates, key=lambda c: round(float(np.max(c[1][2])), 6))
     # Trim the ends that are under the horizon mask or the elevation floor: the gate

@@ -71,6 +71,20 @@ def rate_limit_symmetric(t_s: np.ndarray, x: np.ndarray, rate: float) -> np.ndar
     return 0.5 * (fwd + bwd)
 
 
+def smooth_acceleration(t_s: np.ndarray, x: np.ndarray, rate: float, accel: float) -> np.ndarray:
+    """Moving average over ``2 rate / accel`` seconds: keeps the rate limit and bounds the
+    acceleration of a rate-limited path (its corners need infinite acceleration)."""
+    if not np.isfinite(accel) or accel <= 0 or len(x) < 3:
+        return x
+    step = float(np.median(np.diff(t_s)))
+    half = int(round(rate / accel / step))
+    if half < 1:
+        return x
+    padded = np.pad(x, half, mode="edge")
+    c = np.cumsum(np.concatenate([[0.0], padded]))
+    return (c[2 * half + 1:] - c[:-2 * half - 1]) / (2 * half + 1)
+
+
 def plane_elevation(sky_az_deg: np.ndarray, sky_el_deg: np.ndarray, mount_az_deg: np.ndarray,
                     *, over_zenith: bool) -> np.ndarray:
     """Elevation-axis angle that brings the vertical plane at ``mount_az_deg`` nearest to
@@ -100,7 +114,8 @@ def _unit(az_deg: np.ndarray, el_deg: np.ndarray) -> np.ndarray:
 
 def keyhole_path(t_s: np.ndarray, sky_az_deg: np.ndarray, sky_el_deg: np.ndarray, *,
                  az_rate_deg_s: float, el_rate_deg_s: float, flip: bool,
-                 el_min_deg: float, el_max_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 el_min_deg: float, el_max_deg: float, az_accel_deg_s2: float = np.inf,
+                 el_accel_deg_s2: float = np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mount ``(az, el)`` along the pass within the rate limits, and the pointing error.
 
     ``sky_az_deg`` must be continuous (unwrapped). With ``flip`` the azimuth follows the
@@ -114,8 +129,11 @@ def keyhole_path(t_s: np.ndarray, sky_az_deg: np.ndarray, sky_el_deg: np.ndarray
         alt = want - 180.0 * np.sign(want - ref)
         want = np.where(np.abs(want - ref) > 90.0, alt, want)
     az = rate_limit_symmetric(t_s, want, az_rate_deg_s)
+    az = smooth_acceleration(t_s, az, az_rate_deg_s, az_accel_deg_s2)
     el = plane_elevation(sky_az_deg, sky_el_deg, az, over_zenith=flip)
     el = np.clip(el, el_min_deg, el_max_deg)
     el = rate_limit_symmetric(t_s, el, el_rate_deg_s)
+    el = smooth_acceleration(t_s, el, el_rate_deg_s, el_accel_deg_s2)
+    el = np.clip(el, el_min_deg, el_max_deg)
     err = angle_between_deg(az, el, sky_az_deg, sky_el_deg)
     return az, el, err

@@ -64,3 +64,15 @@ def gated_sim(clock: Clock, site: SiteConfig, *, safety: SafetyConfig | None = N
     backend = mount_cls(SimMount.Options(**options), clock=clock)
     return GatedMount(backend, site=site, safety=safety or SafetyConfig(), clock=clock,
                       park_az_deg=park[0], park_el_deg=park[1], sun_altaz=sun)
+
+
+def pass_window(sat: EarthSatellite, site: SiteConfig, start_s: float, span_s: float,
+                min_el_deg: float = 10.05) -> tuple[float, float]:
+    """(AOS, LOS) of the first pass above ``min_el_deg`` after ``start_s`` (1 s steps)."""
+    from station.orbit.geometry import look_angles
+
+    t = start_s + np.arange(0.0, span_s, 1.0)
+    up = np.flatnonzero(look_angles(sat, site, t, refraction=True).el_deg > min_el_deg)
+    assert up.size, "no pass in the searched span"
+    last = up[0] + int(np.argmax(np.diff(up) > 1)) if np.any(np.diff(up) > 1) else up[-1]
+    return float(t[up[0]]), float(t[last])

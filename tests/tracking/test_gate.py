@@ -220,6 +220,7 @@ def _ops() -> st.SearchStrategy[tuple[Any, ...]]:
         st.tuples(st.just("slew"), az, el),
         st.tuples(st.just("stream"), az, el, rate, rate, st.integers(2, 25), st.floats(0.05, 0.6)),
         st.tuples(st.just("program"), az, el, rate, rate, st.integers(2, 12), st.floats(0.2, 3)),
+        st.tuples(st.just("burst"), az, el, rate, rate, st.integers(2, 8), st.floats(0.02, 1.5)),
         st.tuples(st.just("park")),
         st.tuples(st.just("stop")),
         st.tuples(st.just("wait"), st.floats(0, 4)),
@@ -326,6 +327,12 @@ async def run_scenario(sc: Scenario) -> tuple[int, int]:
                 await attempt(gate.track_to(az0 + vaz * dt * i, el0 + vel * dt * i, clock.now_s()))
                 await run_for(dt)
             mount.op = ""
+        elif kind == "burst":
+            # Plain slews in quick succession: a controller may take them for a stream.
+            _, az0, el0, vaz, vel, n, dt = op
+            for i in range(n):
+                await attempt(gate.slew_to(az0 + vaz * dt * i, el0 + vel * dt * i))
+                await run_for(dt)
         elif kind == "program":
             _, az0, el0, vaz, vel, n, dt = op
             t = clock.now_s()
