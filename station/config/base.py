@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -24,7 +25,7 @@ def _resolve(path: Path) -> Path:
     path = path.expanduser()
     base = CONFIG_DIR.get()
     if not path.is_absolute() and base is not None:
-        path = base / path
+        path = Path(os.path.normpath(base / path))
     return path
 
 

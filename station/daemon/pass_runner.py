@@ -22,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from drivers.errors import ConnectionLost, DriverError
 from drivers.mount.base import MountError
-from drivers.timetagger.base import Batch, Channel, ChannelConfig
+from drivers.timetagger.base import Batch
 from station import __version__
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
@@ -38,8 +38,8 @@ from station.mqtt.messages import (
 )
 from station.orbit.geometry import SatelliteLinkGeometry
 from station.orbit.passes import PassInfo
-from station.tracking import TrackingAborted, TrackingSample, TrackingStats, plan_for_pass
-from station.tracking.controller import PrepositionTimeout
+from station.tracking import TrackingSample, TrackingStats, plan_for_pass
+from station.tracking.controller import PrepositionTimeout, TrackingAborted
 
 log = logging.getLogger("station.pass")
 
@@ -108,11 +108,14 @@ class PassReport(BaseModel):
     alarms_raised: int = 0
 
 
-def channel_name(channel: int) -> str:
-    try:
-        return Channel(channel).name
-    except ValueError:
-        return f"ch{channel}"
+def channel_names(ctx: StationContext) -> dict[int, str]:
+    """Tagger input -> signal name ('H', 'V', 'D', 'A', 'SYNC', 'PPS') from the channel map."""
+    return {int(ch): role.upper()
+            for role, ch in ctx.cfg.timetagger.channel_map.model_dump().items()}
+
+
+def channel_name(names: dict[int, str], channel: int) -> str:
+    return names.get(int(channel), f"ch{channel}")
 
 
 class PassRunner:
@@ -140,6 +143,7 @@ class PassRunner:
         self._alarm_mark = len(ctx.alarms.history)
         self._acquiring = False
         self.started_s = ctx.clock.now_s()
+        self.channel_names = channel_names(ctx)
 
     # -- control ---------------------------------------------------------------------------
     def request_abort(self, reason: str, *, go_safe: bool = False) -> None:
@@ -238,7 +242,7 @@ class PassRunner:
 
         now_s = ctx.clock.now_s()
         satellite = entry.earth_satellite()
-        plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, entry.aos, entry.los,
+        plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, aos=entry.aos, los=entry.los,
                                    pass_id=entry.pass_id)
         if now_s > plan.aos_s:
             # A resumed segment: join the track where the satellite will be once we get there.
@@ -255,7 +259,7 @@ class PassRunner:
             await self._mount_fault(exc)  # raises unless the link came back
             await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
 
-        await ctx.tagger.configure([ChannelConfig(channel=int(c)) for c in Channel])
+        await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
         set_link = getattr(ctx.tagger, "set_link", None)
         if set_link is not None:  # a simulated downlink follows the real pass geometry
             set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
@@ -274,7 +278,7 @@ class PassRunner:
             site_height_m=site.height_m, satellite=entry.satellite, norad_id=entry.norad_id,
             elements=entry.elements_text, pass_id=entry.pass_id, segment=self.segment,
             aos=entry.aos, los=entry.los, qkd_start=entry.qkd_start, qkd_end=entry.qkd_end,
-            channel_map={str(int(c)): c.name for c in Channel},
+            channel_map={str(c): name for c, name in self.channel_names.items()},
             tagger_model=ctx.tagger.model, tagger_resolution_ps=ctx.tagger.resolution_ps,
             clock_source=ctx.clock.source, simulator_seed=seed, software_version=__version__,
         )
@@ -441,7 +445,8 @@ class PassRunner:
         self.publisher.publish_timetagger(TimeTaggerTelemetry(
             time=ctx.clock.now(), acquiring=self._acquiring,
             window_s=getattr(ctx.tagger, "rate_window_s", 1.0),
-            rates_hz={channel_name(c): float(r) for c, r in sorted(rates.items())},
+            rates_hz={channel_name(self.channel_names, c): float(r)
+                      for c, r in sorted(rates.items())},
             overflow=ctx.alarms.is_active("timetagger.overflow"),
             overflow_count=self.report.overflow_batches,
             events_total=stats.events_recorded if stats else 0))
@@ -467,10 +472,13 @@ class PassRunner:
         self._set_phase(Phase.FINALIZE)
         self._tracking_done = True
         await self._beacon(on=False)
+        set_link = getattr(ctx.tagger, "set_link", None)
+        if set_link is not None:
+            set_link(None)
         if self.recorder is not None:
             totals = await self.recorder.close(self.report.outcome.value, self.report.reason)
             r = self.report
-            r.counts_by_channel = {channel_name(int(c)): int(n)
+            r.counts_by_channel = {channel_name(self.channel_names, c): int(n)
                                    for c, n in totals.counts_by_channel.items()}
             r.events_recorded = totals.events_recorded
             r.events_streamed = totals.events_streamed
