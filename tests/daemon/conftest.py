@@ -136,10 +136,11 @@ def start_daemon(tmp_path: Path) -> Iterator:
             full_env["QKD_STATION__CLOCK__SPEED"] = str(speed)
         full_env.update(env or {})
         log_path = tmp_path / f"daemon-{len(started)}.log"
-        logf = open(log_path, "w")  # noqa: SIM115 - closed when the process is reaped
+        logf = open(log_path, "w")
         proc = subprocess.Popen([sys.executable, "-m", "station", "run", "--config", str(config)],
                                 stdout=logf, stderr=subprocess.STDOUT, text=True, env=full_env,
                                 cwd=REPO)
+        logf.close()  # the child holds its own descriptor
         d = DaemonProcess(proc, config, mqtt_port, stream, log_path)
         started.append(d)
         return d

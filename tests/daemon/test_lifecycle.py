@@ -8,11 +8,12 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Broker, free_port
+from tests.conftest import REPO, Broker, free_port, start_mosquitto
 from tests.daemon.conftest import NotifySocket, copy_sim_config, sub_once
 
 STATUS = "qkd/xinglong-sim/status"
@@ -65,10 +66,7 @@ def test_embedded_broker_port_taken_is_a_clear_error(mosquitto: Broker, start_da
 def test_broker_down_at_start_does_not_stop_the_daemon(start_daemon, tmp_path: Path) -> None:
     port = free_port()
     d = start_daemon(mqtt_port=port)
-    from tests.conftest import start_mosquitto
-
     # The daemon comes up with nobody to talk to, then finds the broker when it appears.
-    import time
     time.sleep(1.0)
     assert d.proc.poll() is None, d.log()
     broker = start_mosquitto(tmp_path, port=port)
@@ -89,7 +87,6 @@ def test_sighup_reload_keeps_running_and_ignores_a_broken_config(
     config.write_text(config.read_text().replace('log_level = "INFO"', 'log_level = "LOUD"'))
     d.signal(signal.SIGHUP)
     config.write_text(config.read_text().replace('log_level = "LOUD"', 'log_level = "INFO"'))
-    import time
     time.sleep(1.5)
     d.signal(signal.SIGHUP)
     time.sleep(1.5)
