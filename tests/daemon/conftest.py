@@ -88,6 +88,17 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def wait_log(self, text: str, timeout_s: float = 30.0) -> None:
+        """Wait until ``text`` appears in the daemon's log (polling the file)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the daemon log:\n{self.log()[-3000:]}")
+
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 

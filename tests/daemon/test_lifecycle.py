@@ -8,7 +8,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,7 @@ def test_broker_down_at_start_does_not_stop_the_daemon(start_daemon, tmp_path: P
     port = free_port()
     d = start_daemon(mqtt_port=port)
     # The daemon comes up with nobody to talk to, then finds the broker when it appears.
-    time.sleep(1.0)
+    d.wait_log("daemon: ready")
     assert d.proc.poll() is None, d.log()
     broker = start_mosquitto(tmp_path, port=port)
     try:
@@ -86,10 +85,10 @@ def test_sighup_reload_keeps_running_and_ignores_a_broken_config(
     notify_socket.wait_for("READY=1")
     config.write_text(config.read_text().replace('log_level = "INFO"', 'log_level = "LOUD"'))
     d.signal(signal.SIGHUP)
+    d.wait_log("new configuration ignored")
     config.write_text(config.read_text().replace('log_level = "LOUD"', 'log_level = "INFO"'))
-    time.sleep(1.5)
     d.signal(signal.SIGHUP)
-    time.sleep(1.5)
+    d.wait_log("configuration reloaded")
     assert d.proc.poll() is None
     d.signal(signal.SIGTERM)
     assert d.wait(15) == 0
