@@ -212,6 +212,41 @@ def sift_qber(
     return result
 
 
+def qber_from_events(
+    events: np.ndarray,
+    *,
+    seed: int,
+    tagger_epoch_utc_ps: int,
+    first_sync_tof_ps: float,
+    period_ps: int,
+    pulses_per_sync: int,
+    intensity_probs: tuple[float, ...] = (0.5, 0.25, 0.25),
+    gate_ps: float = 1000.0,
+    sync_channel: int = 5,
+    detector_channels: tuple[int, ...] = (1, 2, 3, 4),
+) -> dict[str, float]:
+    """Sift a recorded pass the way a post-processing core would, and measure its QBER.
+
+    ``events`` is the pass's :data:`~drivers.timetagger.base.EVENT_DTYPE` array in time
+    order. The first sync pulse is identified from the tagger's UTC time base and the
+    predicted time of flight at that moment (``first_sync_tof_ps``, from the orbit); the
+    detections are then numbered from the sync train, gated, and compared with
+    :func:`sent_pulses` in matching bases (see :func:`sift_qber`).
+    """
+    sync = events["timestamp_ps"][events["channel"] == sync_channel]
+    detectors = events[np.isin(events["channel"], detector_channels)]
+    if sync.size == 0 or detectors.size == 0:
+        raise ValueError("the events hold no sync or no detections: no QBER can be measured")
+    first = anchor_sync_index(int(sync[0]), tagger_epoch_utc_ps=tagger_epoch_utc_ps,
+                              predicted_tof_ps=first_sync_tof_ps, period_ps=period_ps,
+                              pulses_per_sync=pulses_per_sync)
+    index, offset = pulse_index_from_sync(detectors["timestamp_ps"], sync,
+                                          first_sync_pulse_index=first, period_ps=period_ps,
+                                          pulses_per_sync=pulses_per_sync)
+    return sift_qber(detectors["channel"], index, offset, seed=seed,
+                     intensity_probs=intensity_probs, gate_ps=gate_ps)
+
+
 __all__ = [
     "Basis",
     "Intensity",
@@ -222,6 +257,7 @@ __all__ = [
     "period_ps_of",
     "pulse_hash",
     "pulse_index_from_sync",
+    "qber_from_events",
     "sent_pulses",
     "sift_qber",
     "splitmix64",
