@@ -1,0 +1,381 @@
+"""The reference consumer of the event stream: the template integrators start from.
+
+:class:`StreamClient` connects a DEALER socket to the station, asks for a pass (or follows
+the current and next passes), checks every batch (sequence continuity, event count and
+per-channel counts against the batch header), stores it in ``<out>/<pass_id>.arrows``
+(the pass-file format, readable by ``qkd-station inspect``), acknowledges it, and at the end
+checks the totals of the end-of-pass message. A restarted client resumes from what its own
+file holds, so every event arrives exactly once and in order.
+
+Blocking and single-threaded on purpose: a consumer in C++ or Rust has the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from station.events import passfile
+from station.events.protocol import (
+    Ack,
+    BatchHeader,
+    Bye,
+    Error,
+    Hello,
+    ListPasses,
+    PassBegin,
+    PassEnd,
+    Passes,
+    Ping,
+    Pong,
+    Waiting,
+    encode,
+    parse_station,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StreamError(RuntimeError):
+    """The station refused a request, or the stream broke a rule of the protocol."""
+
+    def __init__(self, message: str, code: str = "", pass_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.pass_id = pass_id
+
+
+@dataclass
+class ReceivedPass:
+    """One pass as received and checked by the client."""
+
+    pass_id: str
+    path: Path
+    batches: int = 0
+    events: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+    reconnects: int = 0
+    end: PassEnd | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Complete and every total checked out."""
+        return self.end is not None and not self.problems
+
+
+@dataclass
+class _Receiving:
+    rp: ReceivedPass
+    writer: passfile.PassFileWriter
+    expected: int
+    unsynced_since: float | None = None
+
+
+class StreamClient:
+    """Receive passes from a station's event stream into ``out_dir``."""
+
+    def __init__(self, endpoint: str, out_dir: Path | str, *, consumer: str = "",
+                 window: int = 64, flush_interval_s: float = 1.0, heartbeat_s: float = 1.0,
+                 timeout_s: float = 10.0, compression: str = "lz4",
+                 on_batch: Callable[[BatchHeader, np.ndarray, np.ndarray], None] | None = None):
+        self.endpoint = endpoint
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.consumer = consumer or f"qkd-station-receive-{uuid.uuid4().hex[:8]}"
+        self.window = window
+        self.flush_interval_s = flush_interval_s
+        self.heartbeat_s = heartbeat_s
+        self.timeout_s = timeout_s
+        self.compression = compression
+        self.on_batch = on_batch
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._cur: _Receiving | None = None
+        self._last_heard_s = 0.0
+        self.reconnects = 0
+
+    # -- public ----------------------------------------------------------------------------
+    def receive_pass(self, pass_id: str, *, stop: threading.Event | None = None) -> ReceivedPass:
+        """Receive one pass completely (resuming from ``out_dir``) and check it."""
+        done: list[ReceivedPass] = []
+        self._loop(pass_id, lambda rp: done.append(rp) or True, stop)
+        if not done:
+            raise StreamError(f"stopped before pass {pass_id} was complete", "stopped", pass_id)
+        return done[0]
+
+    def follow(self, on_pass: Callable[[ReceivedPass], bool | None] | None = None, *,
+               stop: threading.Event | None = None, max_passes: int | None = None) -> list[ReceivedPass]:
+        """Receive the pass being recorded and every later one until ``stop`` is set, or
+        ``max_passes`` are complete, or ``on_pass`` returns True."""
+        done: list[ReceivedPass] = []
+
+        def finished(rp: ReceivedPass) -> bool:
+            done.append(rp)
+            quit_ = bool(on_pass(rp)) if on_pass is not None else False
+            return quit_ or (max_passes is not None and len(done) >= max_passes)
+
+        self._loop(None, finished, stop)
+        return done
+
+    def list_passes(self) -> Passes:
+        """The passes the station can serve."""
+        sock = self._connect()
+        try:
+            sock.send(encode(ListPasses()))
+            if not sock.poll(int(self.timeout_s * 1000)):
+                raise StreamError(f"no answer from {self.endpoint} within {self.timeout_s:g} s")
+            msg = parse_station(sock.recv())
+            if isinstance(msg, Error):
+                raise StreamError(msg.message, msg.code)
+            if not isinstance(msg, Passes):
+                raise StreamError(f"expected a pass list, got {msg.type}")
+            return msg
+        finally:
+            self._disconnect()
+
+    def close(self) -> None:
+        self._disconnect()
+        self._close_current(end_of_stream=False)
+        self._ctx.term()
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connection ------------------------------------------------------------------------
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._last_heard_s = time.monotonic()
+        return sock
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.send(encode(Bye()), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._sock.close(0)
+            self._sock = None
+
+    def _hello(self, pass_id: str | None) -> None:
+        assert self._sock is not None
+        resume = self._stored_batches(pass_id) if pass_id is not None else 0
+        self._sock.send(encode(Hello(pass_id=pass_id, resume_seq=resume, window=self.window,
+                                     consumer=self.consumer)))
+
+    def _stored_batches(self, pass_id: str) -> int:
+        if self._cur is not None and self._cur.rp.pass_id == pass_id:
+            return self._cur.expected
+        path = self._path(pass_id)
+        if not path.exists():
+            return 0
+        return passfile.scan_pass_file(path).batches
+
+    def _path(self, pass_id: str) -> Path:
+        if "/" in pass_id or pass_id.startswith("."):
+            raise StreamError(f"refusing pass id {pass_id!r} as a file name", "bad_request")
+        return self.out_dir / f"{pass_id}{passfile.SUFFIX}"
+
+    # -- the receive loop ------------------------------------------------------------------
+    def _loop(self, pass_id: str | None, finished: Callable[[ReceivedPass], bool],
+              stop: threading.Event | None) -> None:
+        want = pass_id  # what the current hello asks for (None = follow)
+        self._connect()
+        self._hello(want)
+        try:
+            while stop is None or not stop.is_set():
+                sock = self._sock
+                assert sock is not None
+                if not sock.poll(int(self.heartbeat_s * 1000)):
+                    self._sync_if_due()
+                    if time.monotonic() - self._last_heard_s > self.timeout_s:
+                        log.warning("no word from %s for %.0f s; reconnecting", self.endpoint,
+                                    self.timeout_s)
+                        self._reconnect(want)
+                    else:
+                        sock.send(encode(Ping()))
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                self._last_heard_s = time.monotonic()
+                msg = parse_station(frames[0].bytes)
+                if isinstance(msg, PassBegin):
+                    new_want = self._begin(msg, want)
+                    if new_want is not _KEEP:
+                        want = new_want  # type: ignore[assignment]
+                        self._hello(want)
+                elif isinstance(msg, BatchHeader):
+                    self._batch(msg, frames[1:], want)
+                elif isinstance(msg, PassEnd):
+                    rp = self._end(msg)
+                    if rp is None:
+                        continue
+                    if finished(rp):
+                        return
+                    if pass_id is None and want is not None:
+                        want = None  # back to following after a resumed pass
+                        self._hello(None)
+                    elif pass_id is not None:
+                        return
+                elif isinstance(msg, Error):
+                    raise StreamError(f"station refused: {msg.code}: {msg.message}", msg.code,
+                                      msg.pass_id)
+                elif isinstance(msg, Waiting | Pong | Passes):
+                    self._sync_if_due()
+        finally:
+            self._disconnect()
+
+    def _reconnect(self, want: str | None) -> None:
+        self._disconnect()
+        self.reconnects += 1
+        if self._cur is not None:
+            self._cur.rp.reconnects += 1
+            want = self._cur.rp.pass_id
+        self._connect()
+        self._hello(want)
+
+    def _begin(self, msg: PassBegin, want: str | None) -> object:
+        cur = self._cur
+        if cur is not None and cur.rp.pass_id != msg.pass_id:
+            # The station moved on (follow mode) while we hold an unfinished pass: finish
+            # that one first by asking for it by name.
+            return cur.rp.pass_id
+        if cur is None:
+            path = self._path(msg.pass_id)
+            writer = passfile.PassFileWriter(path, msg.header, compression=self.compression,
+                                             append=path.exists())
+            rp = ReceivedPass(msg.pass_id, path)
+            if writer.batches:
+                self._recount(rp)
+            cur = self._cur = _Receiving(rp, writer, writer.batches)
+        if msg.resume_seq != cur.expected:
+            return msg.pass_id  # ask again from what we actually hold
+        return _KEEP
+
+    def _recount(self, rp: ReceivedPass) -> None:
+        """Totals of what an earlier run of the client stored."""
+        with passfile.PassFileReader(rp.path) as reader:
+            for b in reader:
+                rp.batches += 1
+                rp.events += len(b.channel)
+                for c, n in _counts(b.channel).items():
+                    rp.counts[c] = rp.counts.get(c, 0) + n
+
+    def _batch(self, hdr: BatchHeader, payload: list[Any], want: str | None) -> None:
+        cur = self._cur
+        if cur is None or hdr.pass_id != cur.rp.pass_id:
+            return  # left over from before a re-hello
+        if hdr.seq < cur.expected:
+            cur.rp.duplicates_dropped += 1
+            return
+        if hdr.seq > cur.expected:
+            log.warning("pass %s: batch %d arrived, expected %d; asking again from %d",
+                        hdr.pass_id, hdr.seq, cur.expected, cur.expected)
+            self._hello(cur.rp.pass_id)
+            return
+        if len(payload) != 2:
+            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id} has {len(payload)} payload "
+                              "frames, expected 2", "bad_message", hdr.pass_id)
+        ts = np.frombuffer(payload[0].buffer, dtype="<i8")
+        ch = np.frombuffer(payload[1].buffer, dtype="u1")
+        if len(ts) != hdr.n_events or len(ch) != hdr.n_events:
+            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id}: header says {hdr.n_events} "
+                              f"events, frames hold {len(ts)} timestamps and {len(ch)} channels",
+                              "bad_message", hdr.pass_id)
+        counts = _counts(ch)
+        if counts != hdr.counts:
+            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id}: channel counts {counts} do not "
+                              f"match the header's {hdr.counts}", "bad_message", hdr.pass_id)
+        md = {k: str(v).lower() if isinstance(v, bool) else str(v)
+              for k, v in hdr.model_dump(exclude={"type", "pass_id", "counts", "seq", "n_events",
+                                                  "tagger_seq"}).items() if v is not None}
+        md.update(stream_seq=str(hdr.seq), seq=str(hdr.tagger_seq))
+        md["resolution_ps"] = repr(float(hdr.resolution_ps))
+        if hdr.start_time_s is not None:
+            md["start_time_s"] = repr(float(hdr.start_time_s))
+        cur.writer.write(ts, ch, md)
+        if self.on_batch is not None:
+            self.on_batch(hdr, ts, ch)
+        rp = cur.rp
+        rp.batches += 1
+        rp.events += hdr.n_events
+        for c, n in counts.items():
+            rp.counts[c] = rp.counts.get(c, 0) + n
+        cur.expected += 1
+        if cur.unsynced_since is None:
+            cur.unsynced_since = time.monotonic()
+        self._sync_if_due()
+        assert self._sock is not None
+        self._sock.send(encode(Ack(pass_id=hdr.pass_id, seq=hdr.seq)))
+
+    def _sync_if_due(self) -> None:
+        cur = self._cur
+        if cur is not None and cur.unsynced_since is not None and \
+                time.monotonic() - cur.unsynced_since >= self.flush_interval_s:
+            cur.writer.sync()
+            cur.unsynced_since = None
+
+    def _end(self, end: PassEnd) -> ReceivedPass | None:
+        cur = self._cur
+        if cur is None or end.pass_id != cur.rp.pass_id:
+            return None
+        rp = cur.rp
+        if cur.expected < end.batches:
+            self._hello(rp.pass_id)  # batches still missing (should not happen): ask again
+            return None
+        rp.end = end
+        if rp.batches != end.batches:
+            rp.problems.append(f"received {rp.batches} batches, the station recorded {end.batches}")
+        if rp.events != end.events:
+            rp.problems.append(f"received {rp.events} events, the station recorded {end.events}")
+        if rp.counts != end.counts:
+            rp.problems.append(f"channel counts {rp.counts} differ from the station's {end.counts}")
+        self._close_current(end_of_stream=True)
+        passfile.write_json_atomic(passfile.sidecar_path(rp.path), {
+            "format": "qkd-station-received-pass", "version": 1, "pass_id": rp.pass_id,
+            "verified": rp.ok, "problems": rp.problems, "batches": rp.batches,
+            "events": rp.events, "counts": rp.counts,
+            "duplicates_dropped": rp.duplicates_dropped,
+            "station_totals": end.model_dump(mode="json")})
+        if rp.problems:
+            log.error("pass %s: %s", rp.pass_id, "; ".join(rp.problems))
+        else:
+            log.info("pass %s received and verified: %d batches, %d events (%d lost at the "
+                     "station, reported)", rp.pass_id, rp.batches, rp.events, end.events_lost)
+        return rp
+
+    def _close_current(self, *, end_of_stream: bool) -> None:
+        if self._cur is not None:
+            self._cur.writer.close(end_of_stream=end_of_stream)
+            self._cur = None
+
+
+_KEEP = object()
+
+
+def _counts(ch: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(ch) if len(ch) else np.zeros(0, np.int64)
+    return {str(c): int(n) for c, n in enumerate(counts) if n}
+
+
+def default_out_dir() -> Path:
+    return Path(os.environ.get("QKD_RECEIVE_DIR", "received"))

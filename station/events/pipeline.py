@@ -1,0 +1,423 @@
+"""The detection-event pipeline: tagger batches -> pass file -> stream, off the event loop.
+
+``EventPipeline`` is what the daemon holds; ``open_pass`` gives a :class:`PassRecorder`
+per pass (segment). ``await recorder.push(batch)`` only enqueues: a writer thread
+serialises, compresses and appends the batch to the pass file, fsyncs it within the flush
+bound, and hands it to the stream server thread. The queue is bounded: when the disk
+cannot keep up, ``push`` waits (backpressure on the tagger side only, where the tagger's own
+buffer and overflow accounting take over). A slow or absent consumer never slows recording:
+it is served from the pass file when it catches up.
+
+Every loss is counted and kept: events the tagger reports missed (per batch, in the file),
+batches the disk refused (ENOSPC; listed in the sidecar and the end-of-pass message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from drivers.timetagger.base import Batch
+from station.config import StationConfig
+from station.config.events import EventsConfig
+from station.events import passfile
+from station.events.passfile import PassHeader
+from station.events.protocol import Lost
+from station.events.source import Entry, PassSource, build_pass_end, channel_counts
+from station.events.stream_server import StreamServer
+
+log = logging.getLogger(__name__)
+
+_PS_PER_S = 1_000_000_000_000
+_CLOSE = object()
+
+
+class PassTotals(BaseModel):
+    """What one recorded pass (segment) amounts to."""
+
+    pass_id: str = Field(description="Stream pass id (file stem).")
+    path: Path
+    outcome: str = ""
+    reason: str = ""
+    batches_recorded: int = 0
+    events_recorded: int = 0
+    counts_by_channel: dict[int, int] = Field(default_factory=dict)
+    events_streamed: int = Field(0, description="Events acknowledged by a consumer so far.")
+    events_lost: int = Field(0, description="missed_by_tagger + lost_disk.")
+    events_missed_by_tagger: int = 0
+    overflow_batches: int = 0
+    events_lost_disk: int = 0
+    batches_lost_disk: int = 0
+    lost_batches: list[Lost] = Field(default_factory=list)
+    tagger_seq_gaps: int = 0
+    first_tagger_seq: int | None = None
+    last_tagger_seq: int | None = None
+    start_ps: int | None = None
+    end_ps: int | None = None
+    bytes_written: int = 0
+    syncs: int = 0
+    disk_errors: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """Live progress of a pass, cheap to take (for MQTT)."""
+
+    events_recorded: int
+    batches_recorded: int
+    events_streamed: int
+    events_lost: int
+    queue_depth: int
+    bytes_written: int
+    consumer_connected: bool
+    disk_error: str | None
+
+
+class PassRecorder:
+    """Records one pass (segment): obtained from :meth:`EventPipeline.open_pass`."""
+
+    def __init__(self, pipeline: EventPipeline, header: PassHeader, path: Path):
+        cfg = pipeline.events_cfg
+        self.header = header
+        self.path = path
+        self.pass_id = header.stem
+        self._pipeline = pipeline
+        self._flush_interval_s = cfg.flush_interval_s
+        self._writer = passfile.PassFileWriter(path, header.schema_metadata(),
+                                               compression=cfg.compression)
+        self.source = PassSource(self.pass_id, path, self._writer.schema, recording=True,
+                                 cache_batches=cfg.cache_batches)
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(cfg.max_queue_batches)
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._depth = 0
+        self._closing = False
+        self._done: Future[PassTotals] = Future()
+        self._t = PassTotals(pass_id=self.pass_id, path=path)
+        self._counts = np.zeros(256, np.int64)
+        self._disk_error: str | None = None
+        self._last_sync_end_ps: int | None = None
+        self._unsynced_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pass-writer-{self.pass_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- loop side ----------------------------------------------------------------------
+    async def push(self, batch: Batch) -> None:
+        """Queue a batch for the file and the stream. Waits only when the writer is
+        ``max_queue_batches`` behind (the disk is the bottleneck); never drops."""
+        if self._closing:
+            raise RuntimeError(f"pass {self.pass_id} is closed; batch {batch.info.seq} refused")
+        await self._slots.acquire()
+        if self._done.done():  # the writer thread died: nothing would record this batch
+            self._slots.release()
+            raise RuntimeError(f"pass {self.pass_id}: the writer has stopped "
+                               f"({self._done.exception()})")
+        self._depth += 1
+        self._q.put(batch)
+
+    async def close(self, outcome: str = "completed", reason: str = "") -> PassTotals:
+        """Write what is queued, close the file (end-of-stream marker, fsync, sidecar) and
+        return the totals. The stream keeps serving the file to consumers afterwards."""
+        if not self._closing:
+            self._closing = True
+            self._t.outcome, self._t.reason = outcome, reason
+            self._q.put(_CLOSE)
+        totals = await asyncio.wrap_future(self._done)
+        if self._pipeline.recorders.get(self.pass_id) is self:
+            del self._pipeline.recorders[self.pass_id]
+        totals.events_streamed = self.source.events_acked()
+        return totals
+
+    def stats(self) -> RecorderStats:
+        t = self._t
+        return RecorderStats(
+            events_recorded=t.events_recorded, batches_recorded=t.batches_recorded,
+            events_streamed=self.source.events_acked(),
+            events_lost=t.events_missed_by_tagger + t.events_lost_disk,
+            queue_depth=self._depth, bytes_written=self._writer.offset,
+            consumer_connected=self._pipeline.consumer_connected, disk_error=self._disk_error)
+
+    # -- writer thread ----------------------------------------------------------------------
+    def _release(self) -> None:
+        self._depth -= 1
+        self._slots.release()
+
+    def _run(self) -> None:
+        try:
+            self._sidecar("recording")
+            while True:
+                timeout = None
+                if self._unsynced_since is not None:
+                    # Durability deadline in wall time: data at risk on a power cut.
+                    timeout = max(0.0, self._unsynced_since + self._flush_interval_s
+                                  - time.monotonic())
+                try:
+                    item = self._q.get(timeout=timeout)
+                except queue.Empty:
+                    self._sync()
+                    continue
+                if item is _CLOSE:
+                    break
+                try:
+                    self._record(item)
+                finally:
+                    self._call_loop(self._release)
+            self._finish()
+            self._done.set_result(self._t)
+        except BaseException as exc:  # report to close()/push(), never hang them
+            log.exception("pass %s writer failed", self.pass_id)
+            self._done.set_exception(exc)
+            self._call_loop(lambda: [self._slots.release() for _ in range(64)])
+
+    def _call_loop(self, fn: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:
+            pass  # the loop is gone (shutdown); nobody is waiting any more
+
+    def _record(self, batch: Batch) -> None:
+        info, t = batch.info, self._t
+        ts, ch = passfile.columns_of(batch.events)
+        if t.last_tagger_seq is not None and info.seq != t.last_tagger_seq + 1:
+            t.tagger_seq_gaps += 1
+            log.warning("pass %s: tagger batch sequence jumps from %d to %d",
+                        self.pass_id, t.last_tagger_seq, info.seq)
+        if t.first_tagger_seq is None:
+            t.first_tagger_seq = info.seq
+            t.start_ps = info.start_ps
+        t.last_tagger_seq, t.end_ps = info.seq, info.end_ps
+        t.events_missed_by_tagger += info.missed_events
+        if info.lossy:
+            t.overflow_batches += 1
+        seq = len(self.source.entries)
+        md = passfile.batch_metadata(info, seq)
+        try:
+            offset, length = self._writer.write(ts, ch, md)
+        except OSError as exc:
+            self._lost(info, len(ts), exc)
+            return
+        counts = channel_counts(ch)
+        for k, v in counts.items():
+            self._counts[int(k)] += v
+        t.batches_recorded += 1
+        t.events_recorded += len(ts)
+        t.bytes_written = self._writer.offset
+        self.source.append(Entry(offset, length, len(ts), t.events_recorded, counts, md), ts, ch)
+        self._pipeline.server_notify()
+        if self._unsynced_since is None:
+            self._unsynced_since = time.monotonic()
+        if self._last_sync_end_ps is None:
+            self._last_sync_end_ps = info.start_ps
+        # Durability bound in tagger time too: at most flush_interval_s of recorded data.
+        if (info.end_ps - self._last_sync_end_ps >= self._flush_interval_s * _PS_PER_S
+                or time.monotonic() - self._unsynced_since >= self._flush_interval_s):
+            self._sync()
+
+    def _lost(self, info: Any, n: int, exc: OSError) -> None:
+        t = self._t
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        reason = f"not recorded: {name}: {exc.strerror or exc}"
+        t.lost_batches.append(Lost(tagger_seq=info.seq, n_events=n, start_ps=info.start_ps,
+                                   end_ps=info.end_ps, reason=reason))
+        t.events_lost_disk += n
+        t.batches_lost_disk += 1
+        if self._disk_error != reason:
+            log.error("pass %s: batch %d (%d events) %s; counted as lost, recording goes on",
+                      self.pass_id, info.seq, n, reason)
+            t.disk_errors.append(reason)
+        self._disk_error = reason
+
+    def _sync(self) -> None:
+        try:
+            self._writer.sync()
+            self._t.syncs += 1
+        except OSError as exc:
+            msg = f"fsync of {self.path} failed: {exc}"
+            if msg not in self._t.disk_errors:
+                log.error("pass %s: %s", self.pass_id, msg)
+                self._t.disk_errors.append(msg)
+            self._disk_error = msg
+        self._unsynced_since = None
+        self._last_sync_end_ps = self._t.end_ps
+
+    def _finish(self) -> None:
+        t = self._t
+        try:
+            self._writer.close(end_of_stream=True)
+        except OSError as exc:
+            t.disk_errors.append(f"closing {self.path}: {exc}")
+            log.error("pass %s: closing the file: %s", self.pass_id, exc)
+        t.bytes_written = self._writer.offset
+        t.counts_by_channel = {c: int(n) for c, n in enumerate(self._counts) if n}
+        t.events_lost = t.events_missed_by_tagger + t.events_lost_disk
+        self.source.finish(build_pass_end(self.pass_id, self.source.entries, t.lost_batches,
+                                          outcome=t.outcome, reason=t.reason, complete=True))
+        self._pipeline.server_notify()
+        self._sidecar("closed")
+        log.info("pass %s closed: %d batches, %d events, %d lost; %s", self.pass_id,
+                 t.batches_recorded, t.events_recorded, t.events_lost, self.path)
+
+    def _sidecar(self, state: str) -> None:
+        obj: dict[str, Any] = {"format": "qkd-station-pass-status", "version": 1,
+                               "pass_id": self.pass_id, "file": self.path.name, "state": state,
+                               "header": self.header.model_dump(mode="json")}
+        if state == "closed":
+            obj["totals"] = self._t.model_dump(mode="json")
+        try:
+            passfile.write_json_atomic(passfile.sidecar_path(self.path), obj)
+        except OSError as exc:
+            msg = f"cannot write {passfile.sidecar_path(self.path)}: {exc}"
+            log.error("pass %s: %s", self.pass_id, msg)
+            self._t.disk_errors.append(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryInfo:
+    """What :func:`recover_interrupted` found and did."""
+
+    path: Path
+    batches: int
+    events: int
+    kept_bytes: int
+    discarded_bytes: int
+    was_closed: bool
+    reason: str
+
+    def __str__(self) -> str:
+        if self.was_closed:
+            return f"closed cleanly, {self.batches} batches, {self.events} events"
+        return (f"{self.batches} complete batches ({self.events} events) kept, "
+                f"{self.discarded_bytes} bytes of an incomplete batch discarded; {self.reason}")
+
+
+def recover_interrupted(path: Path | str) -> RecoveryInfo:
+    """Close a pass file left open by a crash: cut it after its last complete batch, add
+    the end-of-stream marker, and mark it ``interrupted`` in its sidecar. Idempotent.
+
+    Blocking (reads the file): call it with ``asyncio.to_thread``.
+    """
+    path = Path(path)
+    scan = passfile.scan_pass_file(path)
+    events = sum(n for *_, n in scan.index)
+    side = passfile.read_sidecar(path) or {}
+    if scan.stop.complete:
+        return RecoveryInfo(path, scan.batches, events, scan.stop.file_size_bytes, 0, True,
+                            scan.stop.reason)
+    good = scan.stop.last_good_offset_bytes
+    discarded = scan.stop.file_size_bytes - good
+    if scan.schema is not None:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.seek(good)
+            f.write(passfile.EOS)
+            f.flush()
+            os.fsync(f.fileno())
+    reason = scan.stop.reason
+    info = RecoveryInfo(path, scan.batches, events, good, discarded, False, reason)
+    entries, cum = [], 0
+    for off, ln, md, n in scan.index:
+        cum += n
+        entries.append(Entry(off, ln, n, cum, {}, md))
+    end = build_pass_end(path.stem, entries, [], outcome="interrupted", reason=reason,
+                         complete=False)
+    obj = {"format": "qkd-station-pass-status", "version": 1, "pass_id": path.stem,
+           "file": path.name, "state": "interrupted", "header": side.get("header"),
+           "recovery": {"batches": scan.batches, "events": events, "kept_bytes": good,
+                        "discarded_bytes": discarded, "reason": reason},
+           "totals": {"outcome": "interrupted", "reason": reason,
+                      "batches_recorded": scan.batches, "events_recorded": events,
+                      "events_missed_by_tagger": end.missed_events,
+                      "overflow_batches": end.overflow_batches, "lost_batches": []}}
+    passfile.write_json_atomic(passfile.sidecar_path(path), obj)
+    log.warning("recovered %s: %s", path, info)
+    return info
+
+
+class EventPipeline:
+    """The daemon's event pipeline: pass recorders and the stream server."""
+
+    def __init__(self, cfg: StationConfig | EventsConfig, state_dir: Path | None = None):
+        if isinstance(cfg, EventsConfig):
+            if state_dir is None:
+                raise ValueError("EventPipeline(EventsConfig) needs state_dir")
+            self.events_cfg, self.state_dir = cfg, Path(state_dir)
+        else:
+            self.events_cfg, self.state_dir = cfg.events, Path(cfg.state_dir)
+        self.passes_dir = self.state_dir / self.events_cfg.passes_dir
+        self.server: StreamServer | None = None
+        self.recorders: dict[str, PassRecorder] = {}
+
+    async def start(self) -> None:
+        """Create the passes directory and start serving the stream (raises if the
+        endpoint cannot be bound)."""
+        cfg = self.events_cfg
+        await asyncio.to_thread(self.passes_dir.mkdir, parents=True, exist_ok=True)
+        server = StreamServer(cfg.stream_endpoint, self.passes_dir,
+                              max_window_batches=cfg.stream_max_window_batches,
+                              consumer_timeout_s=cfg.consumer_timeout_s)
+        await asyncio.to_thread(server.start)
+        self.server = server
+        log.info("event stream served on %s; pass files in %s", server.bound_endpoint,
+                 self.passes_dir)
+
+    async def stop(self) -> None:
+        """Close any pass still open (outcome ``interrupted``) and stop the stream."""
+        for rec in list(self.recorders.values()):
+            if not rec._closing:
+                await rec.close("interrupted", "the daemon stopped during the pass")
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.server = None
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (a ``tcp://host:*`` config gets its port here)."""
+        return self.server.bound_endpoint if self.server else self.events_cfg.stream_endpoint
+
+    @property
+    def consumer_connected(self) -> bool:
+        """Whether a post-processing consumer is connected (heard from recently)."""
+        return self.server is not None and self.server.consumers > 0
+
+    def path_for(self, header: PassHeader) -> Path:
+        return self.passes_dir / f"{header.stem}{passfile.SUFFIX}"
+
+    def open_pass(self, header: PassHeader) -> PassRecorder:
+        """Create the pass file (header written at once) and start its writer thread.
+
+        Raises ``OSError`` if the file cannot be created, ``ValueError`` if a pass with this
+        id and segment is already recorded (never overwritten).
+        """
+        path = self.path_for(header)
+        if header.stem in self.recorders and not self.recorders[header.stem]._closing:
+            raise ValueError(f"pass {header.stem} is already being recorded")
+        if path.exists():
+            raise ValueError(f"{path} exists already; pass files are never overwritten")
+        self.passes_dir.mkdir(parents=True, exist_ok=True)
+        rec = PassRecorder(self, header, path)
+        self.recorders[header.stem] = rec
+        if self.server is not None:
+            self.server.register(rec.source)
+        return rec
+
+    def server_notify(self) -> None:
+        if self.server is not None:
+            self.server.notify()
+
+    @staticmethod
+    def recover_interrupted(path: Path | str) -> RecoveryInfo:
+        """See :func:`recover_interrupted` (blocking; run it in a thread)."""
+        return recover_interrupted(path)
