@@ -25,9 +25,13 @@ def make_batches(n: int, *, seed: int = 0, max_events: int = 3000, span_ps: int 
         ev = np.empty(k, EVENT_DTYPE)
         ev["timestamp_ps"] = np.sort(rng.integers(i * span_ps, (i + 1) * span_ps, k))
         ev["channel"] = rng.integers(1, 7, k)
-        bad = lossy is not None and i in lossy
+        lossy = lossy or set()
+        bad = i in lossy
+        # A run of lossy batches is one overflow period: begins in the first, ends in the last.
+        begin, end = bad and i - 1 not in lossy, bad and i + 1 not in lossy
         out.append(Batch(BatchInfo(seq=i, start_ps=i * span_ps, end_ps=(i + 1) * span_ps,
-                                   resolution_ps=1.0, overflow_begin=bad, overflow_end=bad,
+                                   resolution_ps=1.0, overflow_begin=begin, overflow_end=end,
+                                   in_overflow=bad and not begin and not end,
                                    missed_events=17 if bad else 0,
                                    start_time_s=1_482_166_198.0 + i * span_ps / PS), ev))
     return out
