@@ -21,7 +21,6 @@ reported, never silently dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -165,6 +164,7 @@ class _Raw:
     in_overflow: bool = False
     missed_events: int = 0
     start_time_s: float | None = None
+    resolution_ps: float | None = None
 
 
 def detect_format(path: Path) -> Literal["passfile", "ptu"]:
@@ -389,19 +389,18 @@ class _PassSource:
                     device="replay",
                 )
         self.header = _meta(self._reader.schema.metadata)
-        self.header.update(_flatten_json(self.header))
-        res = _first(self.header, "resolution_ps", "tagger_resolution_ps")
+        res = _first(self.header, "tagger_resolution_ps", "resolution_ps")
         self.resolution_ps = float(res) if res else 1.0
-        model = _first(self.header, "tagger_model", "model", "timetagger_model")
+        model = _first(self.header, "tagger_model")
         self.model = f"replay of {model}" if model else "replay of pass file"
         start = options.recording_start_utc
-        if start is not None:
-            self.recorded_start_s: float | None = start.timestamp()
-        else:
-            self.recorded_start_s = _as_time_s(_first(
-                self.header, "time_zero_utc", "t0_utc", "start_time_utc", "start_utc"))
+        # Pass files date each batch (start_time_s), which recorded_time pacing uses; a
+        # header "time zero" is only an option override.
+        self.recorded_start_s: float | None = start.timestamp() if start is not None else None
+        self.dates_batches = True
         self._prev_end_ps: int | None = None
         self._prev_seq: int | None = None
+        self._prev_stream_seq: int | None = None
         self._in_overflow = False
         self._done = False
         self._index = 0
@@ -466,14 +465,20 @@ class _PassSource:
         if len(ts) > 1 and np.any(np.diff(ts) < 0):
             events = events[np.argsort(events["timestamp_ps"], kind="stable")]
             self._status.reordered_batches += 1
-        seq_text = _first(md, "seq", "batch_seq")
-        if seq_text is not None and seq_text.lstrip("-").isdigit():
-            seq = int(seq_text)
-            if self._prev_seq is not None and seq != self._prev_seq + 1:
+        # stream_seq numbers the batches in the file; seq is the tagger's own. A jump in
+        # either means batches that never reached the file (the sidecar has the reason).
+        for key, prev_attr in (("stream_seq", "_prev_stream_seq"), ("seq", "_prev_seq")):
+            text = md.get(key)
+            if text is None or not text.lstrip("-").isdigit():
+                continue
+            value, prev = int(text), getattr(self, prev_attr)
+            if prev is not None and value > prev + 1:
                 self._status.recorded_seq_gaps += 1
-                log.warning("%s: recorded batch sequence jumps from %d to %d",
-                            self._path, self._prev_seq, seq)
-            self._prev_seq = seq
+                log.warning("%s: batch %d: %s jumps from %d to %d (batches missing)",
+                            self._path, self._index, key, prev, value)
+            setattr(self, prev_attr, value)
+            if key == "stream_seq" and prev is not None and value > prev + 1:
+                break  # one gap, counted once
         start_text = _first(md, "start_ps")
         end_text = _first(md, "end_ps")
         if start_text is not None:
@@ -493,25 +498,13 @@ class _PassSource:
         inside = _as_bool(_first(md, "in_overflow"))
         missed_text = _first(md, "missed_events")
         missed = int(missed_text) if missed_text and missed_text.isdigit() else 0
-        return _Raw(start_ps, end_ps, events, begin, ended, inside, missed,
-                    _as_time_s(_first(md, "start_time_s")))
-
-
-def _flatten_json(md: dict[str, str]) -> dict[str, str]:
-    """Top-level keys of any JSON object values, so ``{"pass": {...}}`` metadata is found."""
-    out: dict[str, str] = {}
-    for value in md.values():
-        if not value.startswith("{"):
-            continue
+        res_text = _first(md, "resolution_ps")
         try:
-            obj = json.loads(value)
+            resolution_ps = float(res_text) if res_text is not None else None
         except ValueError:
-            continue
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if isinstance(v, str | int | float) and k not in md:
-                    out[k] = str(v)
-    return out
+            resolution_ps = None
+        return _Raw(start_ps, end_ps, events, begin, ended, inside, missed,
+                    _as_time_s(_first(md, "start_time_s")), resolution_ps)
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -566,7 +559,8 @@ class ReplayTimeTagger(TimeTagger):
         source: _PtuSource | _PassSource
         source = _PtuSource(self.options, self.status) if fmt == "ptu" else _PassSource(
             self.options, self.status)
-        if self.options.pacing == "recorded_time" and source.recorded_start_s is None:
+        if (self.options.pacing == "recorded_time" and source.recorded_start_s is None
+                and not getattr(source, "dates_batches", False)):
             source.close()
             raise TimeTaggerError(
                 f"{path}: pacing = 'recorded_time' needs the recording's UTC start; the "
@@ -668,9 +662,16 @@ class ReplayTimeTagger(TimeTagger):
                         release_s = t0_clock_s + (raw.end_ps - origin_ps) / _PS_PER_S / opt.speed
                         start_time_s = t0_clock_s + (raw.start_ps - origin_ps) / _PS_PER_S / opt.speed
                     elif opt.pacing == "recorded_time":
-                        assert rec_start is not None
-                        release_s = rec_start + raw.end_ps / _PS_PER_S
-                        start_time_s = rec_start + raw.start_ps / _PS_PER_S
+                        if rec_start is not None:
+                            start_time_s = rec_start + raw.start_ps / _PS_PER_S
+                            release_s = rec_start + raw.end_ps / _PS_PER_S
+                        elif raw.start_time_s is not None:
+                            start_time_s = raw.start_time_s
+                            release_s = start_time_s + (raw.end_ps - raw.start_ps) / _PS_PER_S
+                        else:
+                            raise TimeTaggerError(
+                                f"batch {seq} has no start_time_s to pace by; set the option "
+                                "recording_start_utc", device=self.name)
                     else:
                         release_s = -math.inf
                         start_time_s = raw.start_time_s if raw.start_time_s is not None else (
@@ -680,7 +681,7 @@ class ReplayTimeTagger(TimeTagger):
                         await self.clock.sleep_until(release_s)
                     info = BatchInfo(
                         seq=seq, start_ps=raw.start_ps, end_ps=raw.end_ps,
-                        resolution_ps=source.resolution_ps,
+                        resolution_ps=raw.resolution_ps or source.resolution_ps,
                         overflow_begin=raw.overflow_begin, overflow_end=raw.overflow_end,
                         in_overflow=raw.in_overflow, missed_events=raw.missed_events,
                         start_time_s=start_time_s,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,12 +15,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers import registry
-from drivers.timetagger.base import Batch, ChannelConfig, TimeTaggerError
+from drivers.timetagger.base import EVENT_DTYPE, Batch, BatchInfo, ChannelConfig, TimeTaggerError
 from drivers.timetagger.replay import ReplayOptions, ReplayTimeTagger
 from station.clock import SimClock
+from station.events import passfile
 
 
 def _load_helper():
@@ -263,99 +267,152 @@ async def test_long_silence_is_covered_by_empty_batches(tmp_path):
     assert batches[-1].info.end_ps == 2 * PS + 6
 
 
-# -- pass files -----------------------------------------------------------------------
-SCHEMA = pa.schema([("timestamp_ps", pa.int64()), ("channel", pa.uint8())],
-                   metadata={"tagger_model": "SimTagger", "resolution_ps": "1",
-                             "time_zero_utc": START.isoformat()})
-
-
-def _pass_batches(n: int = 6, per: int = 500, seed: int = 9) -> list[tuple[np.ndarray, dict]]:
+# -- pass files: written by the event pipeline's own writer ------------------------------
+def _pass_batches(n: int = 6, per: int = 500, seed: int = 9) -> list[Batch]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         start, end = i * PS // 10, (i + 1) * PS // 10
-        ts = np.sort(rng.integers(start, end, per)).astype(np.int64)
-        ch = rng.integers(1, 7, per).astype(np.uint8)
-        md = {"seq": str(i), "start_ps": str(start), "end_ps": str(end),
-              "overflow_begin": "true" if i == 2 else "false",
-              "overflow_end": "true" if i == 4 else "false",
-              "in_overflow": "true" if i == 3 else "false",
-              "missed_events": "17" if i == 3 else "0"}
-        out.append((np.stack([ts, ch.astype(np.int64)]), md))
+        events = np.empty(per, dtype=EVENT_DTYPE)
+        events["timestamp_ps"] = np.sort(rng.integers(start, end, per))
+        events["channel"] = rng.integers(1, 7, per)
+        info = BatchInfo(seq=i, start_ps=start, end_ps=end, resolution_ps=1.0,
+                         overflow_begin=i == 2, in_overflow=i == 3, overflow_end=i == 4,
+                         missed_events=17 if i == 3 else 0,
+                         start_time_s=START.timestamp() + start / PS)
+        out.append(Batch(info, events))
     return out
 
 
-def _write_pass(path: Path, batches, *, close: bool = True, skip_seq: int | None = None) -> list[int]:
-    """Write a pass-file-shaped Arrow IPC stream; returns the byte offset after each batch."""
-    sink = pa.OSFile(str(path), "wb")
-    writer = ipc.new_stream(sink, SCHEMA)
+def _write_pass(path: Path, batches: list[Batch], *, close: bool = True,
+                skip_seq: int | None = None, compression: str | None = "lz4") -> list[int]:
+    """Write with station.events.passfile.PassFileWriter; byte offset after each batch."""
+    header = passfile.PassHeader(pass_id="41731-20161219T164958Z", station_id="xinglong-sim",
+                                 tagger_model="SimTagger", tagger_resolution_ps=1.0)
+    writer = passfile.PassFileWriter(path, header.schema_metadata(), compression=compression)
     offsets = []
-    for i, (arr, md) in enumerate(batches):
-        if i == skip_seq:
+    stream_seq = 0
+    for b in batches:
+        if b.info.seq == skip_seq:
             continue
-        rb = pa.record_batch([pa.array(arr[0]), pa.array(arr[1].astype(np.uint8))],
-                             schema=SCHEMA)
-        writer.write_batch(rb, custom_metadata=md)
-        offsets.append(sink.tell())
+        ts, ch = passfile.columns_of(b.events)
+        offset, length = writer.write(ts, ch, passfile.batch_metadata(b.info, stream_seq))
+        stream_seq += 1
+        offsets.append(offset + length)
     if close:
         writer.close()
-    sink.close()
+    else:
+        os.close(writer.fd)  # as a crash leaves it: no end-of-stream marker
+        writer.fd = -1
     return offsets
 
 
-async def test_pass_file_batches_are_re_emitted_with_their_metadata(tmp_path):
+@pytest.mark.parametrize("compression", ["lz4", "zstd", None])
+async def test_pass_file_batches_are_re_emitted_with_their_metadata(tmp_path, compression):
     src = _pass_batches()
-    path = tmp_path / "pass.arrow"
-    _write_pass(path, src)
+    path = tmp_path / "pass.arrows"
+    _write_pass(path, src, compression=compression)
     tagger, batches, _ = await _run({"path": str(path), "pacing": "unpaced"},
                                     SimClock(START, manual=True))
     assert len(batches) == len(src)
     _check_tiling(batches)
-    for b, (arr, md) in zip(batches, src, strict=True):
-        np.testing.assert_array_equal(b.events["timestamp_ps"], arr[0])
-        np.testing.assert_array_equal(b.events["channel"], arr[1])
-        assert b.info.start_ps == int(md["start_ps"]) and b.info.end_ps == int(md["end_ps"])
-        assert b.info.start_time_s == pytest.approx(START.timestamp() + b.info.start_ps / PS)
-    flags = [(b.info.overflow_begin, b.info.in_overflow, b.info.overflow_end,
-              b.info.missed_events) for b in batches]
-    assert flags[2] == (True, False, False, 0)
-    assert flags[3] == (False, True, False, 17)
-    assert flags[4] == (False, False, True, 0)
+    for b, orig in zip(batches, src, strict=True):
+        np.testing.assert_array_equal(b.events, orig.events)
+        assert b.info == orig.info  # seq, span, resolution, flags, missed, start time
     assert tagger.status.format == "passfile" and not tagger.status.truncated
+    assert tagger.status.stop_reason is None
     assert tagger.model == "replay of SimTagger"
 
 
-async def test_pass_file_recorded_time_uses_its_time_zero(tmp_path):
-    path = tmp_path / "pass.arrow"
+async def test_pass_file_recorded_time_uses_each_batch_date(tmp_path):
+    path = tmp_path / "pass.arrows"
     _write_pass(path, _pass_batches(n=3))
     clock = SimClock(START.replace(second=50), speed=math.inf)
     _, batches, stamps = await _run({"path": str(path), "pacing": "recorded_time"}, clock)
-    assert stamps == pytest.approx([START.timestamp() + b.info.end_ps / PS for b in batches])
+    # Float seconds near 1.5e9 resolve ~0.2 µs: compare to a microsecond.
+    assert stamps == pytest.approx([START.timestamp() + b.info.end_ps / PS for b in batches],
+                                   abs=1e-6)
+
+
+async def test_sim_tagger_recorded_by_the_pipeline_writer_replays_identically(tmp_path):
+    sim_mod = pytest.importorskip("drivers.timetagger.sim")
+    clock = SimClock(START, speed=math.inf)
+    sim = registry.create("timetagger", "sim", {}, clock=clock)
+    await sim.connect()
+    await sim.configure([ChannelConfig(channel=c) for c in range(1, 7)])
+    await sim.start()
+    recorded: list[Batch] = []
+    async for b in sim.batches():
+        recorded.append(b)
+        if b.info.end_ps - recorded[0].info.start_ps >= 2 * PS:
+            break
+    await sim.stop()
+    await sim.close()
+    assert sim_mod is not None and sum(len(b) for b in recorded) > 0
+    path = tmp_path / "sim.arrows"
+    _write_pass(path, recorded)
+    _, played, _ = await _run({"path": str(path), "pacing": "unpaced"},
+                              SimClock(START, manual=True))
+    assert len(played) == len(recorded)
+    for p, r in zip(played, recorded, strict=True):
+        np.testing.assert_array_equal(p.events, r.events)
+        assert (p.info.start_ps, p.info.end_ps, p.info.lossy) == (r.info.start_ps,
+                                                                  r.info.end_ps, r.info.lossy)
 
 
 @pytest.mark.parametrize("cut", ["mid_batch", "mid_header", "no_eos"])
 async def test_pass_file_cut_mid_write_plays_every_complete_batch(tmp_path, cut):
     src = _pass_batches()
-    path = tmp_path / "cut.arrow"
+    path = tmp_path / "cut.arrows"
     offsets = _write_pass(path, src, close=False)
     data = path.read_bytes()
-    keep = {"mid_batch": offsets[3] + 700, "mid_header": offsets[3] + 5,
+    keep = {"mid_batch": offsets[3] + 300, "mid_header": offsets[3] + 5,
             "no_eos": offsets[5]}[cut]
     path.write_bytes(data[:keep])
     tagger, batches, _ = await _run({"path": str(path), "pacing": "unpaced"},
                                     SimClock(START, manual=True))
     complete = 6 if cut == "no_eos" else 4
     assert len(batches) == complete
-    for b, (arr, _) in zip(batches, src, strict=False):
-        np.testing.assert_array_equal(b.events["timestamp_ps"], arr[0])
+    for b, orig in zip(batches, src, strict=False):
+        np.testing.assert_array_equal(b.events, orig.events)
     st = tagger.status
     assert st.truncated and st.finished
     assert st.last_good_offset_bytes == offsets[complete - 1]
     assert str(offsets[complete - 1]) in st.stop_reason
+    # The event pipeline's own reader agrees on where the good data ends.
+    _, theirs, stop = passfile.read_pass_file(path)
+    assert len(theirs) == complete and stop.last_good_offset_bytes == st.last_good_offset_bytes
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(cut_fraction=st.floats(0.0, 1.0))
+async def test_pass_file_cut_at_any_byte_plays_what_the_pipeline_reader_reads(tmp_path,
+                                                                              cut_fraction):
+    path = tmp_path / "any.arrows"
+    _write_pass(path, _pass_batches(n=4, per=50), close=False)
+    data = path.read_bytes()
+    cut = int(len(data) * cut_fraction)
+    path.write_bytes(data[:cut])
+    _, theirs, stop = passfile.read_pass_file(path)
+    tagger = ReplayTimeTagger(ReplayOptions(path=path, pacing="unpaced"),
+                              clock=SimClock(START, manual=True))
+    if stop.last_good_offset_bytes == 0:  # not even a whole header: refused clearly
+        with pytest.raises(TimeTaggerError, match="pass file"):
+            await tagger.connect()
+        return
+    await tagger.connect()
+    await tagger.start()
+    played = [b async for b in tagger.batches()]
+    await tagger.close()
+    assert len(played) == len(theirs)
+    for p, t in zip(played, theirs, strict=True):
+        np.testing.assert_array_equal(p.events, t.events)
+    assert tagger.status.truncated
 
 
 async def test_pass_file_gap_in_recorded_sequence_is_reported(tmp_path):
-    path = tmp_path / "gap.arrow"
+    path = tmp_path / "gap.arrows"
     _write_pass(path, _pass_batches(), skip_seq=3)
     tagger, batches, _ = await _run({"path": str(path), "pacing": "unpaced"},
                                     SimClock(START, manual=True))
@@ -394,7 +451,7 @@ async def test_bad_files_and_options_are_refused_clearly(tmp_path):
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(TimeTaggerError, match="neither a PicoQuant PTU file nor an Arrow"):
         await ReplayTimeTagger(ReplayOptions(path=junk), clock=clock).connect()
-    nocol = tmp_path / "nocol.arrow"
+    nocol = tmp_path / "nocol.arrows"
     schema = pa.schema([("t", pa.int64())])
     with pa.OSFile(str(nocol), "wb") as sink, ipc.new_stream(sink, schema) as w:
         w.write_batch(pa.record_batch([pa.array([1, 2])], schema=schema))
