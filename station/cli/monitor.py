@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--station", metavar="ID", help="station id (default: station_id of the config)")
     add_credentials_arguments(p)
     p.add_argument("--once", action="store_true",
-                   help="print one plain-text frame once the retained state has arrived, then exit")
+                   help="print one plain-text frame as soon as the retained state and one round "
+                        "of telemetry have arrived (at the latest after --duration), then exit")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="collect for S wall seconds, then print a frame and exit (with --once: "
                         "the longest wait for retained state; default 3)")
@@ -113,6 +114,17 @@ class StationView:
     @property
     def has_state(self) -> bool:
         return self.status is not None and "state" in self.latest
+
+    @property
+    def complete(self) -> bool:
+        """Retained state in, plus one round of the telemetry the current phase sends."""
+        if not self.has_state:
+            return False
+        state = self.latest["state"]
+        wanted = {"mount", "timetagger"}
+        if isinstance(state, m.StateMessage) and state.current_pass is not None:
+            wanted.add("pass")
+        return wanted <= self.latest.keys()
 
 
 def _t(when: datetime | None) -> str:
@@ -249,7 +261,8 @@ def render_text(view: StationView, width: int = 120) -> str:
 
 async def watch(settings: ClientSettings, view: StationView, *, stop_when_state: bool,
                 duration_s: float | None, on_update: Any = None) -> None:
-    """Subscribe to the station and feed ``view`` until the duration ends (or state arrived)."""
+    """Subscribe to the station and feed ``view`` until the duration ends (or, with
+    ``stop_when_state``, until the view is complete)."""
     prefix = settings.topic_prefix + "/"
     async with aiomqtt.Client(**client_kwargs(settings.mqtt, None)) as client:
         for suffix in ("status", *TOPICS):
@@ -260,11 +273,7 @@ async def watch(settings: ClientSettings, view: StationView, *, stop_when_state:
                     view.update(msg.topic.value.removeprefix(prefix), bytes(msg.payload))  # type: ignore[arg-type]
                     if on_update is not None:
                         on_update()
-                    if stop_when_state and view.has_state:
-                        # Retained messages arrive together; take what is already queued.
-                        while len(client.messages):
-                            nxt = await anext(client.messages)
-                            view.update(nxt.topic.value.removeprefix(prefix), bytes(nxt.payload))  # type: ignore[arg-type]
+                    if stop_when_state and view.complete:
                         return
         except TimeoutError:
             return
