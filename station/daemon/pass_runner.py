@@ -263,7 +263,17 @@ class PassRunner:
         set_link = getattr(ctx.tagger, "set_link", None)
         if set_link is not None:  # a simulated downlink follows the real pass geometry
             set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
-        self.recorder = ctx.pipeline.open_pass(self._header(satellite))
+        header = self._header(satellite)
+        while ctx.pipeline.path_for(header).exists():
+            # This pass was recorded before (a rerun of a simulated night, or a crash that
+            # left its file): pass files are never overwritten, so record a new segment.
+            header = header.model_copy(update={"segment": header.segment + 1})
+        if header.segment != self.segment:
+            log.warning("pass %s: %s exists; recording as segment %d", entry.pass_id,
+                        ctx.pipeline.path_for(header.model_copy(update={"segment": self.segment})),
+                        header.segment)
+            self.segment = self.report.segment = header.segment
+        self.recorder = ctx.pipeline.open_pass(header)
         self.report.pass_file = str(self.recorder.path)
         self._on_file_opened(str(self.recorder.path))
         return True

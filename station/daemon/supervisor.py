@@ -107,6 +107,7 @@ class Supervisor:
             await self._replan()
         if now_s >= self._next_health_s:
             self._publish_health()
+            self._publish_state()  # keeps uptime and next pass current
             if self.pass_task is None:
                 await ctx.reconnect_missing()
                 await self._publish_idle_mount()

@@ -50,6 +50,7 @@ def test_sigkill_leaves_offline_through_the_will(fresh_mosquitto: Broker, start_
 def test_make_run_config_starts_its_embedded_broker(start_daemon) -> None:
     port = free_port()
     d = start_daemon(mqtt_port=port, embedded=True)
+    d.wait_log("embedded MQTT broker (amqtt, MQTT 3.1.1) listening")
     assert sub_once(port, "qkd/+/status") == "online"
     d.signal(signal.SIGINT)
     assert d.wait(15) == 0, d.log()[-3000:]
