@@ -308,7 +308,7 @@ class StreamClient:
         md = {k: str(v).lower() if isinstance(v, bool) else str(v)
               for k, v in hdr.model_dump(exclude={"type", "pass_id", "counts", "seq", "n_events",
                                                   "tagger_seq"}).items() if v is not None}
-        md.update(stream_seq=str(hdr.seq), seq=str(hdr.tagger_seq))
+        md["seq"] = str(hdr.tagger_seq)
         md["resolution_ps"] = repr(float(hdr.resolution_ps))
         if hdr.start_time_s is not None:
             md["start_time_s"] = repr(float(hdr.start_time_s))

@@ -5,8 +5,7 @@ The layout is specified in ``docs/passfile.md``. In short:
 * columns ``timestamp_ps`` (int64) and ``channel`` (uint8), body compressed (lz4/zstd);
 * the schema metadata holds the pass header (:class:`PassHeader`), one key per field plus
   ``qkd.header`` (the whole header as JSON);
-* each record batch carries custom metadata: ``stream_seq`` (0, 1, 2 ... in the file),
-  the tagger's ``seq``, ``start_ps``, ``end_ps``, ``resolution_ps``, ``overflow_begin``,
+* each record batch carries custom metadata: the tagger's ``seq``, ``start_ps``, ``end_ps``, ``resolution_ps``, ``overflow_begin``,
   ``overflow_end``, ``in_overflow``, ``missed_events`` and ``start_time_s``;
 * a cleanly closed file ends with the Arrow end-of-stream marker, and a sidecar
   ``<stem>.json`` (written atomically) says whether the pass is ``recording``, ``closed``
@@ -92,10 +91,13 @@ def schema_for(metadata: dict[str, str]) -> pa.Schema:
     return pa.schema(SCHEMA_FIELDS, metadata=metadata)
 
 
-def batch_metadata(info: BatchInfo, stream_seq: int) -> dict[str, str]:
-    """Record-batch custom metadata (all strings, so any Arrow reader can show it)."""
+def batch_metadata(info: BatchInfo, stream_seq: int | None = None) -> dict[str, str]:
+    """Record-batch custom metadata (all strings, so any Arrow reader can show it).
+
+    The station's files leave ``stream_seq`` out: a batch's stream sequence number is its
+    position in the file. Given, it is stored (a writer may record its own numbering)."""
     md = {
-        "stream_seq": str(stream_seq), "seq": str(info.seq),
+        "seq": str(info.seq),
         "start_ps": str(info.start_ps), "end_ps": str(info.end_ps),
         "resolution_ps": repr(float(info.resolution_ps)),
         "overflow_begin": _b(info.overflow_begin), "overflow_end": _b(info.overflow_end),
@@ -103,6 +105,8 @@ def batch_metadata(info: BatchInfo, stream_seq: int) -> dict[str, str]:
     }
     if info.start_time_s is not None:
         md["start_time_s"] = repr(float(info.start_time_s))
+    if stream_seq is not None:
+        md["stream_seq"] = str(stream_seq)
     return md
 
 
@@ -169,7 +173,9 @@ class PassFileWriter:
                  append: bool = False):
         self.path = Path(path)
         self.schema = schema_for(metadata)
-        opts = ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
+        # Compress on the calling (pipeline, lower-priority) thread, not in Arrow's own pool.
+        opts = ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression,
+                                   use_threads=False)
         self._capture = _Capture()
         self._writer = ipc.new_stream(self._capture, self.schema, options=opts)
         # The writer emits the schema with its first batch: let it do so now on an empty
@@ -200,11 +206,22 @@ class PassFileWriter:
     def write(self, ts: np.ndarray, ch: np.ndarray, md: dict[str, str]) -> tuple[int, int]:
         """Append one batch; return its (offset, length). On OSError the file is cut back to
         the previous batch and the error re-raised (the batch is then not in the file)."""
+        return self.append(self.encode(ts, ch, md))
+
+    def encode(self, ts: np.ndarray, ch: np.ndarray, md: dict[str, str]) -> list[Any]:
+        """Serialise (and compress) one batch into IPC message bytes, without writing.
+
+        Lets a pipeline compress the next batch while the previous one is being written;
+        :meth:`encode` calls must be made from one thread, in file order."""
         rb = pa.record_batch([pa.array(ts, pa.int64()), pa.array(ch, pa.uint8())],
                              schema=self.schema)
         self._writer.write_batch(rb, custom_metadata=md)
+        return self._capture.take()
+
+    def append(self, parts: list[Any]) -> tuple[int, int]:
+        """Write the bytes of one :meth:`encode` d batch; same contract as :meth:`write`."""
         start = self.offset
-        self._write_all(self._capture.take())
+        self._write_all(parts)
         self.batches += 1
         return start, self.offset - start
 

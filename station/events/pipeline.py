@@ -36,7 +36,7 @@ from station.events import passfile
 from station.events.passfile import PassHeader
 from station.events.protocol import Lost
 from station.events.source import Entry, PassSource, build_pass_end, channel_counts
-from station.events.stream_server import StreamServer
+from station.events.stream_server import StreamServer, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class PassRecorder:
         self.source = PassSource(self.pass_id, path, self._writer.schema, recording=True,
                                  cache_batches=cfg.cache_batches)
         self._loop = asyncio.get_running_loop()
+        self._max_queue = cfg.max_queue_batches
         self._slots = asyncio.Semaphore(cfg.max_queue_batches)
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._depth = 0
@@ -110,8 +111,13 @@ class PassRecorder:
         self._disk_error: str | None = None
         self._last_sync_end_ps: int | None = None
         self._unsynced_since: float | None = None
+        # Two stages, so compressing batch n+1 overlaps writing batch n.
+        self._encoded: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._encoder = threading.Thread(target=self._run_encoder,
+                                         name=f"pass-encoder-{self.pass_id}", daemon=True)
         self._thread = threading.Thread(target=self._run, name=f"pass-writer-{self.pass_id}",
                                         daemon=True)
+        self._encoder.start()
         self._thread.start()
 
     # -- loop side ----------------------------------------------------------------------
@@ -155,7 +161,25 @@ class PassRecorder:
         self._depth -= 1
         self._slots.release()
 
+    def _run_encoder(self) -> None:
+        lower_priority()
+        while True:
+            item = self._q.get()
+            if item is _CLOSE:
+                self._encoded.put(_CLOSE)
+                return
+            info = item.info
+            try:
+                ts, ch = passfile.columns_of(item.events)
+                md = passfile.batch_metadata(info)
+                self._encoded.put((info, ts, ch, md, self._writer.encode(ts, ch, md)))
+            except Exception as exc:  # never seen; but a batch that cannot be encoded is
+                # counted as lost like one the disk refused, and recording goes on
+                log.exception("pass %s: cannot encode batch %d", self.pass_id, info.seq)
+                self._encoded.put((info, np.empty(len(item.events), np.int64), None, None, exc))
+
     def _run(self) -> None:
+        lower_priority()
         try:
             self._sidecar("recording")
             while True:
@@ -165,7 +189,7 @@ class PassRecorder:
                     timeout = max(0.0, self._unsynced_since + self._flush_interval_s
                                   - time.monotonic())
                 try:
-                    item = self._q.get(timeout=timeout)
+                    item = self._encoded.get(timeout=timeout)
                 except queue.Empty:
                     self._sync()
                     continue
@@ -180,7 +204,7 @@ class PassRecorder:
         except BaseException as exc:  # report to close()/push(), never hang them
             log.exception("pass %s writer failed", self.pass_id)
             self._done.set_exception(exc)
-            self._call_loop(lambda: [self._slots.release() for _ in range(64)])
+            self._call_loop(lambda: [self._slots.release() for _ in range(self._max_queue)])
 
     def _call_loop(self, fn: Any) -> None:
         try:
@@ -188,9 +212,9 @@ class PassRecorder:
         except RuntimeError:
             pass  # the loop is gone (shutdown); nobody is waiting any more
 
-    def _record(self, batch: Batch) -> None:
-        info, t = batch.info, self._t
-        ts, ch = passfile.columns_of(batch.events)
+    def _record(self, item: tuple[Any, ...]) -> None:
+        info, ts, ch, md, parts = item
+        t = self._t
         if t.last_tagger_seq is not None and info.seq != t.last_tagger_seq + 1:
             t.tagger_seq_gaps += 1
             log.warning("pass %s: tagger batch sequence jumps from %d to %d",
@@ -202,10 +226,11 @@ class PassRecorder:
         t.events_missed_by_tagger += info.missed_events
         if info.lossy:
             t.overflow_batches += 1
-        seq = len(self.source.entries)
-        md = passfile.batch_metadata(info, seq)
+        if isinstance(parts, Exception):
+            self._lost(info, len(ts), parts)
+            return
         try:
-            offset, length = self._writer.write(ts, ch, md)
+            offset, length = self._writer.append(parts)
         except OSError as exc:
             self._lost(info, len(ts), exc)
             return
@@ -226,10 +251,13 @@ class PassRecorder:
                 or time.monotonic() - self._unsynced_since >= self._flush_interval_s):
             self._sync()
 
-    def _lost(self, info: Any, n: int, exc: OSError) -> None:
+    def _lost(self, info: Any, n: int, exc: Exception) -> None:
         t = self._t
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        reason = f"not recorded: {name}: {exc.strerror or exc}"
+        if isinstance(exc, OSError):
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            reason = f"not recorded: {name}: {exc.strerror or exc}"
+        else:
+            reason = f"not recorded: {type(exc).__name__}: {exc}"
         t.lost_batches.append(Lost(tagger_seq=info.seq, n_events=n, start_ps=info.start_ps,
                                    end_ps=info.end_ps, reason=reason))
         t.events_lost_disk += n

@@ -43,6 +43,36 @@ from station.events.source import PassSource
 log = logging.getLogger(__name__)
 
 
+def _task_ids() -> set[str]:
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _lower_new_zmq_threads(before: set[str], step: int = 5) -> None:
+    """libzmq's I/O threads of a context just created get the same lower priority."""
+    for tid in _task_ids() - before:
+        try:
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            if comm.startswith("ZMQbg"):
+                prio = os.getpriority(os.PRIO_PROCESS, int(tid))
+                os.setpriority(os.PRIO_PROCESS, int(tid), min(19, prio + step))
+        except (OSError, ValueError):
+            pass
+
+
+def lower_priority(step: int = 5) -> None:
+    """Run the calling (pipeline) thread at a lower CPU priority than the event loop, so
+    that on a loaded machine tracking and MQTT keep their timing and the pipeline gets the
+    rest. Linux applies a nice value per thread; elsewhere this does nothing."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError):
+        pass
+
+
 @dataclass
 class _Session:
     identity: bytes
@@ -88,8 +118,10 @@ class StreamServer:
     # -- thread-safe API -------------------------------------------------------------------
     def start(self) -> None:
         """Bind (raises zmq.ZMQError if the endpoint is taken) and start serving."""
+        before = _task_ids()
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
+        _lower_new_zmq_threads(before)
         # An unroutable reply raises instead of vanishing; no HWM: the credit window bounds
         # what is queued per consumer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -143,6 +175,7 @@ class StreamServer:
 
     # -- server thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        lower_priority()
         sock = self._sock
         assert sock is not None
         poller = zmq.Poller()
