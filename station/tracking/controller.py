@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from drivers.mount.base import MountError, MountPosition, TrackPoint
 from station.clock import Clock
 from station.config.mount import TrackingConfig
-from station.tracking.gate import CommandRefused, GatedMount
+from station.tracking.gate import CommandRefused, GatedMount, Rule
 from station.tracking.trajectory import TrackPlan
 from station.tracking.wrap import angle_between_deg
 
@@ -230,12 +230,29 @@ class Tracker:
 
     # -- parking --------------------------------------------------------------------------
     async def park(self) -> bool:
-        """Command park; if the gate refuses it (Sun on the way) stop instead. True if parking."""
+        """Command park; True if parking.
+
+        When the direct move is refused (the Sun or the horizon mask in the swept box), the
+        mount first rises straight up to the park elevation (or its own, if higher) and
+        parks from there. If that is refused too, it is stopped where it is.
+        """
         try:
-            await self.gated.park()
-            return True
-        except CommandRefused as exc:
-            log.error("park refused (%s); stopping the mount where it is instead", exc.reason)
+            try:
+                await self.gated.park()
+                return True
+            except CommandRefused as exc:
+                pos = await self.gated.position()
+                high = max(pos.el_deg, self.gated.park_el_deg)
+                if exc.rule not in (Rule.SUN, Rule.HORIZON) or high == pos.el_deg:
+                    raise
+                log.warning("direct park refused (%s); rising to %.1f° first", exc.reason, high)
+                await self.gated.slew_to(pos.az_deg, high)
+                est = abs(high - pos.el_deg) / self.gated.capabilities.el.max_rate_deg_s
+                await self._wait_at("", pos.az_deg, high, self.clock.now_s() + 2 * est + 10)
+                await self.gated.park()
+                return True
+        except (CommandRefused, PrepositionTimeout) as exc:
+            log.error("park impossible (%s); stopping the mount where it is instead", exc)
             await self.gated.stop()
             return False
 
@@ -326,24 +343,6 @@ class Tracker:
                 stats.skipped_ticks += skip
                 k += skip
             lateness.append(late)
-            try:
-                if program:
-                    if now >= chunk_end - cfg.program_chunk_s / 2:
-                        chunk_end = await self._upload_chunk(plan, now)
-                        stats.chunks_uploaded += 1
-                elif streaming:
-                    t_cmd = now + lead
-                    az_c, el_c = plan.point_at(t_cmd)
-                    await self.gated.track_to(float(az_c), float(el_c), t_cmd)
-                elif now >= intercept_until:
-                    intercept_until = await self._intercept(plan, now)
-                refused_since = None
-            except CommandRefused as exc:
-                stats.refused_commands += 1
-                refused_since = now if refused_since is None else refused_since
-                if now - refused_since >= _REFUSAL_ABORT_S:
-                    stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
-                    raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
             pos = await self.gated.position()
             paz, pel = plan.point_at(pos.time_s)
             saz, sel = plan.sky_at(pos.time_s)
@@ -359,6 +358,28 @@ class Tracker:
                     streaming, intercept_until = False, -math.inf
                     log.warning("pass %s: %.2f° off the track, intercepting again",
                                 plan.pass_id, last_err_deg)
+            # Command after reading: Hamlib's dummy rotator, for one, only advances its
+            # simulated motion from a command to the next reading.
+            try:
+                if program:
+                    if now >= chunk_end - cfg.program_chunk_s / 2:
+                        chunk_end = await self._upload_chunk(plan, now)
+                        stats.chunks_uploaded += 1
+                elif streaming:
+                    t_cmd = now + lead
+                    # Past LOS there is no track: a clamped target would read as a stop.
+                    if t_cmd <= plan.los_s:
+                        az_c, el_c = plan.point_at(t_cmd)
+                        await self.gated.track_to(float(az_c), float(el_c), t_cmd)
+                elif now >= intercept_until:
+                    intercept_until = await self._intercept(plan, now)
+                refused_since = None
+            except CommandRefused as exc:
+                stats.refused_commands += 1
+                refused_since = now if refused_since is None else refused_since
+                if now - refused_since >= _REFUSAL_ABORT_S:
+                    stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
+                    raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
             acquired = stats.acquired_at_s is not None
             if not acquired:
                 under = under + 1 if err < cfg.acquisition_error_arcsec else 0

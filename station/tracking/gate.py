@@ -232,7 +232,9 @@ class GatedMount:
         self.accepted_count = 0
         self.last_refusal: CommandRefused | None = None
         self.limits = effective_limits(backend.capabilities, safety)
-        self._check_park_position()
+        # Some backends learn their travel only on connect (rotctld's dump_caps): the park
+        # position is checked against the travel there, against the sky here.
+        self._check_park_position(travel=False)
         #: Last reading of the mount, and the box of every target sent since.
         self._last_pos: MountPosition | None = None
         #: Recent readings, for the rate estimate of the stream check.
@@ -315,7 +317,10 @@ class GatedMount:
             self._refuse(cmd, Rule.MALFORMED,
                          f"target time {time_s:.3f} is not after the previous one {prev[0]:.3f}",
                          az_deg, el_deg)
-        hist = self._timed[-2:] if prev is not None and 0.0 < time_s - prev[0] <= 2.0 else []
+        # Targets closer together than this may be taken as one stream by the controller.
+        window_s = max(2.0, self.safety.stream_extrapolation_s) if enforce_rate else \
+            self.safety.stream_extrapolation_s
+        hist = self._timed[-2:] if prev is not None and 0.0 < time_s - prev[0] <= window_s else []
         new = (time_s, az_deg, el_deg)
         extra: list[tuple[float, float]] = []
         self._check_static(cmd, az_deg, el_deg)
@@ -479,11 +484,18 @@ class GatedMount:
         self._check_static("check", az_deg, el_deg)
         self._check_box("check", az_deg, az_deg, el_deg, el_deg, t, az_deg, el_deg)
 
-    def _check_park_position(self) -> None:
+    def _check_park_position(self, *, travel: bool = True) -> None:
         """The park position must be inside the travel and above the horizon mask (the
         Sun is checked when park is commanded)."""
         az, el = self.park_az_deg, self.park_el_deg
-        self._check_static("park", az, el)
+        if travel:
+            self._check_static("park", az, el)
+        else:
+            s = self.safety
+            if ((s.az_min_deg is not None and az < s.az_min_deg)
+                    or (s.az_max_deg is not None and az > s.az_max_deg) or el > s.max_el_deg):
+                self._refuse("park", Rule.AZIMUTH if el <= s.max_el_deg else Rule.ELEVATION,
+                             "the park position is outside the configured [safety] travel", az, el)
         true_az, true_el = true_direction(az, el)
         floor = max(self.limits.min_el_deg, float(self.site.horizon_min_el_deg(true_az)))
         if true_el < floor:
@@ -507,6 +519,21 @@ class GatedMount:
     def _check_move(self, cmd: str, az: float, el: float, time_s: float,
                     extra: Sequence[tuple[float, float]] = ()) -> None:
         self._check_static(cmd, az, el)
+        pos = self._last_pos
+        if pos is not None and (floor := self._floor_at(pos.az_deg, pos.el_deg)) is not None:
+            # Started (or was left) under the floor: the only way out is straight up.
+            same_az = [(a, e) for a, e in [(az, el), *extra, *self._since_read]
+                       if abs(a - pos.az_deg) <= 0.01 and e >= pos.el_deg - 0.01]
+            if len(same_az) == 1 + len(extra) + len(self._since_read) and el > pos.el_deg:
+                self._check_box(cmd, az, az, el, el, time_s, az, el)
+                lo_az, hi_az = min(az, pos.az_deg), max(az, pos.az_deg)
+                self._check_box(cmd, lo_az, hi_az, pos.el_deg, el, time_s, az, el, floor=False)
+                return
+            self._refuse(cmd, Rule.HORIZON,
+                         f"the mount is under the elevation floor / horizon mask (az "
+                         f"{pos.az_deg:.2f}°, el {pos.el_deg:.2f}°, floor {floor:.2f}°); raise it "
+                         f"first at its own azimuth, e.g. goto {pos.az_deg:.2f} {floor + 1:.1f}",
+                         az, el)
         corners = [(az, el), *extra, *self._since_read]
         if self._last_pos is not None:
             corners.append((self._last_pos.az_deg, self._last_pos.el_deg))
@@ -514,8 +541,14 @@ class GatedMount:
         els = [c[1] for c in corners]
         self._check_box(cmd, min(azs), max(azs), min(els), max(els), time_s, az, el)
 
+    def _floor_at(self, az: float, el: float) -> float | None:
+        """The elevation floor at (az, el) if that direction is under it, else None."""
+        true_az, true_el = true_direction(az, el)
+        floor = max(self.limits.min_el_deg, float(self.site.horizon_min_el_deg(true_az)))
+        return floor if true_el < floor - 1e-6 else None
+
     def _check_box(self, cmd: str, az_lo: float, az_hi: float, el_lo: float, el_hi: float,
-                   time_s: float, az: float, el: float) -> None:
+                   time_s: float, az: float, el: float, *, floor: bool = True) -> None:
         """Every direction the mount may sweep through on the way must be allowed."""
         lim = self.limits
         if az_lo < lim.az_min_deg or az_hi > lim.az_max_deg:
@@ -528,6 +561,8 @@ class GatedMount:
                          f"allowed travel {lim.el_axis_min_deg:g}…{lim.el_axis_max_deg:g}°", az, el)
         # True elevation is lowest at the box's elevation ends (it peaks at 90 in between).
         true_lo = min(el_lo if el_lo <= 90 else 180 - el_lo, el_hi if el_hi <= 90 else 180 - el_hi)
+        if not floor:
+            true_lo = 90.0
         if true_lo < lim.min_el_deg:
             self._refuse(cmd, Rule.ELEVATION,
                          f"the move reaches elevation {true_lo:.4f}°, below the limit "

@@ -169,7 +169,7 @@ def plan_track(
     # rate change one control period of measurement lag allows (see GatedMount).
     el_rate = np.gradient(sky_el, t)
     a = limits.el_accel_deg_s2
-    v = np.abs(el_rate) + a * 2.5 / tracking.rate_hz
+    v = np.minimum(np.abs(el_rate) + a * 2.5 / tracking.rate_hz, limits.el_rate_deg_s)
     brake = v * v / (1.8 * a)
     ahead = sky_el + el_rate * limits.stream_extrapolation_s - brake
     above = np.minimum(sky_el, ahead) >= floor

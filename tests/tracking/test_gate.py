@@ -412,3 +412,23 @@ def test_scenarios_exercise_both_outcomes() -> None:
         accepted += a
         refused += r
     assert accepted > 10 and refused > 0
+
+
+async def test_a_mount_under_the_horizon_may_only_rise_straight_up() -> None:
+    clock = SimClock(T0, manual=True)
+    # Stowed pointing at the horizon, under the 10° mask (as Hamlib's dummy rotator starts).
+    gate, mount = make(clock, start_az_deg=30.0, start_el_deg=0.0)
+    await gate.connect()
+    with pytest.raises(CommandRefused) as info:
+        await gate.slew_to(60.0, 45.0)
+    assert info.value.rule == Rule.HORIZON and "goto 30.00 11.0" in info.value.reason
+    with pytest.raises(CommandRefused):
+        await gate.slew_to(30.0, 5.0)                 # up, but not out
+    await gate.slew_to(30.0, 20.0)                    # straight up and out: allowed
+    assert mount.received[-1][2] == (30.0, 20.0)
+    with pytest.raises(CommandRefused):
+        await gate.slew_to(60.0, 45.0)                # still under the mask: wait
+    await clock.advance(10)
+    await gate.position()
+    await gate.slew_to(60.0, 45.0)                    # out now: anything allowed goes
+    assert len(mount.received) == 2

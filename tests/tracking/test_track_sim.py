@@ -184,7 +184,8 @@ async def test_north_crossing_pass_tracked_on_one_wrap_turn(
     assert stats.outcome == "complete" and stats.refused_commands == 0
     assert stats.rms_error_arcsec < 5.0
     slews = [c.az_deg for c in mount.commands[n_before:] if c.kind == "slew"]
-    assert len(slews) == stats.ticks
+    assert stats.ticks - 3 <= len(slews) <= stats.ticks     # none past LOS
+    assert stats.parked            # direct park crosses the Sun's side: rises first
     assert min(slews) > 340 and max(slews) < 405          # never unwound to 0…60
     assert np.max(np.abs(np.diff(slews))) < 0.2            # no jump between targets
     actual = np.array([s.actual_az_deg for s in samples if s.phase == "tracking"])
