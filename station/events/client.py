@@ -12,6 +12,7 @@ Blocking and single-threaded on purpose: a consumer in C++ or Rust has the same 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -38,6 +39,7 @@ from station.events.protocol import (
     Passes,
     Ping,
     Pong,
+    ProtocolError,
     Waiting,
     encode,
     parse_station,
@@ -217,7 +219,12 @@ class StreamClient:
                     continue
                 frames = sock.recv_multipart(copy=False)
                 self._last_heard_s = time.monotonic()
-                msg = parse_station(frames[0].bytes)
+                try:
+                    msg = parse_station(frames[0].bytes)
+                except ProtocolError as exc:
+                    if _unknown_type(frames[0].bytes):
+                        continue  # a newer station's message we do not know: ignore it
+                    raise StreamError(f"bad message from the station: {exc}", "bad_message") from exc
                 if isinstance(msg, PassBegin):
                     new_want = self._begin(msg, want)
                     if new_want is not _KEEP:
@@ -370,6 +377,15 @@ class StreamClient:
 
 
 _KEEP = object()
+_KNOWN = {"pass_begin", "batch", "pass_end", "waiting", "pong", "passes", "error"}
+
+
+def _unknown_type(frame: bytes) -> bool:
+    try:
+        obj = json.loads(frame)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("type"), str) and obj["type"] not in _KNOWN
 
 
 def _counts(ch: np.ndarray) -> dict[str, int]:

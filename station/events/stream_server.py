@@ -280,6 +280,8 @@ class StreamServer:
             for other in list(self._sessions.values()):
                 if other.identity != identity and other.name and other.name == msg.consumer:
                     self._sessions.pop(other.identity, None)
+                    self._error(other.identity, "superseded",
+                                f"a newer connection of consumer '{msg.consumer}' took over")
             self._sessions[identity] = session
             self._begin(session, src, msg.resume_seq)
         else:
