@@ -613,7 +613,7 @@ class GatedMount:
             raise exc
         self.refused_count += 1
         self.last_refusal = exc
-        log.warning("mount %s: %s", self.name, exc)
+        log.warning("%s: %s", self.name, exc)
         raise exc
 
     async def _fresh_position(self) -> None:
