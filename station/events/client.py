@@ -165,6 +165,9 @@ class StreamClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        # Retry soon when the station is not up yet, backing off to 1 s.
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         sock.connect(self.endpoint)
         self._sock = sock
         self._last_heard_s = time.monotonic()

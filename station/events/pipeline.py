@@ -338,7 +338,11 @@ def recover_interrupted(path: Path | str) -> RecoveryInfo:
     Blocking (reads the file): call it with ``asyncio.to_thread``.
     """
     path = Path(path)
-    scan = passfile.scan_pass_file(path)
+    try:
+        scan = passfile.scan_pass_file(path)
+    except OSError as exc:
+        # Nothing to recover (never created, or removed): say so, don't raise at start-up.
+        return RecoveryInfo(path, 0, 0, 0, 0, False, f"cannot read {path}: {exc}")
     events = sum(n for *_, n in scan.index)
     side = passfile.read_sidecar(path) or {}
     if scan.stop.complete:

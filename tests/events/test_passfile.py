@@ -125,3 +125,18 @@ def test_append_continues_a_cut_file(tmp_path: Path) -> None:
     w.close()
     _, got, stop = read_pass_file(path)
     assert stop.complete and [g.info for g in got] == [b.info for b in batches]
+
+
+async def test_fsync_at_least_every_flush_interval_of_tagger_time(pipeline) -> None:
+    """flush_interval_s = 0.2 s; 1000 batches of 1 ms tagger time = 1 s: >= 5 fsyncs from
+    the tagger-time bound alone (wall-time syncs may add more)."""
+    rec = pipeline.open_pass(header())
+    for b in make_batches(1000, max_events=10):
+        await rec.push(b)
+    totals = await rec.close()
+    assert totals.syncs >= 5
+
+
+def test_recovering_a_missing_file_reports_instead_of_raising(tmp_path: Path) -> None:
+    info = recover_interrupted(tmp_path / "gone.arrows")
+    assert info.batches == 0 and "cannot read" in info.reason

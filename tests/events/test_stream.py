@@ -211,3 +211,25 @@ async def test_wire_bytes_and_refusals(pipeline: EventPipeline) -> None:
     finally:
         sock.close(0)
         ctx.term()
+
+
+async def test_consumer_presence_is_reported(pipeline: EventPipeline, tmp_path: Path) -> None:
+    assert not pipeline.consumer_connected
+    client = StreamClient(pipeline.endpoint, tmp_path / "rx")
+    stop = threading.Event()
+    job = asyncio.create_task(asyncio.to_thread(client.follow, stop=stop))
+    try:
+        for _ in range(2000):  # until the server thread has seen the hello
+            if pipeline.consumer_connected:
+                break
+            await asyncio.sleep(0.005)
+        assert pipeline.consumer_connected
+    finally:
+        stop.set()
+        await job
+        client.close()
+    for _ in range(2000):  # the client said bye
+        if not pipeline.consumer_connected:
+            break
+        await asyncio.sleep(0.005)
+    assert not pipeline.consumer_connected
