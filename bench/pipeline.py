@@ -57,9 +57,12 @@ def make_pool(batch: int, pool: int, rate_hz: float) -> list[np.ndarray]:
     return out
 
 
-def consumer(endpoint: str, result: Any, window: int) -> None:
+def consumer(endpoint: str, result: Any, window: int, nice: int) -> None:
     """The raw protocol: hello, then batch/ack until pass_end. Counts and checks seq."""
     import zmq
+
+    if nice:
+        os.nice(nice)
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -104,7 +107,8 @@ async def run_pipeline(args: argparse.Namespace, pool: list[np.ndarray], n_batch
     await pipeline.start()
     mpctx = mp.get_context("spawn")
     result = mpctx.Queue()
-    proc = mpctx.Process(target=consumer, args=(pipeline.endpoint, result, args.window))
+    proc = mpctx.Process(target=consumer, args=(pipeline.endpoint, result, args.window,
+                                                        args.consumer_nice))
     lateness: list[float] = []
     stop = asyncio.Event()
 
@@ -183,6 +187,8 @@ def main() -> None:
     ap.add_argument("--flush-interval", type=float, default=1.0)
     ap.add_argument("--window", type=int, default=64, help="consumer window (batches)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--consumer-nice", type=int, default=0,
+                    help="nice the consumer process (it stands for another host)")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="set sys.setswitchinterval (GIL hand-over) for the run")
     args = ap.parse_args()
@@ -234,6 +240,8 @@ def main() -> None:
     idle = r["idle_ms"]
     print(f"    same ticker, pipeline idle (machine noise): p50 {np.percentile(idle, 50):.2f} ms"
           f"  p99 {np.percentile(idle, 99):.2f} ms  max {idle.max():.2f} ms")
+    if args.consumer_nice:
+        print(f"  (consumer process at nice +{args.consumer_nice})")
     print(f"  target >= 20 M events/s: {'met' if rate >= 20e6 else 'NOT met'}")
     if lost or got["errors"]:
         raise SystemExit(1)
