@@ -10,7 +10,10 @@ Simulated modes
     Simulated time runs X times faster than the event loop's monotonic clock.
 ``speed=math.inf`` (autojump)
     Whenever every task is waiting on the clock, time jumps straight to the earliest
-    deadline: a pass runs as fast as the CPU allows, still in causal order.
+    deadline: a pass runs as fast as the CPU allows, still in causal order. Work handed
+    to threads with ``asyncio.to_thread`` / ``run_in_executor(None, ...)`` counts as
+    "not waiting": the clock installs a counting default executor and does not jump while
+    any such work is in flight (a track being planned must not see AOS fly past).
 ``manual=True``
     Time only moves when a test calls :meth:`SimClock.advance` / :meth:`SimClock.advance_to`.
 """
@@ -23,6 +26,8 @@ import itertools
 import math
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 from datetime import UTC, datetime
 
 
@@ -186,14 +191,21 @@ class SimClock(Clock):
                 fut.set_result(None)
 
     def _ensure_jumper(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not isinstance(getattr(loop, "_default_executor", None), CountingExecutor):
+            loop.set_default_executor(CountingExecutor(thread_name_prefix="simclock-worker"))
         if self._jumper is None or self._jumper.done():
-            self._jumper = asyncio.get_running_loop().create_task(
-                self._jump_when_idle(), name="simclock-autojump"
-            )
+            self._jumper = loop.create_task(self._jump_when_idle(), name="simclock-autojump")
 
     async def _jump_when_idle(self) -> None:
+        executor = getattr(asyncio.get_running_loop(), "_default_executor", None)
         while True:
             await _settle()
+            if isinstance(executor, CountingExecutor) and executor.in_flight:
+                # A thread is still working for some task: time waits for it. Polling in
+                # wall time is the point here (the work is not on the clock).
+                await asyncio.sleep(0.0005)
+                continue
             self._drop_cancelled()
             if not self._sleepers:
                 return
@@ -202,6 +214,29 @@ class SimClock(Clock):
             if not self._sleepers:
                 # Nobody else waits: end now; the next sleeper starts a new jumper.
                 return
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor under an autojump clock: it counts work in flight."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.in_flight = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.in_flight += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: Future[Any]) -> None:
+        # Called from the worker thread; += / -= on an int under the GIL is atomic enough
+        # for a counter only compared with zero by the loop thread.
+        self.in_flight -= 1
 
 
 def _has_loop() -> bool:

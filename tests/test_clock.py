@@ -113,3 +113,26 @@ def test_invalid_speed_is_refused() -> None:
 async def test_advance_is_only_for_manual_clocks() -> None:
     with pytest.raises(RuntimeError, match="manual"):
         await SimClock(START, speed=2).advance(1)
+
+
+async def test_autojump_waits_for_work_in_threads() -> None:
+    clock = SimClock(START, speed=math.inf)
+    seen: list[float] = []
+
+    async def ticker() -> None:
+        for _ in range(100):
+            await clock.sleep(1.0)
+
+    def slow_work() -> float:
+        import time as wall
+
+        wall.sleep(0.2)
+        return clock.now_s()
+
+    tick = asyncio.create_task(ticker())
+    await clock.sleep(0)  # installs the counting executor
+    before = clock.now_s()
+    seen.append(await asyncio.to_thread(slow_work) - before)
+    await tick
+    # While the thread worked, the ticker's sleeps did not move simulated time.
+    assert seen[0] < 2.0

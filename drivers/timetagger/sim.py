@@ -622,12 +622,18 @@ def _geometric_positions(rng: np.random.Generator, p: float, n_pulses: int) -> n
     drawn as geometric gaps: cost proportional to the number of successes."""
     if p >= 1.0:
         return np.arange(n_pulses, dtype=np.int64)
+    if not p > 0.0 or n_pulses <= 0:  # link lost (zero efficiency): no detections, no NaN
+        return np.empty(0, dtype=np.int64)
     chunks: list[np.ndarray] = []
     pos = -1
     expected = n_pulses * p
     # floor(E/λ) + 1 with E ~ Exp(1), λ = −ln(1−p) is exactly Geometric(p), and the
     # ziggurat exponential is several times faster than Generator.geometric.
     inv_lambda = -1.0 / math.log1p(-p)
+    if rng.standard_exponential() * inv_lambda >= n_pulses:
+        # Even the first success falls beyond the batch (a faint link): none. Drawing the
+        # first gap separately keeps huge gaps out of the int64 cast below.
+        return np.empty(0, dtype=np.int64)
     while True:
         size = int(expected + 6 * math.sqrt(expected) + 16)
         gaps = (rng.standard_exponential(size) * inv_lambda).astype(np.int64) + 1

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 from station import __version__
+from station.clock import Clock
 from station.config import ConfigError, StationConfig, load_config
 from station.daemon.alarms import AlarmBook
 from station.daemon.context import StationContext, clock_from_config
@@ -58,22 +59,18 @@ class Daemon:
     async def _run(self) -> int:
         cfg = self.cfg
         clock = clock_from_config(cfg.clock)
-        alarms = AlarmBook(clock.now)
         log.info("qkd-station %s starting: station %s (%s), %s clock%s", __version__,
                  cfg.station_id, cfg.site.name, clock.source,
                  f" from {cfg.clock.start:%Y-%m-%dT%H:%M:%SZ} ×{cfg.clock.speed}"
                  if cfg.clock.mode == "simulated" else "")
         try:
-            ctx = StationContext.build(cfg, clock, alarms)
+            ctx, supervisor, mqtt = assemble(cfg, clock, beat_period_s=beat_period_s(self.notifier))
         except (ValueError, OSError) as exc:
             log.error("cannot build the station from %s: %s", self.config_path, exc)
             return EXIT_CONFIG
-        heartbeat = Heartbeat()
-        supervisor = Supervisor(ctx, heartbeat=heartbeat, beat_period_s=beat_period_s(self.notifier),
-                                status_hook=self.notifier.status)
-        mqtt = MqttService(cfg, clock, supervisor)
-        supervisor.publisher = mqtt
-        alarms.set_sink(mqtt.publish_alarm)
+        heartbeat = supervisor.heartbeat
+        assert heartbeat is not None
+        supervisor.status_hook = self.notifier.status
         try:
             await ctx.pipeline.start()
         except Exception as exc:
@@ -130,6 +127,19 @@ class Daemon:
             if restart:
                 log.warning("changes to [%s] take effect after a restart", ", ".join(restart))
             log.info("configuration reloaded")
+
+
+def assemble(cfg: StationConfig, clock: Clock, *, beat_period_s: float = 1.0,
+             ) -> tuple[StationContext, Supervisor, MqttService]:
+    """Build the station's parts and wire them: devices and pipeline, the supervisor (which
+    is also the command handler), the MQTT service it publishes through, and the alarms."""
+    alarms = AlarmBook(clock.now)
+    ctx = StationContext.build(cfg, clock, alarms)
+    supervisor = Supervisor(ctx, heartbeat=Heartbeat(), beat_period_s=beat_period_s)
+    mqtt = MqttService(cfg, clock, supervisor)
+    supervisor.publisher = mqtt
+    alarms.set_sink(mqtt.publish_alarm)
+    return ctx, supervisor, mqtt
 
 
 def run_daemon(config_path: str | Path) -> int:

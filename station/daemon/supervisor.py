@@ -35,6 +35,7 @@ from station.mqtt.messages import (
     PassDecision,
     PassRef,
     PassSummary,
+    PhaseTransition,
     ScheduledPass,
     ScheduleMessage,
     StateMessage,
@@ -78,6 +79,8 @@ class Supervisor:
         self._state = StationState(mode=self.mode, updated=ctx.clock.now())
         self._pending_resume: tuple[PassState, int] | None = None
         self._disk_full = False
+        #: Set each time a pass ends (tests and rehearsals wait on it).
+        self.pass_finished = asyncio.Event()
         ctx.alarms.set_sink(getattr(self.publisher, "publish_alarm", None))
 
     # == the loop ============================================================================
@@ -206,8 +209,7 @@ class Supervisor:
         if p is None or now_s < p.aos_s - p.lead_time_s:
             return None
         if self._disk_full:
-            self.done[p.pass_id] = Outcome.SKIPPED
-            self._skip_summary(p, "disk nearly full: no new passes are accepted")
+            self._skip(p, "disk nearly full: no new passes are accepted")
             return None
         return p
 
@@ -230,6 +232,7 @@ class Supervisor:
             return
         self.reports.append(report)
         self.done[report.pass_id] = report.outcome
+        self.pass_finished.set()
         self._state = stamp(self._state, self.ctx.clock.now(), phase=Phase.IDLE, current_pass=None)
         self._save_state()
         if report.go_safe:
@@ -239,7 +242,7 @@ class Supervisor:
         del runner
 
     def _on_phase(self, phase: Phase, runner: PassRunner) -> None:
-        self.phase = phase
+        previous, self.phase = self.phase, phase
         entry = runner.entry
         now = self.ctx.clock.now()
         if phase == Phase.IDLE:
@@ -256,6 +259,9 @@ class Supervisor:
         self._state = stamp(self._state, now, phase=phase, current_pass=current)
         self._save_state()
         log.info("pass %s: phase %s", entry.pass_id, phase.value)
+        self.publisher_call("publish_transition", PhaseTransition(
+            time=now, pass_id=entry.pass_id, satellite=entry.satellite, segment=runner.segment,
+            from_phase=previous, to_phase=phase, mode=self.mode))
         self.status_hook(f"{self.mode.value}: {phase.value} {entry.satellite} {entry.pass_id}")
         self._publish_state()
 
@@ -266,14 +272,22 @@ class Supervisor:
                                 current_pass=cur.model_copy(update={"pass_file": path}))
             self._save_state()
 
-    def _skip_summary(self, p: PlannedPass, reason: str) -> None:
+    def _skip(self, p: PlannedPass, reason: str) -> None:
+        """Skip a pass before anything moves: alarm, summary, report."""
         log.error("pass %s skipped: %s", p.pass_id, reason)
         self.ctx.alarms.raise_("pass.skipped", Severity.WARNING, f"{p.pass_id}: {reason}",
                                pass_id=p.pass_id)
+        report = PassReport(pass_id=p.pass_id, satellite=p.satellite, norad_id=p.norad_id,
+                            outcome=Outcome.SKIPPED, reason=reason, planned_aos=p.aos,
+                            planned_los=p.los, qkd_start=p.qkd_start, qkd_end=p.qkd_end)
         self.publisher_call("publish_summary", PassSummary(
             pass_id=p.pass_id, satellite=p.satellite, norad_id=p.norad_id,
             outcome=Outcome.SKIPPED, reason=reason, planned_aos=p.aos, planned_los=p.los,
             max_el_deg=p.max_el_deg))
+        self.reports.append(report)
+        self.done[p.pass_id] = Outcome.SKIPPED
+        self.pass_finished.set()
+        self.publisher_call("publish_schedule", self._schedule_message())
 
     async def abort_current(self, reason: str, *, go_safe: bool = False) -> PassReport | None:
         """Abort the pass in progress and wait for it to finalize and park."""

@@ -224,6 +224,19 @@ class AlarmMessage(Payload):
     pass_id: str | None = Field(None, description="Pass during which it happened.")
 
 
+class PhaseTransition(Payload):
+    """``transitions``: one message per pass phase change (not retained, QoS 1, kept until
+    sent), so a dashboard sees every phase even when ``state`` updates were coalesced."""
+
+    time: UtcTime = Field(description="When the phase began (station clock).")
+    pass_id: str = Field(description="Id of the pass.")
+    satellite: str = Field(description="Satellite name.")
+    segment: int = Field(1, ge=1, description="1, or 2, 3 ... for a pass resumed after a crash.")
+    from_phase: Phase = Field(description="Phase left.")
+    to_phase: Phase = Field(description="Phase entered: prepare | track | finalize | park | idle.")
+    mode: Mode = Field(description="Operating mode at the time.")
+
+
 class TrackingErrorStats(Payload):
     rms_arcsec: float = Field(ge=0, description="RMS tracking error while tracking.")
     p95_arcsec: float = Field(ge=0, description="95th percentile.")
@@ -370,6 +383,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "pass": PassProgress,
     "health": HealthMessage,
     "alarm": AlarmMessage,
+    "transition": PhaseTransition,
     "pass_summary": PassSummary,
     "reply": CommandReply,
     **{f"cmd_{verb}": model for verb, model in COMMANDS.items()},

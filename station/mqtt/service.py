@@ -51,6 +51,7 @@ from station.mqtt.messages import (
     MountTelemetry,
     PassProgress,
     PassSummary,
+    PhaseTransition,
     ScheduleMessage,
     StateMessage,
     Status,
@@ -281,6 +282,10 @@ class MqttService:
         if not isinstance(alarm, AlarmMessage):
             alarm = AlarmMessage.model_validate(alarm.model_dump())
         self._put_reliable(self.topic("alarms"), alarm.to_json())
+
+    def publish_transition(self, transition: PhaseTransition) -> None:
+        """One pass phase change on ``transitions`` (QoS 1, not retained, kept until sent)."""
+        self._put_reliable(self.topic("transitions"), transition.to_json())
 
     def publish_summary(self, summary: PassSummary) -> None:
         """A finished pass's summary on ``passes/<pass_id>/summary`` (retained, kept until sent)."""
