@@ -127,10 +127,12 @@ class PassRecorder:
         if self._closing:
             raise RuntimeError(f"pass {self.pass_id} is closed; batch {batch.info.seq} refused")
         await self._slots.acquire()
-        if self._done.done():  # the writer thread died: nothing would record this batch
+        if self._closing or self._done.done():
+            # Closed while we waited, or the writer died: nothing would record this batch.
             self._slots.release()
-            raise RuntimeError(f"pass {self.pass_id}: the writer has stopped "
-                               f"({self._done.exception()})")
+            why = "is closed" if self._closing else \
+                f"cannot record: its writer stopped ({self._done.exception()})"
+            raise RuntimeError(f"pass {self.pass_id} {why}; batch {batch.info.seq} refused")
         self._depth += 1
         self._q.put(batch)
 

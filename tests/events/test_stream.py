@@ -233,3 +233,28 @@ async def test_consumer_presence_is_reported(pipeline: EventPipeline, tmp_path: 
             break
         await asyncio.sleep(0.005)
     assert not pipeline.consumer_connected
+
+
+async def test_bounded_queue_pushes_wait_and_nothing_is_dropped(tmp_path: Path) -> None:
+    cfg = EventsConfig(stream_endpoint="tcp://127.0.0.1:*", max_queue_batches=2)
+    pipeline = EventPipeline(cfg, state_dir=tmp_path / "state")
+    await pipeline.start()
+    try:
+        rec = pipeline.open_pass(header())
+        batches = make_batches(200, seed=6)
+        depths = []
+        for b in batches:
+            await rec.push(b)
+            depths.append(rec.stats().queue_depth)
+        totals = await rec.close()
+        late = make_batches(1)[0]
+        try:
+            await rec.push(late)
+            raise AssertionError("push after close must be refused")
+        except RuntimeError as exc:
+            assert "closed" in str(exc)
+    finally:
+        await pipeline.stop()
+    assert max(depths) <= 2
+    assert totals.batches_recorded == 200 and totals.events_lost == 0
+    assert_same_batches(totals.path, batches)
