@@ -190,6 +190,10 @@ def mask_max_deg(site: SiteConfig, az_lo: float, az_hi: float) -> float:
     return float(np.max(site.horizon_min_el_deg(np.asarray(probes))))
 
 
+#: How far outside its travel a position reading may be and still count as at the stop.
+READING_TOLERANCE_DEG = 0.01
+
+
 class GatedMount:
     """The mount as the station sees it: a backend behind the safety gate.
 
@@ -265,12 +269,32 @@ class GatedMount:
     async def position(self) -> MountPosition:
         """Read the axes; the reading also narrows where the gate thinks the mount may be."""
         async with asyncio.timeout(self.command_timeout_s):
-            pos = await self.__backend.position()
+            pos = self._within_travel(await self.__backend.position())
         self._last_pos = pos
         self._readings.append(pos)
         # The mount may still be moving to the latest target.
         self._since_read = self._since_read[-1:]
         return pos
+
+    def _within_travel(self, pos: MountPosition) -> MountPosition:
+        """A reading a hair outside the travel (encoder noise at a hard stop, e.g. 90.0001°
+        at the zenith park) is the limit itself: the axis cannot be beyond its stop, and
+        taking the noise literally would make every move from there "leave the travel".
+        Readings further out are kept as they are, so a real fault still shows."""
+        lim = self.limits
+        az, el = pos.az_deg, pos.el_deg
+        tol = READING_TOLERANCE_DEG
+        if lim.az_max_deg < az <= lim.az_max_deg + tol:
+            az = lim.az_max_deg
+        elif lim.az_min_deg - tol <= az < lim.az_min_deg:
+            az = lim.az_min_deg
+        if lim.el_axis_max_deg < el <= lim.el_axis_max_deg + tol:
+            el = lim.el_axis_max_deg
+        elif lim.el_axis_min_deg - tol <= el < lim.el_axis_min_deg:
+            el = lim.el_axis_min_deg
+        if (az, el) == (pos.az_deg, pos.el_deg):
+            return pos
+        return MountPosition(az_deg=az, el_deg=el, time_s=pos.time_s)
 
     async def status(self) -> MountStatus:
         async with asyncio.timeout(self.command_timeout_s):
