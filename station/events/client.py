@@ -216,7 +216,7 @@ class StreamClient:
                     if time.monotonic() - self._last_heard_s > self.timeout_s:
                         log.warning("no word from %s for %.0f s; reconnecting", self.endpoint,
                                     self.timeout_s)
-                        self._reconnect(want)
+                        want = self._reconnect(want)
                     else:
                         sock.send(encode(Ping()))
                     continue
@@ -246,6 +246,10 @@ class StreamClient:
                         self._hello(None)
                     elif pass_id is not None:
                         return
+                elif isinstance(msg, Error) and msg.code == "no_session":
+                    log.info("the station has no session for us (it restarted?); hello again")
+                    want = self._cur.rp.pass_id if self._cur is not None else want
+                    self._hello(want)
                 elif isinstance(msg, Error):
                     raise StreamError(f"station refused: {msg.code}: {msg.message}", msg.code,
                                       msg.pass_id)
@@ -254,7 +258,7 @@ class StreamClient:
         finally:
             self._disconnect()
 
-    def _reconnect(self, want: str | None) -> None:
+    def _reconnect(self, want: str | None) -> str | None:
         self._disconnect()
         self.reconnects += 1
         if self._cur is not None:
@@ -262,6 +266,7 @@ class StreamClient:
             want = self._cur.rp.pass_id
         self._connect()
         self._hello(want)
+        return want
 
     def _begin(self, msg: PassBegin, want: str | None) -> object:
         cur = self._cur

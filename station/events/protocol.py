@@ -144,7 +144,7 @@ class Passes(_Msg):
 
 
 ErrorCode = Literal["bad_request", "protocol_version", "unknown_pass", "bad_resume",
-                    "superseded", "internal"]
+                    "superseded", "no_session", "internal"]
 
 
 class Error(_Msg):

@@ -122,7 +122,8 @@ class PassSource:
         totals = side.get("totals") or {}
         lost = [Lost.model_validate(x) for x in totals.get("lost_batches", [])]
         src.end = build_pass_end(stem, src.entries, lost, outcome=totals.get("outcome", side.get("state", "")),
-                                 reason=totals.get("reason", ""), complete=scan.stop.complete)
+                                 reason=totals.get("reason", ""),
+                                 complete=scan.stop.complete and side.get("state") != "interrupted")
         return src
 
 

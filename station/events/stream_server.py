@@ -233,11 +233,18 @@ class StreamServer:
         session = self._sessions.get(identity)
         if session is not None:
             session.last_seen_s = now
+        if session is None and isinstance(msg, Ack | Ping):
+            # The station restarted (or the session timed out): the consumer must say hello
+            # again, with the sequence number it holds.
+            self._error(identity, "no_session", "no session for this connection (the station "
+                        "restarted or the consumer was silent too long): send hello again")
+            return
         if isinstance(msg, Hello):
             self._hello(identity, msg, now)
         elif isinstance(msg, Ack):
-            if session is None or session.source is None or msg.pass_id != session.source.pass_id:
-                return  # a late ack for an earlier session: harmless
+            assert session is not None
+            if session.source is None or msg.pass_id != session.source.pass_id:
+                return  # a late ack for an earlier pass of this session: harmless
             if msg.seq >= session.next_seq:
                 self._error(identity, "bad_request",
                             f"ack of seq {msg.seq} but only up to {session.next_seq - 1} was sent",

@@ -1,6 +1,6 @@
 """A daemon-like process for the crash test: records batches forever until SIGKILLed.
 
-usage: python _recorder.py STATE_DIR
+usage: python _recorder.py STATE_DIR [ENDPOINT]
 Prints one JSON line of recorder stats after every batch it knows is in the file.
 """
 
@@ -18,8 +18,8 @@ from station.events import EventPipeline
 from tests.events.conftest import header, make_batches
 
 
-async def main(state_dir: Path) -> None:
-    pipeline = EventPipeline(EventsConfig(stream_endpoint="tcp://127.0.0.1:*",
+async def main(state_dir: Path, endpoint: str) -> None:
+    pipeline = EventPipeline(EventsConfig(stream_endpoint=endpoint,
                                           flush_interval_s=0.05), state_dir=state_dir)
     await pipeline.start()
     rec = pipeline.open_pass(header())
@@ -34,4 +34,4 @@ async def main(state_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1])))
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "tcp://127.0.0.1:*"))
