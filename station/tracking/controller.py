@@ -342,7 +342,6 @@ class Tracker:
                 skip = int(late / period)
                 stats.skipped_ticks += skip
                 k += skip
-            lateness.append(late)
             pos = await self.gated.position()
             paz, pel = plan.point_at(pos.time_s)
             saz, sel = plan.sky_at(pos.time_s)
@@ -359,7 +358,10 @@ class Tracker:
                     log.warning("pass %s: %.2f° off the track, intercepting again",
                                 plan.pass_id, last_err_deg)
             # Command after reading: Hamlib's dummy rotator, for one, only advances its
-            # simulated motion from a command to the next reading.
+            # simulated motion from a command to the next reading. Lateness is that of
+            # the command against its schedule.
+            late = self.clock.now_s() - t_k
+            lateness.append(late)
             try:
                 if program:
                     if now >= chunk_end - cfg.program_chunk_s / 2:
