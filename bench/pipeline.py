@@ -102,7 +102,7 @@ def consumer(endpoint: str, result: Any, window: int, nice: int) -> None:
 async def run_pipeline(args: argparse.Namespace, pool: list[np.ndarray], n_batches: int,
                        state: Path) -> dict[str, Any]:
     cfg = EventsConfig(stream_endpoint="tcp://127.0.0.1:*", compression=args.compression,
-                       flush_interval_s=args.flush_interval)
+                       flush_interval_s=args.flush_interval, encoder_threads=args.encoders)
     pipeline = EventPipeline(cfg, state_dir=state)
     await pipeline.start()
     mpctx = mp.get_context("spawn")
@@ -185,6 +185,7 @@ def main() -> None:
                     help="nominal tagger rate, sets each batch's tagger-time span (events/s)")
     ap.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     ap.add_argument("--flush-interval", type=float, default=1.0)
+    ap.add_argument("--encoders", type=int, default=2, help="encoder threads (default 2)")
     ap.add_argument("--window", type=int, default=64, help="consumer window (batches)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--consumer-nice", type=int, default=0,
@@ -220,7 +221,8 @@ def main() -> None:
     cpus = os.cpu_count()
     load = os.getloadavg()
     print(f"pipeline bench: {n_batches} batches x {args.batch:,} events = {n_events:,} events, "
-          f"compression {args.compression}, flush every {args.flush_interval:g} s; "
+          f"compression {args.compression} ({args.encoders} encoder threads), "
+          f"flush every {args.flush_interval:g} s; "
           f"{cpus} CPUs, load average {load[0]:.1f} (shared machine: figures are lower bounds)")
     print(f"  pipeline (file + stream to a consumer process): {rate / 1e6:8.1f} M events/s  "
           f"{rate * BYTES_PER_EVENT / 1e6:8.1f} MB/s of events  ({wall:.2f} s)")

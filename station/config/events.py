@@ -29,6 +29,9 @@ class EventsConfig(Strict):
         64, ge=1, le=100_000,
         description="Batches queued for the writer before push() waits (backpressure to the "
         "tagger); bounds the memory and the data held only in memory.")
+    encoder_threads: int = Field(
+        2, ge=1, le=16,
+        description="Threads compressing batches in parallel (the writer keeps their order).")
     cache_batches: int = Field(
         32, ge=0, le=100_000,
         description="Recent batches kept in memory for the stream; older ones are read back "

@@ -162,6 +162,33 @@ class _Capture:
         return parts
 
 
+class BatchEncoder:
+    """Turns one batch into the bytes of its Arrow IPC record-batch message.
+
+    A record-batch message does not depend on the ones before it (no dictionaries here),
+    so several encoders with the same schema can compress batches in parallel and the
+    file writer concatenates their bytes in order. One encoder per thread."""
+
+    def __init__(self, schema: pa.Schema, compression: str | None = "lz4"):
+        self.schema = schema
+        # Compress on the calling (pipeline, lower-priority) thread, not in Arrow's own pool.
+        opts = ipc.IpcWriteOptions(
+            compression=None if compression in (None, "none") else compression, use_threads=False)
+        self._capture = _Capture()
+        self._writer = ipc.new_stream(self._capture, schema, options=opts)
+        # The writer emits the schema with its first batch: let it do so now on an empty
+        # batch and drop those bytes (the file writer writes the schema itself).
+        self._writer.write_batch(pa.record_batch(
+            [pa.array([], pa.int64()), pa.array([], pa.uint8())], schema=schema))
+        self._capture.take()
+
+    def encode(self, ts: np.ndarray, ch: np.ndarray, md: dict[str, str]) -> list[Any]:
+        rb = pa.record_batch([pa.array(ts, pa.int64()), pa.array(ch, pa.uint8())],
+                             schema=self.schema)
+        self._writer.write_batch(rb, custom_metadata=md)
+        return self._capture.take()
+
+
 class PassFileWriter:
     """Appends record batches to a pass file; never leaves a partial batch behind.
 
@@ -173,16 +200,8 @@ class PassFileWriter:
                  append: bool = False):
         self.path = Path(path)
         self.schema = schema_for(metadata)
-        # Compress on the calling (pipeline, lower-priority) thread, not in Arrow's own pool.
-        opts = ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression,
-                                   use_threads=False)
-        self._capture = _Capture()
-        self._writer = ipc.new_stream(self._capture, self.schema, options=opts)
-        # The writer emits the schema with its first batch: let it do so now on an empty
-        # batch, and drop those bytes; the schema goes to disk below (same bytes).
-        self._writer.write_batch(pa.record_batch(
-            [pa.array([], pa.int64()), pa.array([], pa.uint8())], schema=self.schema))
-        self._capture.take()
+        self.compression = compression
+        self._encoder = BatchEncoder(self.schema, compression)
         self.bytes_unsynced = 0
         if append and self.path.exists():
             scan = scan_pass_file(self.path)
@@ -213,10 +232,7 @@ class PassFileWriter:
 
         Lets a pipeline compress the next batch while the previous one is being written;
         :meth:`encode` calls must be made from one thread, in file order."""
-        rb = pa.record_batch([pa.array(ts, pa.int64()), pa.array(ch, pa.uint8())],
-                             schema=self.schema)
-        self._writer.write_batch(rb, custom_metadata=md)
-        return self._capture.take()
+        return self._encoder.encode(ts, ch, md)
 
     def append(self, parts: list[Any]) -> tuple[int, int]:
         """Write the bytes of one :meth:`encode` d batch; same contract as :meth:`write`."""

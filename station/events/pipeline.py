@@ -44,6 +44,17 @@ _PS_PER_S = 1_000_000_000_000
 _CLOSE = object()
 
 
+class _Item:
+    """A batch on its way: encoded by any encoder thread, written in push order."""
+
+    __slots__ = ("batch", "done", "result")
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        self.done = threading.Event()
+        self.result: tuple[Any, ...] = ()
+
+
 class PassTotals(BaseModel):
     """What one recorded pass (segment) amounts to."""
 
@@ -111,13 +122,18 @@ class PassRecorder:
         self._disk_error: str | None = None
         self._last_sync_end_ps: int | None = None
         self._unsynced_since: float | None = None
-        # Two stages, so compressing batch n+1 overlaps writing batch n.
-        self._encoded: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self._encoder = threading.Thread(target=self._run_encoder,
-                                         name=f"pass-encoder-{self.pass_id}", daemon=True)
+        # Encoders compress batches in parallel while the writer appends them in order:
+        # _q feeds the encoders, _order gives the writer the batches in push order.
+        self._order: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._encoders = [
+            threading.Thread(target=self._run_encoder,
+                             args=(passfile.BatchEncoder(self._writer.schema, cfg.compression),),
+                             name=f"pass-encoder{i}-{self.pass_id}", daemon=True)
+            for i in range(cfg.encoder_threads)]
         self._thread = threading.Thread(target=self._run, name=f"pass-writer-{self.pass_id}",
                                         daemon=True)
-        self._encoder.start()
+        for t in self._encoders:
+            t.start()
         self._thread.start()
 
     # -- loop side ----------------------------------------------------------------------
@@ -134,7 +150,9 @@ class PassRecorder:
                 f"cannot record: its writer stopped ({self._done.exception()})"
             raise RuntimeError(f"pass {self.pass_id} {why}; batch {batch.info.seq} refused")
         self._depth += 1
-        self._q.put(batch)
+        item = _Item(batch)
+        self._order.put(item)
+        self._q.put(item)
 
     async def close(self, outcome: str = "completed", reason: str = "") -> PassTotals:
         """Write what is queued, close the file (end-of-stream marker, fsync, sidecar) and
@@ -142,7 +160,9 @@ class PassRecorder:
         if not self._closing:
             self._closing = True
             self._t.outcome, self._t.reason = outcome, reason
-            self._q.put(_CLOSE)
+            self._order.put(_CLOSE)
+            for _ in self._encoders:
+                self._q.put(_CLOSE)
         totals = await asyncio.wrap_future(self._done)
         if self._pipeline.recorders.get(self.pass_id) is self:
             del self._pipeline.recorders[self.pass_id]
@@ -163,22 +183,23 @@ class PassRecorder:
         self._depth -= 1
         self._slots.release()
 
-    def _run_encoder(self) -> None:
+    def _run_encoder(self, encoder: passfile.BatchEncoder) -> None:
         lower_priority()
         while True:
             item = self._q.get()
             if item is _CLOSE:
-                self._encoded.put(_CLOSE)
                 return
-            info = item.info
+            info = item.batch.info
             try:
-                ts, ch = passfile.columns_of(item.events)
+                ts, ch = passfile.columns_of(item.batch.events)
                 md = passfile.batch_metadata(info)
-                self._encoded.put((info, ts, ch, md, self._writer.encode(ts, ch, md)))
+                item.result = (info, ts, ch, md, encoder.encode(ts, ch, md))
             except Exception as exc:  # never seen; but a batch that cannot be encoded is
                 # counted as lost like one the disk refused, and recording goes on
                 log.exception("pass %s: cannot encode batch %d", self.pass_id, info.seq)
-                self._encoded.put((info, np.empty(len(item.events), np.int64), None, None, exc))
+                item.result = (info, np.empty(len(item.batch.events), np.int64), None, None, exc)
+            finally:
+                item.done.set()
 
     def _run(self) -> None:
         lower_priority()
@@ -191,14 +212,15 @@ class PassRecorder:
                     timeout = max(0.0, self._unsynced_since + self._flush_interval_s
                                   - time.monotonic())
                 try:
-                    item = self._encoded.get(timeout=timeout)
+                    item = self._order.get(timeout=timeout)
                 except queue.Empty:
                     self._sync()
                     continue
                 if item is _CLOSE:
                     break
+                item.done.wait()
                 try:
-                    self._record(item)
+                    self._record(item.result)
                 finally:
                     self._call_loop(self._release)
             self._finish()
