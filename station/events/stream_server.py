@@ -156,8 +156,13 @@ class StreamServer:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:
+            # A late notify() must never write into a reused descriptor number.
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+        if wake_w >= 0:
+            os.close(wake_r)
+            os.close(wake_w)
 
     def register(self, source: PassSource) -> None:
         """A pass starts recording: follow-mode consumers get it."""
@@ -168,10 +173,13 @@ class StreamServer:
 
     def notify(self) -> None:
         """Something changed (new batch, pass closed): wake the server thread."""
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending (or we are shutting down)
+        with self._lock:
+            if self._wake_w < 0:
+                return  # stopped
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # the pipe is full: a wake-up is already pending
 
     # -- server thread ---------------------------------------------------------------------
     def _run(self) -> None:
