@@ -12,8 +12,6 @@ import pytest
 from station.cli import main
 from tests.conftest import find_tool, free_port, subprocess_env, wait_for_port
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def position(out: str) -> tuple[float, float]:
     m = re.search(r"position   az (-?[\d.]+)°, el (-?[\d.]+)°", out)
@@ -101,28 +99,28 @@ def rotctld_port() -> Iterator[int]:
             proc.wait(5)
 
 
-def test_rotctld_commissioning_session(tmp_path: Path, rotctld_port: int) -> None:
-    """As an operator would, in a shell, against the real rotctld and the real clock."""
+def test_rotctld_commissioning_session(tmp_path: Path, rotctld_port: int,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """As an operator would, against the real rotctld and the real clock."""
     cfg = write_config(tmp_path, backend="rotctld", options=f"port = {rotctld_port}",
                        park_el=20, clock_mode="real", clock_extra="")
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(REPO / ".venv/bin/qkd-station"), "mount", *args, "--config", cfg],
-                              capture_output=True, text=True, timeout=60, env=subprocess_env(),
-                              cwd=REPO)
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["mount", *args, "--config", cfg])
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    status = cli("status")
-    assert status.returncode == 0, status.stderr
-    assert "rotctld (connected)" in status.stdout and "travel     az -180…450°" in status.stdout
+    code, out, err = cli("status")
+    assert code == 0, err
+    assert "rotctld (connected)" in out and "travel     az -180…450°" in out
     # The dummy starts at (0°, 0°), under the mask: only a straight raise is allowed.
-    refused = cli("goto", "90", "30")
-    assert refused.returncode == 3 and "raise it first" in refused.stderr
-    raised = cli("goto", "0", "12", "--timeout-s", "20")
-    assert raised.returncode == 0, raised.stderr
-    az, el = position(raised.stdout)
+    code, out, err = cli("goto", "90", "30")
+    assert code == 3 and "raise it first" in err
+    code, out, err = cli("goto", "0", "12", "--timeout-s", "20")
+    assert code == 0, err
+    az, el = position(out)
     assert abs(az) <= 0.05 and abs(el - 12) <= 0.05
-    parked = cli("park", "--timeout-s", "20")
-    assert parked.returncode == 0, parked.stderr
-    assert "(parked)" in parked.stdout
-    stopped = cli("stop")
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    code, out, err = cli("park", "--timeout-s", "20")
+    assert code == 0 and "(parked)" in out, err
+    code, out, err = cli("stop")
+    assert code == 0 and "stopped" in out

@@ -374,7 +374,7 @@ async def run_scenario(sc: Scenario) -> tuple[int, int]:
     return gate.accepted_count, gate.refused_count
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=scenarios())
 def test_no_violating_command_reaches_the_mount(sc: Scenario) -> None:
     asyncio.run(run_scenario(sc))

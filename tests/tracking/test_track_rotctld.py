@@ -74,7 +74,7 @@ async def test_micius_stretch_at_real_speed(
     assert gate.limits.az_min_deg == -180 and gate.limits.az_max_deg == 450   # from dump_caps
     cfg = TrackingConfig(mode="auto")               # rotctld has no program track: streams
     plan = plan_track(micius, xinglong, MICIUS_AOS, MICIUS_LOS, limits=gate.limits,
-                      tracking=cfg, from_az_deg=0.0).window(MICIUS_AOS, MICIUS_AOS + 8)
+                      tracking=cfg, from_az_deg=0.0).window(MICIUS_AOS, MICIUS_AOS + 5)
     tracker = Tracker(gate, clock, cfg)
     samples: list[TrackingSample] = []
     reader = asyncio.create_task(collect(tracker.subscribe(), samples))
