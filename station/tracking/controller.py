@@ -452,7 +452,12 @@ class Tracker:
         i0 = max(0, int(np.searchsorted(t, now - 1.0, side="right")) - 1)
         i1 = min(len(t), int(np.searchsorted(t, now + self.cfg.program_chunk_s, side="right")) + 1)
         i1 = max(i1, min(len(t), i0 + 2))
-        pts = [TrackPoint(float(t[i]), float(plan.az_deg[i]), float(plan.el_deg[i]))
-               for i in range(i0, i1)]
+        # Keyhole plans are sampled every 0.1 s; 0.5 s is plenty for the controller's
+        # interpolation and keeps the gate's per-segment checks short on the event loop.
+        step = max(1, int(round(0.5 / max(float(t[1] - t[0]), 1e-3)))) if len(t) > 1 else 1
+        idx = list(range(i0, i1, step))
+        if idx[-1] != i1 - 1:
+            idx.append(i1 - 1)
+        pts = [TrackPoint(float(t[i]), float(plan.az_deg[i]), float(plan.el_deg[i])) for i in idx]
         await self.gated.load_track(pts)
         return float(t[i1 - 1]) if i1 < len(t) else math.inf

@@ -90,8 +90,9 @@ async def test_micius_stretch_at_real_speed(
         await reader
         await gate.close()
     assert stats.outcome == "complete" and stats.refused_commands == 0 and stats.parked
-    # 0.01° reporting steps plus up to one 50 ms command step at <= 0.3°/s: < 0.05°.
-    assert stats.rms_error_arcsec < 180.0
+    # Half a 0.01° reporting step (18") plus up to one 50 ms command step at the pass's
+    # <= 0.3°/s here (54"): < 72" (measured: ~27" RMS, ~43" max).
+    assert stats.rms_error_arcsec < 72.0
     assert stats.acquired_at_s is not None
     assert [s for s in samples if s.phase == "tracking"]
 
