@@ -13,7 +13,9 @@ Simulated modes
     deadline: a pass runs as fast as the CPU allows, still in causal order. Work handed
     to threads with ``asyncio.to_thread`` / ``run_in_executor(None, ...)`` counts as
     "not waiting": the clock installs a counting default executor and does not jump while
-    any such work is in flight (a track being planned must not see AOS fly past).
+    any such work is in flight (a track being planned must not see AOS fly past). So
+    never park a long-lived blocking loop in the default executor under this clock; give
+    it a thread of its own.
 ``manual=True``
     Time only moves when a test calls :meth:`SimClock.advance` / :meth:`SimClock.advance_to`.
 """
@@ -118,6 +120,7 @@ class SimClock(Clock):
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._counter = itertools.count()
         self._jumper: asyncio.Task[None] | None = None
+        self._executor_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def speed(self) -> float:
@@ -125,6 +128,8 @@ class SimClock(Clock):
 
     def now_s(self) -> float:
         if self._jump:
+            if not self.manual and self._executor_loop is None and _has_loop():
+                self._install_executor()
             return self._now_s
         loop = asyncio.get_running_loop() if _has_loop() else None
         if loop is None:
@@ -190,10 +195,21 @@ class SimClock(Clock):
             if not fut.done():
                 fut.set_result(None)
 
-    def _ensure_jumper(self) -> None:
+    def _install_executor(self) -> None:
+        """Make the loop's default executor count its work (see the module docstring).
+
+        Done at the clock's first use inside the loop, before anyone hands work to a
+        thread: work already running in another executor would be invisible to the jumper.
+        """
         loop = asyncio.get_running_loop()
         if not isinstance(getattr(loop, "_default_executor", None), CountingExecutor):
             loop.set_default_executor(CountingExecutor(thread_name_prefix="simclock-worker"))
+        self._executor_loop = loop
+
+    def _ensure_jumper(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._executor_loop is not loop:
+            self._install_executor()
         if self._jumper is None or self._jumper.done():
             self._jumper = loop.create_task(self._jump_when_idle(), name="simclock-autojump")
 
