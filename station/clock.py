@@ -29,8 +29,8 @@ import math
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 
 def to_epoch_s(when: datetime | float) -> float:
