@@ -1,0 +1,79 @@
+"""SIGKILL in the middle of the track phase, then a restart: the daemon recovers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from station.events import read_pass_file
+from tests.conftest import Broker
+from tests.daemon.conftest import copy_sim_config
+
+MICIUS = "41731-20161219T164844Z"
+SPEED = 20.0
+
+
+def wait_for_file(path: Path, predicate, timeout_s: float = 60.0) -> dict:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(path.read_text())
+            if predicate(data):
+                return data
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never matched; last: {path.read_text() if path.exists() else None}")
+
+
+def test_sigkill_mid_track_then_restart_recovers_and_resumes(
+        mosquitto: Broker, start_daemon, tmp_path: Path) -> None:
+    config = copy_sim_config(tmp_path)
+    state_file = tmp_path / "state" / "state.json"
+    env = {"QKD_STATION__OPERATIONS__READINESS__STREAM_CONSUMER": "off"}
+    d = start_daemon(mqtt_port=mosquitto.port, config=config, clock_start="2016-12-19T16:46:20Z",
+                     speed=SPEED, env=env)
+    # Into the QKD window (16:49:57), with some seconds of events flushed (flush ≤ 1 s wall).
+    d.wait_log("acquisition started", timeout_s=60)
+    state = wait_for_file(state_file, lambda s: s["phase"] == "track")
+    first_file = Path(state["current_pass"]["pass_file"])
+    time.sleep(2.5)  # wall time for the writer to flush a few batches; the bound is 1 s
+    d.signal(signal.SIGKILL)
+    d.wait(10)
+    killed_state = json.loads(state_file.read_text())
+    assert killed_state["phase"] == "track" and not killed_state["clean_shutdown"]
+    _, before, stop = read_pass_file(first_file)
+    assert before, "nothing was flushed before the kill"
+    flushed_end_s = max(b.info.start_time_s + (b.info.end_ps - b.info.start_ps) / 1e12
+                        for b in before)
+
+    # Restart a little later in the same night: the QKD window (to 16:54:30) is still open.
+    restart_at = "2016-12-19T16:51:30Z"
+    d2 = start_daemon(mqtt_port=mosquitto.port, config=config, clock_start=restart_at,
+                      speed=SPEED, env=env)
+    d2.wait_log("resuming in segment 2", timeout_s=60)
+    d2.wait_log(f"pass {MICIUS}: phase idle", timeout_s=120)
+    d2.signal(signal.SIGTERM)
+    assert d2.wait(20) == 0
+    log = d2.log()
+    assert f"the daemon stopped during track of pass {MICIUS}" in log
+
+    # The interrupted file keeps every complete batch and is marked interrupted.
+    _, after, stop_after = read_pass_file(first_file)
+    assert [b.info.seq for b in after] == [b.info.seq for b in before]
+    assert stop_after.complete  # recovery closed it properly
+    sidecar = json.loads(first_file.with_suffix(".json").read_text())
+    assert sidecar["state"] == "interrupted"
+    # The part of the QKD window (from 16:49:57) recorded before the kill is in the file.
+    assert flushed_end_s > 1482166197.0
+
+    # Segment 2 recorded the rest of the window in a file of its own.
+    second = first_file.with_name(f"{MICIUS}-s2.arrows")
+    header, seg2, stop2 = read_pass_file(second)
+    assert stop2.complete and seg2
+    assert json.loads(header["qkd.header"])["segment"] == 2
+    assert min(b.info.start_time_s for b in seg2) >= flushed_end_s
+    final = json.loads(state_file.read_text())
+    assert final["phase"] == "idle" and final["clean_shutdown"]
