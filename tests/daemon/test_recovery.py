@@ -15,7 +15,7 @@ MICIUS = "41731-20161219T164844Z"
 SPEED = 20.0
 
 
-def wait_for_file(path: Path, predicate, timeout_s: float = 60.0) -> dict:  # noqa: ANN001
+def wait_for_file(path: Path, predicate, timeout_s: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
