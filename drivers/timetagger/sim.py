@@ -690,6 +690,8 @@ class SimTimeTagger(TimeTagger):
         self._connected = False
         self._running = False
         self._stop_event: asyncio.Event | None = None
+        #: Clock time of the last stop(): batches() delivers everything up to it.
+        self._stop_at_s: float | None = None
         self._sleeper: asyncio.Future[None] | None = None
         self._link_dirty = False
         self._channels_dirty = False
@@ -791,11 +793,14 @@ class SimTimeTagger(TimeTagger):
         self._rates.add_channels([int(c) for c in Channel])
         self.totals = {"events": 0, "missed_events": 0, "batches": 0}
         self._stop_event = asyncio.Event()
+        self._stop_at_s = None
         self._running = True
 
     async def stop(self) -> None:
         """Stop; the running ``batches()`` iterator delivers the partial last batch and ends."""
         self._running = False
+        if self._stop_at_s is None:
+            self._stop_at_s = self.clock.now_s()
         if self._stop_event is not None:
             self._stop_event.set()
         if self._sleeper is not None and not self._sleeper.done():
@@ -812,15 +817,20 @@ class SimTimeTagger(TimeTagger):
         batch_ps = round(self.options.batch_s * _PS_PER_S)
         # Unknown before the first batch: a bright link must not block the loop even once.
         expected_events = self.options.inline_below_events
+        stop_ps: int | None = None
         while True:
             start_ps = self._next_start_ps
             end_ps = start_ps + batch_ps
-            stopped = await self._sleep_or_stop((epoch_ps + end_ps) / _PS_PER_S, stop_event)
-            if stopped:
-                # Deliver what was timestamped up to the stop, then end.
+            if stop_ps is None and await self._sleep_or_stop(
+                    (epoch_ps + end_ps) / _PS_PER_S, stop_event):
+                # Everything timestamped up to the stop is delivered, then the stream
+                # ends. A generator that fell behind the clock (a slow consumer on a
+                # max-speed clock) catches up first: real hardware would have tagged it.
                 # Whole microseconds: float UTC seconds cannot resolve picoseconds.
-                now_ps = round((self.clock.now_s() - epoch_ps / _PS_PER_S) * 1e6) * 1_000_000
-                end_ps = min(end_ps, max(start_ps, now_ps))
+                stop_s = self._stop_at_s if self._stop_at_s is not None else self.clock.now_s()
+                stop_ps = round((stop_s - epoch_ps / _PS_PER_S) * 1e6) * 1_000_000
+            if stop_ps is not None:
+                end_ps = min(end_ps, max(start_ps, stop_ps))
                 if end_ps <= start_ps:
                     return
             pointing = self._pointing_at((epoch_ps + start_ps) / _PS_PER_S)
@@ -865,8 +875,6 @@ class SimTimeTagger(TimeTagger):
             self.totals["missed_events"] += out.missed_events
             self.totals["batches"] += 1
             yield batch
-            if stopped:
-                return
 
     def count_rates_hz(self) -> dict[int, float]:
         return self._rates.rates_hz()

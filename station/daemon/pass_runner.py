@@ -104,7 +104,11 @@ class PassReport(BaseModel):
     overflow_batches: int = 0
     pass_file: str | None = None
     mount_parked: bool = False
-    qber_measured: float | None = Field(None, description="Simulator only: QBER vs what was sent.")
+    qber_measured: float | None = Field(
+        None, description="Simulator only: QBER of signal states, sifted against what was sent.")
+    qber_all_classes: float | None = Field(
+        None, description="Simulator only: QBER over signal, decoy and vacuum states.")
+    sifted_bits: int | None = Field(None, description="Simulator only: sifted key length.")
     alarms_raised: int = 0
 
 
@@ -494,10 +498,6 @@ class PassRunner:
             r.events_streamed = totals.events_streamed
             r.events_lost = totals.events_lost
             r.pass_file = str(totals.path)
-            qber = getattr(ctx.tagger, "measured_qber", None)
-            if callable(qber):
-                with contextlib.suppress(Exception):
-                    r.qber_measured = qber()
         ctx.alarms.clear("timetagger.overflow", "pass over")
         ctx.alarms.clear("tracking.error", "pass over")
         self._summary()

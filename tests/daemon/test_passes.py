@@ -51,6 +51,8 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     detections = sum(report.counts_by_channel[c] for c in "HVDA")
     assert abs(detections - 3_551_136) / 3_551_136 < 0.25
     assert report.events_lost == 0
+    # The whole 273 s window was recorded: one PPS pulse a second.
+    assert abs(report.counts_by_channel["PPS"] - 273) <= 1
 
     # MQTT: every phase in order, and a summary that agrees with the file and the stream.
     assert phases_seen(st_log.json_on("transitions")) == PHASES
