@@ -137,3 +137,19 @@ def test_example_config_is_generated_from_the_current_models() -> None:
     assert EXAMPLE.read_text() == render_example(), (
         "config/station.example.toml is stale: run "
         "`python -m station.config.example > config/station.example.toml`")
+
+
+def test_relative_file_options_resolve_against_the_config_file(tmp_path: Path) -> None:
+    text = MINIMAL + '[timetagger]\nbackend = "replay"\noptions = { path = "recordings/p1.arrows" }\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.timetagger.options["path"] == str(tmp_path / "recordings" / "p1.arrows")
+
+
+def test_indi_mount_takes_the_site_from_the_config(tmp_path: Path) -> None:
+    from station.clock import SimClock
+    from station.tracking import build_mount
+
+    cfg = load_config(write(tmp_path, MINIMAL + '[mount]\nbackend = "indi"\n'))
+    gated = build_mount(cfg, SimClock(0.0, manual=True))
+    options = gated._GatedMount__backend.options  # the backend, reached only in this test
+    assert (options.latitude_deg, options.longitude_deg, options.height_m) == (40.0, 117.0, 100.0)

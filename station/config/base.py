@@ -47,6 +47,21 @@ class BackendConfig(Strict):
         default_factory=dict, description="Backend-specific options (the backend's Options)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_option_paths(cls, data: Any) -> Any:
+        # Drivers cannot know where the config file is; a relative file option (a replay
+        # file, a VISA YAML) means relative to the config file, like every other path.
+        base = CONFIG_DIR.get()
+        if not isinstance(data, dict) or base is None or not isinstance(data.get("options"), dict):
+            return data
+        options = dict(data["options"])
+        for key, value in options.items():
+            if (key == "path" or key.endswith(("_path", "_file"))) and isinstance(value, str) \
+                    and value and not Path(value).expanduser().is_absolute():
+                options[key] = os.path.normpath(base / value)
+        return {**data, "options": options}
+
     @model_validator(mode="after")
     def _check_backend(self) -> BackendConfig:
         from drivers import registry

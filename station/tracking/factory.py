@@ -25,7 +25,14 @@ def build_mount(cfg: StationConfig, clock: Clock, *, sun_altaz: SunFunction | No
     position or limits are impossible for this backend.
     """
     m = cfg.mount
-    backend = registry.create("mount", m.backend, dict(m.options), clock=clock, name="mount")
+    options = dict(m.options)
+    # A backend that converts az/el to the sky itself (INDI) needs the site: it comes
+    # from [site] unless the options give it, so the position is written in one place.
+    fields = registry.backend_class("mount", m.backend).Options.model_fields
+    for key in ("latitude_deg", "longitude_deg", "height_m"):
+        if key in fields and key not in options:
+            options[key] = getattr(cfg.site, key)
+    backend = registry.create("mount", m.backend, options, clock=clock, name="mount")
     try:
         return GatedMount(
             backend, site=cfg.site, safety=cfg.safety, clock=clock,
