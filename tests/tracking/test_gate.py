@@ -248,8 +248,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         max_el_rate_deg_s=draw(st.one_of(st.none(), st.floats(0.5, 20))),
     )
     n_mask = draw(st.integers(1, 4))
-    mask_az = draw(st.lists(st.floats(0, 359), min_size=n_mask, max_size=n_mask, unique=True))
-    mask = [(a, draw(st.floats(0, 30))) for a in mask_az]
+    # Whole degrees: a mask wall of zero width (two points 1e-38° apart) would turn
+    # sub-nanodegree azimuth jitter of the simulated axes into a 30° mask difference.
+    mask_az = draw(st.lists(st.integers(0, 359), min_size=n_mask, max_size=n_mask, unique=True))
+    mask = [(float(a), draw(st.floats(0, 30))) for a in mask_az]
     sun = (draw(st.one_of(st.floats(0, 250), st.floats(0, 359.9))), draw(st.floats(-10, 60)))
     ops = draw(st.lists(_ops(), min_size=1, max_size=10))
     return Scenario(options, safety, mask, sun, ops)
