@@ -434,3 +434,24 @@ async def test_a_mount_under_the_horizon_may_only_rise_straight_up() -> None:
     await gate.position()
     await gate.slew_to(60.0, 45.0)                    # out now: anything allowed goes
     assert len(mount.received) == 2
+
+
+async def test_build_mount_hands_out_only_the_gate() -> None:
+    from drivers.mount.base import Mount
+    from station.config import load_config
+    from station.tracking import build_mount
+    from tests.tracking.conftest import REPO
+
+    cfg = load_config(REPO / "config" / "sim.toml")
+    clock = SimClock(T0, manual=True)
+    gated = build_mount(cfg, clock)
+    await gated.connect()
+    # No public handle on the backend: the gate's own (name-mangled) reference is the only one.
+    exposed = [k for k, v in vars(gated).items() if isinstance(v, Mount)]
+    assert exposed == ["_GatedMount__backend"]
+    assert gated.limits.min_el_deg == cfg.safety.min_el_deg
+    assert gated.limits.sun_exclusion_deg == 30.0
+    assert gated.is_parked(await gated.position())
+    with pytest.raises(CommandRefused):
+        await gated.slew_to(120.0, 5.0)              # under the sim site's 10° mask
+    await gated.close()
