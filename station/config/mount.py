@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -110,8 +110,8 @@ class TrackingConfig(Strict):
         0.9, gt=0, le=1.0,
         description="The planner keeps commanded rates below this fraction of the gate's limits.",
     )
-    mode: str = Field(
-        "auto", pattern="^(auto|stream|program)$",
+    mode: Literal["auto", "stream", "program"] = Field(
+        "auto",
         description="'stream' (targets at rate_hz), 'program' (timed track upload) or 'auto' "
         "(program track when the backend has it).",
     )
