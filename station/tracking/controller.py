@@ -343,23 +343,9 @@ class Tracker:
                 stats.skipped_ticks += skip
                 k += skip
             pos = await self.gated.position()
-            paz, pel = plan.point_at(pos.time_s)
-            saz, sel = plan.sky_at(pos.time_s)
-            a, e = np.asarray(pos.az_deg), np.asarray(pos.el_deg)
-            err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
-            sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
-            stats.ticks += 1
-            last_err_deg = err / 3600.0
-            if not program:
-                if not streaming and last_err_deg < cfg.capture_deg:
-                    streaming = True
-                elif streaming and last_err_deg > cfg.recapture_deg:
-                    streaming, intercept_until = False, -math.inf
-                    log.warning("pass %s: %.2f° off the track, intercepting again",
-                                plan.pass_id, last_err_deg)
-            # Command after reading: Hamlib's dummy rotator, for one, only advances its
-            # simulated motion from a command to the next reading. Lateness is that of
-            # the command against its schedule.
+            # Command right after reading (Hamlib's dummy rotator, for one, only advances
+            # its simulated motion from a command to the next reading); the error of this
+            # reading is worked out after the command is out. Lateness is the command's.
             late = self.clock.now_s() - t_k
             lateness.append(late)
             try:
@@ -382,6 +368,20 @@ class Tracker:
                 if now - refused_since >= _REFUSAL_ABORT_S:
                     stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
                     raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
+            paz, pel = plan.point_at(pos.time_s)
+            saz, sel = plan.sky_at(pos.time_s)
+            a, e = np.asarray(pos.az_deg), np.asarray(pos.el_deg)
+            err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
+            sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
+            stats.ticks += 1
+            last_err_deg = err / 3600.0
+            if not program:
+                if not streaming and last_err_deg < cfg.capture_deg:
+                    streaming = True
+                elif streaming and last_err_deg > cfg.recapture_deg:
+                    streaming, intercept_until = False, -math.inf
+                    log.warning("pass %s: %.2f° off the track, intercepting again",
+                                plan.pass_id, last_err_deg)
             acquired = stats.acquired_at_s is not None
             if not acquired:
                 under = under + 1 if err < cfg.acquisition_error_arcsec else 0

@@ -11,6 +11,7 @@ position at any instant (:meth:`TrackPlan.point_at`, cubic Hermite between sampl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -76,14 +77,23 @@ class TrackPlan:
     def max_el_deg(self) -> float:
         return float(np.max(self.sky_el_deg))
 
+    @functools.cached_property
+    def _slopes(self) -> tuple[np.ndarray, ...]:
+        # Computed once per plan: the control loop interpolates several times per tick.
+        return tuple(_slopes(self.time_s, x) for x in
+                     (self.az_deg, self.el_deg, self.sky_az_deg, self.sky_el_deg))
+
     def point_at(self, time_s: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mount (az, el) at ``time_s``; clamped to the ends outside the pass."""
-        return _hermite(self.time_s, self.az_deg, time_s), _hermite(self.time_s, self.el_deg, time_s)
+        m = self._slopes
+        return (_hermite(self.time_s, self.az_deg, time_s, m[0]),
+                _hermite(self.time_s, self.el_deg, time_s, m[1]))
 
     def sky_at(self, time_s: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The satellite's (continuous az, el) at ``time_s``."""
-        return (_hermite(self.time_s, self.sky_az_deg, time_s),
-                _hermite(self.time_s, self.sky_el_deg, time_s))
+        m = self._slopes
+        return (_hermite(self.time_s, self.sky_az_deg, time_s, m[2]),
+                _hermite(self.time_s, self.sky_el_deg, time_s, m[3]))
 
     def max_rates_deg_s(self) -> tuple[float, float]:
         """Largest (az, el) rates along the planned mount path."""
@@ -107,10 +117,16 @@ class TrackPlan:
                        expected_error_deg=self.expected_error_deg[sl])
 
 
-def _hermite(t: np.ndarray, x: np.ndarray, tq: float | np.ndarray) -> np.ndarray:
-    """Cubic Hermite interpolation with second-order finite-difference slopes."""
+def _slopes(t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Second-order finite-difference slopes (the Hermite tangents)."""
+    if len(t) > 2:
+        return np.gradient(x, t, edge_order=2)
+    return np.full_like(x, (x[-1] - x[0]) / (t[-1] - t[0]))
+
+
+def _hermite(t: np.ndarray, x: np.ndarray, tq: float | np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Cubic Hermite interpolation of ``x(t)`` with tangents ``m`` at ``tq``."""
     tq_arr = np.clip(np.asarray(tq, dtype=float), t[0], t[-1])
-    m = np.gradient(x, t, edge_order=2) if len(t) > 2 else np.full_like(x, (x[-1] - x[0]) / (t[-1] - t[0]))
     i = np.clip(np.searchsorted(t, tq_arr, side="right") - 1, 0, len(t) - 2)
     h = t[i + 1] - t[i]
     s = (tq_arr - t[i]) / h
