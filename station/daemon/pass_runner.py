@@ -44,6 +44,8 @@ from station.tracking.controller import PrepositionTimeout, TrackingAborted
 log = logging.getLogger("station.pass")
 
 ARCSEC_TO_URAD = math.pi / (180 * 3600) * 1e6
+#: How often (clock seconds) a pass in progress writes a line to the log.
+PROGRESS_LOG_S = 30.0
 
 
 class Publisher(Protocol):
@@ -432,11 +434,23 @@ class PassRunner:
         """Pass progress and count rates, once a clock second, until LOS."""
         ctx = self.ctx
         geometry = SatelliteLinkGeometry(self.entry.earth_satellite(), ctx.cfg.site)
+        next_log_s = ctx.clock.now_s()
         while not self._tracking_done:
-            self.publish_progress(geometry)
+            progress = self.publish_progress(geometry)
+            if ctx.clock.now_s() >= next_log_s:
+                # A line for the journal every half minute: what an operator glances at.
+                next_log_s += PROGRESS_LOG_S
+                rates = ", ".join(f"{k} {v / 1e3:.1f}k" for k, v in progress[1].items()
+                                  if k in ("H", "V", "D", "A"))
+                log.info("pass %s: el %.1f°, range %.0f km, %s events recorded%s",
+                         self.entry.pass_id, progress[0].el_deg or 0.0,
+                         progress[0].range_km or 0.0, f"{progress[0].events_recorded:,}",
+                         f", detections/s {rates}" if self._acquiring and rates else "")
             await ctx.clock.sleep(1.0)
 
-    def publish_progress(self, geometry: SatelliteLinkGeometry | None = None) -> None:
+    def publish_progress(self, geometry: SatelliteLinkGeometry | None = None,
+                         ) -> tuple[PassProgress, dict[str, float]]:
+        """Publish pass progress and count rates; returns them (rates by channel name)."""
         ctx, entry = self.ctx, self.entry
         now_s = ctx.clock.now_s()
         stats = self.recorder.stats() if self.recorder is not None else None
@@ -446,7 +460,7 @@ class PassRunner:
 
             r, e = geometry.range_el_at(np.array([now_s]))
             rng, el = float(r[0]), float(e[0])
-        self.publisher.publish_pass_progress(PassProgress(
+        progress = PassProgress(
             time=ctx.clock.now(), pass_id=entry.pass_id, satellite=entry.satellite,
             phase=self.phase if self.phase != Phase.IDLE else Phase.FINALIZE,
             elapsed_s=max(0.0, now_s - self.started_s),
@@ -454,16 +468,18 @@ class PassRunner:
             range_km=max(0.0, rng) if rng is not None else None,
             events_recorded=stats.events_recorded if stats else 0,
             events_streamed=stats.events_streamed if stats else 0,
-            events_lost=stats.events_lost if stats else 0))
-        rates = ctx.tagger.count_rates_hz()
+            events_lost=stats.events_lost if stats else 0)
+        self.publisher.publish_pass_progress(progress)
+        rates = {channel_name(self.channel_names, c): float(r)
+                 for c, r in sorted(ctx.tagger.count_rates_hz().items())}
         self.publisher.publish_timetagger(TimeTaggerTelemetry(
             time=ctx.clock.now(), acquiring=self._acquiring,
             window_s=getattr(ctx.tagger, "rate_window_s", 1.0),
-            rates_hz={channel_name(self.channel_names, c): float(r)
-                      for c, r in sorted(rates.items())},
+            rates_hz=rates,
             overflow=ctx.alarms.is_active("timetagger.overflow"),
             overflow_count=self.report.overflow_batches,
             events_total=stats.events_recorded if stats else 0))
+        return progress, rates
 
     async def _beacon(self, *, on: bool) -> None:
         laser = self.ctx.laser

@@ -192,12 +192,15 @@ class Supervisor:
             else:
                 self.ctx.alarms.clear(key, f"elements of {age.name} are fresh")
 
-    def _upcoming(self) -> PlannedPass | None:
+    def _upcoming(self, after: PlannedPass | None = None) -> PlannedPass | None:
+        """The next scheduled pass still worth starting (after ``after``, if given)."""
         if self.schedule is None:
             return None
         now_s = self.ctx.clock.now_s()
         for p in self.schedule.scheduled():
             if p.pass_id in self.done or p.pass_id in self.exclude:
+                continue
+            if after is not None and p.aos_s <= after.aos_s:
                 continue
             end_s = (p.qkd_end or p.los).timestamp()
             if end_s - MIN_USEFUL_WINDOW_S > now_s:
@@ -412,8 +415,7 @@ class Supervisor:
         ctx = self.ctx
         cfg = ctx.cfg
         current = self.runner.entry if self.runner is not None else None
-        upcoming = self._upcoming()
-        nxt = upcoming if upcoming is not None and upcoming is not current else None
+        nxt = self._upcoming(after=current)
         now = ctx.clock.now()
         return StateMessage(
             time=now, station_id=cfg.station_id, daemon_version=__version__,

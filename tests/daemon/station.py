@@ -55,6 +55,16 @@ class Recorder:
     def json_on(self, suffix: str) -> list[dict[str, Any]]:
         return [json.loads(p) for p in self.on(suffix) if p]
 
+    async def wait_json(self, suffix: str, predicate: Any, timeout_s: float = 15.0) -> dict[str, Any]:
+        """The first JSON message on ``suffix`` that satisfies ``predicate``; waits (wall
+        time) for the broker to deliver it."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for msg in self.json_on(suffix):
+                    if predicate(msg):
+                        return msg
+                await asyncio.sleep(0.02)
+
 
 async def _listen(port: int, prefix: str, rec: Recorder, ready: asyncio.Event) -> None:
     async with aiomqtt.Client("127.0.0.1", port) as client:

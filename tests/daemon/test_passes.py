@@ -24,6 +24,15 @@ def phases_seen(transitions: list[dict]) -> list[str]:
     return [t["to_phase"] for t in transitions if t["pass_id"] == MICIUS]
 
 
+async def inject_in_track(st, inject, *, acquiring: bool = False) -> None:
+    """Call ``inject()`` once the pass is tracking (and, if asked, acquiring)."""
+    clock = st.ctx.clock
+    while st.supervisor.phase != Phase.TRACK or (
+            acquiring and not (st.supervisor.runner and st.supervisor.runner._acquiring)):
+        await clock.sleep(1.0)
+    inject()
+
+
 async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None:
     cfg = sim_config(tmp_path, mosquitto.port)
     received: list = []
@@ -38,8 +47,9 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     async with running_station(cfg) as st:
         report = await st.next_pass()
         await asyncio.to_thread(consumer.join, 120)
-        await st.mqtt.wait_drained()
         st_log = st.mqtt_log
+        await st_log.wait_json(f"passes/{MICIUS}/summary", lambda m: True)
+        await st_log.wait_json("transitions", lambda t: t["to_phase"] == "idle")
 
     assert report.pass_id == MICIUS and report.outcome == Outcome.COMPLETED, report.reason
     assert list(report.phase_times)[:4] == PHASES[:4]
@@ -88,9 +98,11 @@ async def test_mount_link_lost_without_return_aborts_to_safe(mosquitto: Broker, 
                      operations={"faults": {"mount_reconnect_grace_s": 5.0},
                                  "readiness": {"stream_consumer": "off"}})
     async with running_station(cfg) as st:
-        # The link drops two minutes into tracking and stays down.
-        backend_of(st.ctx).inject_disconnect(at_s=st.supervisor.ctx.clock.now_s() + 240)
+        # The link drops a minute into tracking and stays down.
+        injector = asyncio.create_task(inject_in_track(
+            st, lambda: backend_of(st.ctx).inject_disconnect(at_s=st.ctx.clock.now_s() + 60)))
         report = await st.next_pass()
+        await injector
         assert report.outcome == Outcome.ABORTED
         assert "mount link lost and not back within 5 s" in report.reason
         assert st.supervisor.mode == Mode.SAFE
@@ -99,9 +111,8 @@ async def test_mount_link_lost_without_return_aborts_to_safe(mosquitto: Broker, 
         # The events recorded before the fault are kept and the file is closed.
         _, batches, stop = read_pass_file(report.pass_file)
         assert stop.complete and sum(len(b.events) for b in batches) == report.events_recorded
-        await st.mqtt.wait_drained()
-        alarms = st.mqtt_log.json_on("alarms")
-        assert any(a["key"] == "station.safe" and a["state"] == "raised" for a in alarms)
+        await st.mqtt_log.wait_json(
+            "alarms", lambda a: a["key"] == "station.safe" and a["state"] == "raised")
 
 
 async def test_mount_link_back_within_grace_completes_the_pass(mosquitto: Broker, tmp_path: Path) -> None:
@@ -111,14 +122,19 @@ async def test_mount_link_back_within_grace_completes_the_pass(mosquitto: Broker
     async with running_station(cfg) as st:
         mount = backend_of(st.ctx)
         clock = st.ctx.clock
-        drop_s = clock.now_s() + 240
 
-        async def heal() -> None:
-            await clock.sleep_until(drop_s + 3)
+        async def drop_then_heal() -> None:
+            # A minute into tracking the link drops; once the station has noticed, it
+            # comes back three seconds later (well within the 30 s grace).
+            while st.supervisor.phase != Phase.TRACK:
+                await clock.sleep(1.0)
+            mount.inject_disconnect(at_s=clock.now_s() + 60)
+            while st.ctx.links["mount"].connected:
+                await clock.sleep(0.5)
+            await clock.sleep(3.0)
             mount.clear_fault()
 
-        mount.inject_disconnect(at_s=drop_s)
-        healer = asyncio.create_task(heal())
+        healer = asyncio.create_task(drop_then_heal())
         report = await st.next_pass()
         await healer
         assert report.outcome == Outcome.COMPLETED, report.reason
@@ -133,9 +149,12 @@ async def test_stuck_axis_raises_the_tracking_alarm(mosquitto: Broker, tmp_path:
                                             "abort_on_tracking_error": True},
                                  "readiness": {"stream_consumer": "off"}})
     async with running_station(cfg) as st:
-        # Stuck half a minute into the QKD window (16:49:57): some events are recorded first.
-        backend_of(st.ctx).inject_stuck_axis("az", at_s=st.ctx.clock.now_s() + 300, reported=False)
+        # Stuck half a minute into the QKD window: some events are recorded first.
+        injector = asyncio.create_task(inject_in_track(
+            st, lambda: backend_of(st.ctx).inject_stuck_axis(
+                "az", at_s=st.ctx.clock.now_s() + 30, reported=False), acquiring=True))
         report = await st.next_pass()
+        await injector
     assert report.outcome == Outcome.ABORTED
     assert any(a.key == "tracking.error" for a in st.ctx.alarms.history)
     assert report.events_recorded > 0
@@ -166,8 +185,7 @@ async def test_disk_nearly_full_refuses_new_passes(mosquitto: Broker, tmp_path: 
         assert "disk nearly full" in report.reason
         assert report.phase_times == {} and report.pass_file is None  # nothing moved
         assert st.ctx.alarms.is_active("disk.full")
-        await st.mqtt.wait_drained()
-        summary = json.loads(st.mqtt_log.on(f"passes/{MICIUS}/summary")[-1])
+        summary = await st.mqtt_log.wait_json(f"passes/{MICIUS}/summary", lambda m: True)
         assert summary["outcome"] == "skipped" and "disk nearly full" in summary["reason"]
 
 
