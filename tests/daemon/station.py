@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ BEFORE_MICIUS = "2016-12-19T16:45:30Z"
 def sim_config(tmp_path: Path, broker_port: int, **overrides: Any) -> StationConfig:
     """config/sim.toml on a max-speed clock, with this test's broker, state dir and stream."""
     base: dict[str, Any] = {
+        # A station id of the test's own: retained topics on the shared broker stay apart.
+        "station_id": f"t{zlib.crc32(str(tmp_path).encode()):08x}",
         "state_dir": str(tmp_path / "state"),
         "mqtt": {"port": broker_port, "embedded": False},
         "events": {"stream_endpoint": f"tcp://127.0.0.1:{free_port()}"},
