@@ -64,7 +64,7 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.05)
 
-    def wait_for(pred, timeout_s=20.0):
+    def wait_for(pred, timeout_s=45.0):
         async def _w() -> None:
             async with asyncio.timeout(timeout_s):
                 while not pred():
