@@ -208,6 +208,7 @@ def sift_qber(
     for k in Intensity:
         sel = sifted & (klass == k)
         result[f"sifted_{k.name.lower()}"] = float(sel.sum())
+        result[f"errors_{k.name.lower()}"] = float((errors & sel).sum())
         result[f"qber_{k.name.lower()}"] = float((errors & sel).sum() / max(1, sel.sum()))
     return result
 
@@ -224,6 +225,7 @@ def qber_from_events(
     gate_ps: float = 1000.0,
     sync_channel: int = 5,
     detector_channels: tuple[int, ...] = (1, 2, 3, 4),
+    chunk_events: int = 500_000,
 ) -> dict[str, float]:
     """Sift a recorded pass the way a post-processing core would, and measure its QBER.
 
@@ -231,7 +233,8 @@ def qber_from_events(
     order. The first sync pulse is identified from the tagger's UTC time base and the
     predicted time of flight at that moment (``first_sync_tof_ps``, from the orbit); the
     detections are then numbered from the sync train, gated, and compared with
-    :func:`sent_pulses` in matching bases (see :func:`sift_qber`).
+    :func:`sent_pulses` in matching bases (see :func:`sift_qber`). Detections are sifted
+    ``chunk_events`` at a time, so memory stays flat for a pass of millions of events.
     """
     sync = events["timestamp_ps"][events["channel"] == sync_channel]
     detectors = events[np.isin(events["channel"], detector_channels)]
@@ -240,11 +243,23 @@ def qber_from_events(
     first = anchor_sync_index(int(sync[0]), tagger_epoch_utc_ps=tagger_epoch_utc_ps,
                               predicted_tof_ps=first_sync_tof_ps, period_ps=period_ps,
                               pulses_per_sync=pulses_per_sync)
-    index, offset = pulse_index_from_sync(detectors["timestamp_ps"], sync,
-                                          first_sync_pulse_index=first, period_ps=period_ps,
-                                          pulses_per_sync=pulses_per_sync)
-    return sift_qber(detectors["channel"], index, offset, seed=seed,
-                     intensity_probs=intensity_probs, gate_ps=gate_ps)
+    totals: dict[str, float] = {}
+    for lo in range(0, detectors.size, chunk_events):
+        chunk = detectors[lo:lo + chunk_events]
+        index, offset = pulse_index_from_sync(chunk["timestamp_ps"], sync,
+                                              first_sync_pulse_index=first, period_ps=period_ps,
+                                              pulses_per_sync=pulses_per_sync)
+        part = sift_qber(chunk["channel"], index, offset, seed=seed,
+                         intensity_probs=intensity_probs, gate_ps=gate_ps)
+        for key, value in part.items():
+            if not key.startswith("qber"):
+                totals[key] = totals.get(key, 0.0) + value
+    totals["qber"] = totals["errors"] / max(1.0, totals["sifted"])
+    for k in Intensity:
+        name = k.name.lower()
+        errors = totals.pop(f"errors_{name}", 0.0)
+        totals[f"qber_{name}"] = errors / max(1.0, totals[f"sifted_{name}"])
+    return totals
 
 
 __all__ = [

@@ -15,8 +15,15 @@ import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from station.cli._common import add_config_argument, load_or_exit
+
+if TYPE_CHECKING:
+    from station.config import StationConfig
+    from station.daemon.context import StationContext
+    from station.daemon.pass_runner import PassReport
+    from station.schedule import PlannedPass
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.outcome.value == "completed" else 1
 
 
-async def rehearse(cfg, *, pass_id: str | None, speed: float, hours: float = 24.0):
+async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
+                   hours: float = 24.0, measure_qber: bool = True) -> PassReport | None:
     """Run one pass on a simulated clock; returns its :class:`PassReport` (None: no pass)."""
     from station.clock import SimClock, from_epoch_s
     from station.daemon.alarms import AlarmBook
@@ -100,7 +108,7 @@ async def rehearse(cfg, *, pass_id: str | None, speed: float, hours: float = 24.
         await clock.sleep_until(entry.aos - timedelta(seconds=entry.lead_time_s))
         runner = PassRunner(ctx, entry)
         report = await runner.run()
-        if report.pass_file and hasattr(ctx.tagger, "tagger_epoch_utc_ps"):
+        if measure_qber and report.pass_file and hasattr(ctx.tagger, "tagger_epoch_utc_ps"):
             await asyncio.to_thread(_measure_qber, ctx, entry, report)
         return report
     finally:
@@ -108,21 +116,25 @@ async def rehearse(cfg, *, pass_id: str | None, speed: float, hours: float = 24.
         await ctx.close()
 
 
-def _measure_qber(ctx, entry, report) -> None:
+def _measure_qber(ctx: StationContext, entry: PlannedPass, report: PassReport) -> None:
     """Sift the recorded pass against what the simulated satellite sent (sim tagger only)."""
     import numpy as np
 
     from drivers.timetagger.bb84 import qber_from_events
     from drivers.timetagger.sim import C_M_S
-    from station.events import read_pass_file
+    from station.events import PassFileReader
     from station.orbit.geometry import SatelliteLinkGeometry
 
     tagger = ctx.tagger
-    _, batches, _ = read_pass_file(report.pass_file)
-    if not batches:
-        return
-    events = np.concatenate([b.events for b in batches])
     names = ctx.cfg.timetagger.channel_map.model_dump()
+    wanted = np.array([names[k] for k in ("h", "v", "d", "a", "sync")])
+    with PassFileReader(report.pass_file) as reader:
+        # Only what sifting needs, batch by batch: the pass never sits in memory twice.
+        kept = [e[np.isin(e["channel"], wanted)] for e in (b.events for b in reader)]
+    if not kept:
+        return
+    events = np.concatenate(kept)
+    del kept
     sync = events["timestamp_ps"][events["channel"] == names["sync"]]
     if sync.size == 0:
         return
@@ -139,7 +151,7 @@ def _measure_qber(ctx, entry, report) -> None:
     report.sifted_bits = int(sift["sifted"])
 
 
-def _summary(r) -> str:
+def _summary(r: PassReport) -> str:
     lines = [f"pass {r.pass_id} ({r.satellite}): {r.outcome.value}"
              + (f" — {r.reason}" if r.reason else "")]
     for name, t in r.phase_times.items():
