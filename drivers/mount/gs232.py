@@ -27,8 +27,6 @@ monotonic clock).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import re
 
@@ -37,7 +35,8 @@ import serial_asyncio_fast
 from pydantic import Field
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, backoff_s, check_target
+from drivers.mount._common import MountOptions, check_target
+from drivers.mount._link import LinkState, StreamLink
 from drivers.mount.base import (
     AxisLimits,
     Mount,
@@ -54,13 +53,7 @@ log = logging.getLogger(__name__)
 _POSITION = re.compile(r"AZ=\s*(-?\d+)\s+EL=\s*(-?\d+)")
 
 
-class LinkState(enum.Enum):
-    CLOSED = "closed"
-    CONNECTED = "connected"
-    LOST = "lost"
-
-
-class Gs232Mount(Mount):
+class Gs232Mount(StreamLink, Mount):
     """A GS-232B controller on a serial port; see the module docstring."""
 
     class Options(MountOptions):
@@ -105,19 +98,10 @@ class Gs232Mount(Mount):
         self.options = options
         self.clock = clock
         self.name = name
-        self.state = LinkState.CLOSED
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
-        self._attempt = 0
-        self._next_attempt_loop_s = 0.0
-        self._last_error: str | None = None
+        self._init_link()
         self._target: tuple[int, int] | None = None
         self._parking = False
         self._last_pos: MountPosition | None = None
-        #: Port failures and reopenings since construction.
-        self.links_lost = 0
-        self.reconnects = 0
 
     @property
     def capabilities(self) -> MountCapabilities:
@@ -232,65 +216,22 @@ class Gs232Mount(Mount):
         except (OSError, serial.SerialException, asyncio.IncompleteReadError) as exc:
             raise await self._lose(f"serial link failed during {command!r}: {exc}") from None
 
-    # -- link --------------------------------------------------------------------------------
-    async def _open(self) -> None:
-        o = self.options
-        try:
-            async with asyncio.timeout(o.io_timeout_s * 2):
-                self._reader, self._writer = await serial_asyncio_fast.open_serial_connection(
-                    url=o.port, baudrate=o.baudrate, bytesize=8, parity="N", stopbits=1)
-        except (OSError, serial.SerialException, TimeoutError, ValueError) as exc:
-            self._schedule_retry(f"cannot open serial port {o.port!r}: {exc or 'timed out'}")
-            raise MountConnectionLost(self._last_error or "", device=self.name) from None
-        self.state = LinkState.CONNECTED
-        self._attempt = 0
+    # -- link (see drivers.mount._link) ------------------------------------------------------
+    _open_errors = (OSError, serial.SerialException, ValueError)
+    _drop_errors = (OSError, serial.SerialException, TimeoutError)
+    _retry_word = "reopen"
 
-    async def _ensure_link(self) -> None:
-        if self.state is LinkState.CLOSED:
-            raise MountNotConnected("not connected; call connect() first", device=self.name)
-        if self.state is LinkState.CONNECTED:
-            return
-        loop_now = asyncio.get_running_loop().time()
-        if loop_now < self._next_attempt_loop_s:
-            raise MountConnectionLost(
-                f"{self._last_error}; next reopen in {self._next_attempt_loop_s - loop_now:.2f} s",
-                device=self.name)
-        await self._open()
-        self.reconnects += 1
+    @property
+    def _open_timeout_s(self) -> float:
+        return self.options.io_timeout_s * 2
+
+    async def _open_streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        o = self.options
+        return await serial_asyncio_fast.open_serial_connection(
+            url=o.port, baudrate=o.baudrate, bytesize=8, parity="N", stopbits=1)
+
+    def _open_failure(self, exc: BaseException) -> str:
+        return f"cannot open serial port {self.options.port!r}: {exc or 'timed out'}"
+
+    def _reopened(self) -> None:
         log.warning("%s: serial port %s reopened", self.name, self.options.port)
-
-    def _schedule_retry(self, reason: str) -> None:
-        o = self.options
-        delay = backoff_s(self._attempt, initial_s=o.reconnect_initial_s, max_s=o.reconnect_max_s)
-        self._attempt += 1
-        self._next_attempt_loop_s = asyncio.get_running_loop().time() + delay
-        self._last_error = reason
-
-    def _abandon(self) -> None:
-        """Close the port without waiting; the next call reopens it at once."""
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-        self.state = LinkState.LOST
-        self._last_error = "previous exchange was cancelled"
-        self._next_attempt_loop_s = 0.0
-
-    async def _lose(self, reason: str) -> MountConnectionLost:
-        self.links_lost += 1
-        self._schedule_retry(reason)
-        self.state = LinkState.LOST
-        await self._drop()
-        log.warning("%s: %s", self.name, reason)
-        return MountConnectionLost(reason, device=self.name)
-
-    async def _drop(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is None:
-            return
-        writer.close()
-        with contextlib.suppress(OSError, serial.SerialException, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await writer.wait_closed()
-        # The transport finishes closing in a task of its own; let it run.
-        for _ in range(3):
-            await asyncio.sleep(0)

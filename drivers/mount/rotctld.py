@@ -24,14 +24,14 @@ task: the station's control loop, polling at its rate, drives reconnection.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 
 from pydantic import Field
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, backoff_s, check_target
+from drivers.mount._common import MountOptions, check_target
+from drivers.mount._link import LinkState, StreamLink
 from drivers.mount.base import (
     AxisLimits,
     Mount,
@@ -78,13 +78,7 @@ _LINK_CODES = {5, 6, 13, 14, 20}
 _LIMIT_CODES = {1, 17, 21}
 
 
-class LinkState(enum.Enum):
-    CLOSED = "closed"        # never connected, or close() called
-    CONNECTED = "connected"
-    LOST = "lost"            # dropped; the next call reconnects after the backoff
-
-
-class RotctldMount(Mount):
+class RotctldMount(StreamLink, Mount):
     """A rotator behind Hamlib's ``rotctld``; see the module docstring."""
 
     class Options(MountOptions):
@@ -131,21 +125,12 @@ class RotctldMount(Mount):
         self.options = options
         self.clock = clock
         self.name = name
-        self.state = LinkState.CLOSED
+        self._init_link()
         self.model_info: str | None = None
         self._device_limits: dict[str, float] = {}
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
-        self._attempt = 0
-        self._next_attempt_loop_s = 0.0
-        self._last_error: str | None = None
         self._target: tuple[float, float] | None = None
         self._parking = False
         self._last_pos: MountPosition | None = None
-        #: Links dropped and reconnects made since construction (reported in status).
-        self.links_lost = 0
-        self.reconnects = 0
 
     # -- capabilities --------------------------------------------------------------------
     @property
@@ -238,68 +223,21 @@ class RotctldMount(Mount):
         return MountStatus(connected=True, moving=moving, tracking=False, parked=parked,
                            fault=None)
 
-    # -- link --------------------------------------------------------------------------------
-    async def _open(self) -> None:
-        o = self.options
-        try:
-            async with asyncio.timeout(o.connect_timeout_s):
-                self._reader, self._writer = await asyncio.open_connection(o.host, o.port)
-        except (OSError, TimeoutError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            self._schedule_retry(f"cannot connect to rotctld at {o.host}:{o.port}: {what}")
-            raise MountConnectionLost(self._last_error or "", device=self.name) from None
-        self.state = LinkState.CONNECTED
-        self._attempt = 0
+    # -- link (see drivers.mount._link) ------------------------------------------------------
+    @property
+    def _open_timeout_s(self) -> float:
+        return self.options.connect_timeout_s
 
-    async def _ensure_link(self) -> None:
-        if self.state is LinkState.CLOSED:
-            raise MountNotConnected("not connected; call connect() first", device=self.name)
-        if self.state is LinkState.CONNECTED:
-            return
-        loop_now = asyncio.get_running_loop().time()
-        if loop_now < self._next_attempt_loop_s:
-            raise MountConnectionLost(
-                f"{self._last_error}; next reconnect in "
-                f"{self._next_attempt_loop_s - loop_now:.2f} s", device=self.name)
-        await self._open()
-        self.reconnects += 1
+    async def _open_streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.options.host, self.options.port)
+
+    def _open_failure(self, exc: BaseException) -> str:
+        o = self.options
+        what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        return f"cannot connect to rotctld at {o.host}:{o.port}: {what}"
+
+    def _reopened(self) -> None:
         log.info("%s: reconnected to rotctld (%d lost link(s) so far)", self.name, self.links_lost)
-
-    def _schedule_retry(self, reason: str) -> None:
-        o = self.options
-        delay = backoff_s(self._attempt, initial_s=o.reconnect_initial_s, max_s=o.reconnect_max_s)
-        self._attempt += 1
-        self._next_attempt_loop_s = asyncio.get_running_loop().time() + delay
-        self._last_error = reason
-        if self.state is LinkState.CONNECTED:
-            self.state = LinkState.LOST
-
-    async def _drop(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-            except (OSError, TimeoutError):
-                pass  # the socket is closed on our side either way
-
-    def _abandon(self) -> None:
-        """Drop the connection without waiting; the next call reconnects at once."""
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-        self.state = LinkState.LOST
-        self._last_error = "previous exchange was cancelled"
-        self._next_attempt_loop_s = 0.0
-
-    async def _lose(self, reason: str) -> MountConnectionLost:
-        self.links_lost += 1
-        self._schedule_retry(reason)
-        self.state = LinkState.LOST
-        await self._drop()
-        log.warning("%s: %s", self.name, reason)
-        return MountConnectionLost(reason, device=self.name)
 
     async def _exchange(self, request: str, *, lines: int = 0,
                         until_rprt: bool = False) -> list[str]:
