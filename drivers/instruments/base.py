@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pyvisa
 import pyvisa.errors
@@ -457,6 +457,81 @@ class ScpiSession:
         )
 
 
+class ScpiInstrument:
+    """What every SCPI instrument driver shares: the session, connect with an identity
+    check and a cleared error queue, close, and use as an async context manager.
+
+    Subclasses add their own steps after connecting (:meth:`_after_connect`) and before
+    the link closes (:meth:`_before_close`), and their device's commands.
+    """
+
+    def __init__(self, options: InstrumentOptions, *, clock: Any, name: str):
+        self.options = options
+        self.name = name
+        self._clock = clock
+        self._session = ScpiSession(options, device=name)
+        self.identity: str | None = None
+        # Logged under the driver's own module, where an operator looks for it.
+        self._log = logging.getLogger(type(self).__module__)
+
+    @property
+    def connected(self) -> bool:
+        return self._session.is_open
+
+    @property
+    def transcript(self) -> deque[Exchange]:
+        """The last exchanges on the wire (exact bytes), for diagnostics and tests."""
+        return self._session.transcript
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the link, check the identity, clear stale errors, then the device's own
+        steps. Raises :class:`InstrumentConnectionLost` (no such resource, no answer) or
+        :class:`InstrumentIdentityMismatch`. A no-op when already connected."""
+        if self.connected:
+            return
+        await self._session.open()
+        try:
+            self.identity = await self.identify()
+            for entry in await self._session.drain_errors():
+                self._log.warning("%s: stale error in the queue at connect: %s", self.name, entry)
+            await self._after_connect()
+        except BaseException:
+            await self._session.close()
+            raise
+        self._log.info("%s: connected to %s (%s)", self.name, self.options.resource_name,
+                       self.identity)
+
+    async def close(self) -> None:
+        """The device's closing steps, then close the link. Never raises for a link that
+        is already gone: closing is part of recovering."""
+        if not self.connected:
+            return
+        try:
+            await self._before_close()
+        except InstrumentError as exc:
+            self._log.error("%s: while closing: %s", self.name, exc)
+        finally:
+            await self._session.close()
+            self._log.info("%s: closed", self.name)
+
+    async def identify(self) -> str:
+        """The instrument's ``*IDN?`` reply (checked against ``expected_idn``)."""
+        return await self._session.identify()
+
+    async def _after_connect(self) -> None:
+        """Device-specific steps once the link is up and identified."""
+
+    async def _before_close(self) -> None:
+        """Device-specific steps before the link closes."""
+
+
 class _NoAnswer(Exception):
     """Internal: a read timed out (the caller decides what that means)."""
 
@@ -477,6 +552,7 @@ def _known_resources(rm: Any) -> list[str]:
 
 
 __all__ = [
+    "ScpiInstrument",
     "SCPI_NAN", "SIM_DIR", "ErrorEntry", "Exchange", "InstrumentConnectionLost",
     "InstrumentError", "InstrumentIdentityMismatch", "InstrumentNotConnected",
     "InstrumentOptions", "Readiness", "ScpiCommandError", "ScpiDataOutOfRange",

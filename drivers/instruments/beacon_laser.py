@@ -23,7 +23,6 @@ Backend ``sim`` opens ``beacon_laser.yaml`` (next to this module) with pyvisa-si
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar
@@ -33,12 +32,11 @@ from pydantic import Field, model_validator
 from drivers.clock import Clock
 from drivers.errors import CommandRejected, LimitError
 from drivers.instruments.base import (
-    Exchange,
     InstrumentError,
     InstrumentOptions,
     Readiness,
     ScpiError,
-    ScpiSession,
+    ScpiInstrument,
     parse_bool,
     parse_float,
     sim_library,
@@ -84,7 +82,7 @@ class BeaconLaserStatus:
     error: str | None = None
 
 
-class BeaconLaser:
+class BeaconLaser(ScpiInstrument):
     """One laser diode controller driving the beacon. See the module docstring."""
 
     class Options(InstrumentOptions):
@@ -127,82 +125,34 @@ class BeaconLaser:
         return {}
 
     def __init__(self, options: Options, *, clock: Clock, name: str = "beacon_laser"):
-        self.options = options
-        self.name = name
-        self._clock = clock
-        self._session = ScpiSession(options, device=name)
-        self.identity: str | None = None
+        super().__init__(options, clock=clock, name=name)
+        self.options: BeaconLaser.Options = options
         self.device_limit_mA: float | None = None
         #: Clock time of the last switch, and how many times it was switched on.
         self.last_switch_s: float | None = None
         self.switch_on_count = 0
 
-    @property
-    def connected(self) -> bool:
-        return self._session.is_open
+    async def _after_connect(self) -> None:
+        """Read the controller's current limit, and make sure the output is OFF: a beacon
+        found ON (e.g. after a crash) must not shine outside a pass."""
+        self.device_limit_mA = await self._device_limit_mA()
+        if self.device_limit_mA is not None and self.options.max_current_mA > self.device_limit_mA:
+            log.warning(
+                "%s: max_current_mA=%g is above the controller's own limit %g mA; the "
+                "controller will refuse setpoints above its limit",
+                self.name, self.options.max_current_mA, self.device_limit_mA,
+            )
+        if await self.output_is_on():
+            if self.options.off_on_connect:
+                await self.output_off(reason="found ON at connect (off_on_connect)")
+            else:
+                log.warning("%s: output found ON at connect; left ON (off_on_connect "
+                            "is false)", self.name)
 
-    @property
-    def transcript(self) -> deque[Exchange]:
-        """The last exchanges on the wire (exact bytes), for diagnostics and tests."""
-        return self._session.transcript
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def connect(self) -> None:
-        """Open the link, check the identity, clear stale errors, make sure the output is OFF.
-
-        Raises :class:`InstrumentConnectionLost` (no such resource, no answer) or
-        :class:`InstrumentIdentityMismatch`. A no-op when already connected.
-        """
-        if self.connected:
-            return
-        await self._session.open()
-        try:
-            self.identity = await self.identify()
-            for entry in await self._session.drain_errors():
-                log.warning("%s: stale error in the queue at connect: %s", self.name, entry)
-            self.device_limit_mA = await self._device_limit_mA()
-            if self.device_limit_mA is not None and self.options.max_current_mA > self.device_limit_mA:
-                log.warning(
-                    "%s: max_current_mA=%g is above the controller's own limit %g mA; the "
-                    "controller will refuse setpoints above its limit",
-                    self.name, self.options.max_current_mA, self.device_limit_mA,
-                )
-            if await self.output_is_on():
-                if self.options.off_on_connect:
-                    await self.output_off(reason="found ON at connect (off_on_connect)")
-                else:
-                    log.warning("%s: output found ON at connect; left ON (off_on_connect "
-                                "is false)", self.name)
-        except BaseException:
-            await self._session.close()
-            raise
-        log.info("%s: connected to %s (%s)", self.name, self.options.resource_name, self.identity)
-
-    async def close(self) -> None:
-        """Switch the output OFF (unless ``off_on_close`` is false) and close the link.
-
-        Never raises for a link that is already gone: closing is part of recovering.
-        """
-        if not self.connected:
-            return
-        try:
-            if self.options.off_on_close:
-                await self.output_off(reason="driver closing (off_on_close)")
-        except InstrumentError as exc:
-            log.error("%s: could not switch the output OFF while closing: %s", self.name, exc)
-        finally:
-            await self._session.close()
-            log.info("%s: closed", self.name)
-
-    async def identify(self) -> str:
-        """The instrument's ``*IDN?`` reply (checked against ``expected_idn``)."""
-        return await self._session.identify()
+    async def _before_close(self) -> None:
+        """Switch the output OFF unless ``off_on_close`` is false."""
+        if self.options.off_on_close:
+            await self.output_off(reason="driver closing (off_on_close)")
 
     async def output_on(self, *, reason: str, current_mA: float | None = None) -> None:
         """Switch the beacon ON at ``current_mA`` (default ``current_setpoint_mA``).

@@ -25,20 +25,18 @@ backend ``visa`` opens ``resource_name`` with the configured VISA library.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any
 
 from pydantic import Field
 
 from drivers.clock import Clock
 from drivers.instruments.base import (
-    Exchange,
     InstrumentError,
     InstrumentOptions,
     Readiness,
-    ScpiSession,
+    ScpiInstrument,
     parse_bool,
     parse_float,
     sim_library,
@@ -84,7 +82,7 @@ class TimeReferenceStatus:
     error: str | None = None
 
 
-class TimeReference:
+class TimeReference(ScpiInstrument):
     """One GPSDO. See the module docstring."""
 
     class Options(InstrumentOptions):
@@ -113,52 +111,8 @@ class TimeReference:
         return {}
 
     def __init__(self, options: Options, *, clock: Clock, name: str = "time_reference"):
-        self.options = options
-        self.name = name
-        self._clock = clock
-        self._session = ScpiSession(options, device=name)
-        self.identity: str | None = None
+        super().__init__(options, clock=clock, name=name)
         self._last_state: LockState | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._session.is_open
-
-    @property
-    def transcript(self) -> deque[Exchange]:
-        """The last exchanges on the wire (exact bytes), for diagnostics and tests."""
-        return self._session.transcript
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def connect(self) -> None:
-        """Open the link, check the identity, clear stale errors. No-op when connected."""
-        if self.connected:
-            return
-        await self._session.open()
-        try:
-            self.identity = await self._session.identify()
-            for entry in await self._session.drain_errors():
-                log.warning("%s: stale error in the queue at connect: %s", self.name, entry)
-        except BaseException:
-            await self._session.close()
-            raise
-        log.info("%s: connected to %s (%s)", self.name, self.options.resource_name, self.identity)
-
-    async def close(self) -> None:
-        """Close the link (a no-op when closed)."""
-        if self.connected:
-            await self._session.close()
-            log.info("%s: closed", self.name)
-
-    async def identify(self) -> str:
-        """The instrument's ``*IDN?`` reply (checked against ``expected_idn``)."""
-        return await self._session.identify()
 
     async def lock_state(self) -> LockState:
         """LOCKED, HOLDOVER or UNLOCKED (raises on instrument trouble)."""
