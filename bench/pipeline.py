@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from drivers.timetagger.base import EVENT_DTYPE, Batch, BatchInfo  # noqa: E402
 from station.config.events import EventsConfig  # noqa: E402
+from station.daemon.app import GIL_SWITCH_INTERVAL_S  # noqa: E402
 from station.events import EventPipeline, PassHeader  # noqa: E402
 
 PASS_ID = "99001-20240101T000000Z"
@@ -190,8 +191,9 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--consumer-nice", type=int, default=0,
                     help="nice the consumer process (it stands for another host)")
-    ap.add_argument("--switch-interval-ms", type=float, default=None,
-                    help="set sys.setswitchinterval (GIL hand-over) for the run")
+    ap.add_argument("--switch-interval-ms", type=float, default=GIL_SWITCH_INTERVAL_S * 1e3,
+                    help="sys.setswitchinterval for the run in ms (default: the daemon's, "
+                         f"{GIL_SWITCH_INTERVAL_S * 1e3:g} ms; Python's own is 5 ms)")
     args = ap.parse_args()
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1e3)

@@ -45,6 +45,7 @@ from drivers.mount.sim import SimMount
 from station.clock import RealClock
 from station.config.mount import SafetyConfig, TrackingConfig
 from station.config.site import SiteConfig
+from station.daemon.app import GIL_SWITCH_INTERVAL_S
 from station.orbit.geometry import load_timescale, sun_altaz
 from station.tracking import GatedMount, Tracker, TrackingSample, plan_track
 
@@ -123,8 +124,9 @@ async def one_case(rate_hz: float, seconds: float) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="tracking time per case")
-    ap.add_argument("--switch-interval-ms", type=float, default=None,
-                    help="sys.setswitchinterval for the run (default: Python's 5 ms)")
+    ap.add_argument("--switch-interval-ms", type=float, default=GIL_SWITCH_INTERVAL_S * 1e3,
+                    help="sys.setswitchinterval for the run in ms (default: the daemon's, "
+                         f"{GIL_SWITCH_INTERVAL_S * 1e3:g} ms; Python's own is 5 ms)")
     args = ap.parse_args()
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1e3)

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"--speed: {args.speed!r}: give a number > 0 or 'max'", file=sys.stderr)
         return 2
+    from station.daemon.app import tune_interpreter
+
+    tune_interpreter()
     report = asyncio.run(rehearse(cfg, pass_id=args.pass_id, speed=speed, hours=args.hours))
     if report is None:
         return 1
