@@ -16,7 +16,12 @@ import logging
 from typing import Any
 
 from drivers.mount._common import backoff_s
-from drivers.mount.base import MountConnectionLost, MountNotConnected
+from drivers.mount.base import (
+    MountConnectionLost,
+    MountNotConnected,
+    MountPosition,
+    MountStatus,
+)
 
 
 class LinkState(enum.Enum):
@@ -26,12 +31,16 @@ class LinkState(enum.Enum):
 
 
 class StreamLink:
-    """Mixin holding a reader/writer pair. Subclasses provide :meth:`_open_streams`,
+    """Mixin holding a reader/writer pair, and the status every line-protocol rotator
+    reports the same way. Subclasses provide :meth:`_open_streams`,
     :attr:`_open_timeout_s`, :meth:`_open_failure` and :meth:`_reopened`; their options
     have ``reconnect_initial_s`` and ``reconnect_max_s``."""
 
     name: str
     options: Any
+    _target: tuple[float, float] | None
+    _last_pos: MountPosition | None
+    _parking: bool
     #: Exceptions that mean "the link failed" while closing it.
     _drop_errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
@@ -67,6 +76,29 @@ class StreamLink:
     _open_errors: tuple[type[BaseException], ...] = (OSError,)
     #: What reopening is called for this link ("reconnect" a socket, "reopen" a port).
     _retry_word = "reconnect"
+
+    # -- status, the same for every line-protocol rotator ---------------------------------------
+    async def status(self) -> MountStatus:
+        """Moving: away from the last target by more than ``arrived_tolerance_deg`` (or,
+        with no target, moved since the last reading by more than the position
+        resolution). The link state is the fault text when the link is down."""
+        previous = self._last_pos
+        try:
+            pos = await self.position()  # type: ignore[attr-defined]
+        except MountNotConnected:
+            return MountStatus(False, False, False, False, None)
+        except MountConnectionLost as exc:
+            return MountStatus(False, False, False, False, str(exc))
+        tol = self.options.arrived_tolerance_deg
+        if self._target is not None:
+            moving = (abs(pos.az_deg - self._target[0]) > tol
+                      or abs(pos.el_deg - self._target[1]) > tol)
+        else:
+            step = getattr(self.options, "position_resolution_deg", 0.0)
+            moving = previous is not None and (abs(pos.az_deg - previous.az_deg) > step
+                                               or abs(pos.el_deg - previous.el_deg) > step)
+        return MountStatus(connected=True, moving=moving, tracking=False,
+                           parked=self._parking and not moving, fault=None)
 
     # -- the link ------------------------------------------------------------------------------
     async def _open(self) -> None:

@@ -42,10 +42,7 @@ from drivers.mount.base import (
     Mount,
     MountCapabilities,
     MountCommandRejected,
-    MountConnectionLost,
-    MountNotConnected,
     MountPosition,
-    MountStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -153,23 +150,6 @@ class Gs232Mount(StreamLink, Mount):
         o = self.options
         await self.slew_to(o.park_az_deg, o.park_el_deg)
         self._parking = True
-
-    async def status(self) -> MountStatus:
-        previous = self._last_pos
-        try:
-            pos = await self.position()
-        except MountNotConnected:
-            return MountStatus(False, False, False, False, None)
-        except MountConnectionLost as exc:
-            return MountStatus(False, False, False, False, str(exc))
-        tol = self.options.arrived_tolerance_deg
-        if self._target is not None:
-            moving = (abs(pos.az_deg - self._target[0]) > tol
-                      or abs(pos.el_deg - self._target[1]) > tol)
-        else:
-            moving = previous is not None and (pos.az_deg, pos.el_deg) != (
-                previous.az_deg, previous.el_deg)
-        return MountStatus(True, moving, False, self._parking and not moving, None)
 
     # -- protocol --------------------------------------------------------------------------------
     async def _read_position(self) -> MountPosition:

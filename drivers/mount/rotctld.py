@@ -39,9 +39,7 @@ from drivers.mount.base import (
     MountCommandRejected,
     MountConnectionLost,
     MountLimitError,
-    MountNotConnected,
     MountPosition,
-    MountStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -202,26 +200,6 @@ class RotctldMount(StreamLink, Mount):
             await self._command("K")
         self._target = (self.options.park_az_deg, self.options.park_el_deg)
         self._parking = True
-
-    async def status(self) -> MountStatus:
-        previous = self._last_pos
-        try:
-            pos = await self.position()
-        except MountNotConnected:
-            return MountStatus(False, False, False, False, None)
-        except MountConnectionLost as exc:
-            return MountStatus(False, False, False, False, str(exc))
-        tol = self.options.arrived_tolerance_deg
-        if self._target is not None:
-            moving = (abs(pos.az_deg - self._target[0]) > tol
-                      or abs(pos.el_deg - self._target[1]) > tol)
-        else:
-            moving = previous is not None and (
-                abs(pos.az_deg - previous.az_deg) > self.options.position_resolution_deg
-                or abs(pos.el_deg - previous.el_deg) > self.options.position_resolution_deg)
-        parked = self._parking and not moving
-        return MountStatus(connected=True, moving=moving, tracking=False, parked=parked,
-                           fault=None)
 
     # -- link (see drivers.mount._link) ------------------------------------------------------
     @property
