@@ -376,7 +376,12 @@ class Supervisor:
             ended_at=saved.updated, file_path=cur.pass_file,
             events_recorded=getattr(info, "events", 0) or 0))
         now_s = ctx.clock.now_s()
-        if (ctx.cfg.operations.resume_after_crash and self.mode == Mode.AUTO
+        if now_s < saved.updated.timestamp():
+            # The clock is before the state file's last entry: a simulated night started
+            # over. The pass is ahead again, not interrupted in progress.
+            log.warning("%s; the clock (%s) is before that, so the pass will be taken "
+                        "afresh when it comes", detail, _hms(ctx.clock.now()))
+        elif (ctx.cfg.operations.resume_after_crash and self.mode == Mode.AUTO
                 and cur.qkd_end.timestamp() - MIN_USEFUL_WINDOW_S > now_s):
             self._pending_resume = (cur, cur.segment + 1)
             log.warning("%s; resuming in segment %d while the QKD window is open",
