@@ -547,6 +547,11 @@ class Supervisor:
             self._state = stamp(self._state, self.ctx.clock.now(), mode=mode)
             self._save_state()
             self._publish_state()
+            if mode == Mode.AUTO and previous != Mode.AUTO and self.pass_task is None \
+                    and self.ctx.links["mount"].connected:
+                # Handing the station back to the schedule: it waits for the next pass
+                # parked, not wherever an operator left the telescope.
+                await self._park_idle("back to auto mode")
         log.info("mode %s → %s", previous.value, self.mode.value)
         self.wake()
         return {"mode": self.mode.value, "previous": previous.value}

@@ -108,6 +108,10 @@ async def running_station(cfg: StationConfig) -> AsyncIterator[Running]:
         async with mqtt:
             sup_task = asyncio.create_task(supervisor.run(), name="supervisor")
             try:
+                # Ready as an operator would see it: drivers connected and a schedule made.
+                async with asyncio.timeout(60):
+                    while supervisor.schedule is None and not sup_task.done():
+                        await asyncio.sleep(0.01)
                 yield Running(ctx, supervisor, mqtt, rec)
             finally:
                 sup_task.cancel()

@@ -216,3 +216,20 @@ async def test_unexpected_exception_parks_goes_safe_and_stays_up(mosquitto: Brok
         result = await st.supervisor.set_mode(Mode.MANUAL)
         assert result["previous"] == "safe"
         assert not st.ctx.alarms.is_active("station.safe")
+
+
+async def test_operator_goto_then_back_to_auto_parks(mosquitto: Broker, tmp_path: Path) -> None:
+    cfg = sim_config(tmp_path, mosquitto.port, clock={"start": "2016-12-19T12:00:00Z"})
+    async with running_station(cfg) as st:
+        sup = st.supervisor
+        refused = None
+        try:
+            await sup.goto(120.0, 40.0)
+        except Exception as exc:  # the MQTT layer turns this into a 'refused' reply
+            refused = str(exc)
+        assert refused is not None and "set_mode manual" in refused
+        await sup.set_mode(Mode.MANUAL)
+        assert (await sup.goto(120.0, 40.0))["accepted"]
+        await sup.set_mode(Mode.AUTO)
+        pos = await st.ctx.mount.position()
+        assert st.ctx.mount.is_parked(pos)
