@@ -121,6 +121,61 @@ async def _no_leftover_tasks() -> None:
         pytest.fail(f"test left asyncio tasks running: {names}")
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a peer process and reap it (kill it if it does not go)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class RotctldPeer:
+    """Hamlib's real ``rotctld -m 1`` (dummy rotator, 6°/s) that a test may restart."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @staticmethod
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+        )
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            stop_process(proc)
+            raise
+        return proc
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def restart(self) -> None:
+        self.stop()
+        self.process = self.launch(self.port)
+
+
+@pytest.fixture
+def rotctld() -> Iterator[RotctldPeer]:
+    """A real rotctld on a free loopback port, always stopped afterwards."""
+    port = free_port()
+    peer = RotctldPeer(port, RotctldPeer.launch(port))
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture
+def rotctld_port(rotctld: RotctldPeer) -> int:
+    return rotctld.port
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)

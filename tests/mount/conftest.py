@@ -1,4 +1,5 @@
-"""Fixtures of the mount tests: real rotctld and indiserver on free loopback ports."""
+"""Fixtures of the mount tests: the real indiserver on a free loopback port (the real
+rotctld fixture is shared, in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,58 +9,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import find_tool, free_port, subprocess_env, wait_for_port
+from tests.conftest import (
+    find_tool,
+    free_port,
+    stop_process,
+    subprocess_env,
+    wait_for_port,
+)
 
 
 @dataclass
 class Peer:
     port: int
     process: subprocess.Popen[bytes]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-class RotctldPeer(Peer):
-    """A real rotctld that a test may stop and start again on the same port."""
-
-    @staticmethod
-    def launch(port: int) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-        )
-        try:
-            wait_for_port(port)
-        except TimeoutError:
-            _stop(proc)
-            raise
-        return proc
-
-    def stop(self) -> None:
-        _stop(self.process)
-
-    def restart(self) -> None:
-        self.stop()
-        self.process = self.launch(self.port)
-
-
-@pytest.fixture
-def rotctld() -> Iterator[RotctldPeer]:
-    """Hamlib's real ``rotctld`` with the dummy rotator (model 1) on a free port."""
-    port = free_port()
-    peer = RotctldPeer(port, RotctldPeer.launch(port))
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture
@@ -79,4 +41,4 @@ def indi_telescope(tmp_path) -> Iterator[Peer]:
         wait_for_port(port)
         yield Peer(port, proc)
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from station.cli import main
-from tests.conftest import find_tool, free_port, subprocess_env, wait_for_port
 
 
 def position(out: str) -> tuple[float, float]:
@@ -78,25 +75,6 @@ def test_bad_park_position_is_a_config_error(tmp_path: Path, capsys: pytest.Capt
     cfg = write_config(tmp_path, park_el=5)          # under the 10° mask
     assert main(["mount", "status", "--config", cfg]) == 2
     assert "park" in capsys.readouterr().err
-
-
-@pytest.fixture
-def rotctld_port() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_rotctld_commissioning_session(tmp_path: Path, rotctld_port: int,

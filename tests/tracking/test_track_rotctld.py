@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import subprocess
-from collections.abc import Iterator
 
-import pytest
 from skyfield.api import EarthSatellite
 
 from drivers.mount.rotctld import RotctldMount
@@ -29,28 +26,7 @@ from station.clock import SimClock
 from station.config.mount import SafetyConfig, TrackingConfig
 from station.config.site import SiteConfig
 from station.tracking import GatedMount, Tracker, TrackingSample, plan_track
-from tests.conftest import find_tool, free_port, subprocess_env, wait_for_port
 from tests.tracking.conftest import MICIUS_AOS, MICIUS_LOS
-
-
-@pytest.fixture
-def rotctld_port() -> Iterator[int]:
-    """A real ``rotctld -m 1`` on a free loopback port, always stopped afterwards."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_tool("rotctld"), "-m", "1", "-T", "127.0.0.1", "-t", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def rotctld_gate(clock: SimClock, site: SiteConfig, port: int,
