@@ -79,6 +79,7 @@ class Supervisor:
         self._state = StationState(mode=self.mode, updated=ctx.clock.now())
         self._pending_resume: tuple[PassState, int] | None = None
         self._disk_full = False
+        self._timeref_locked: bool | None = None
         #: Set each time a pass ends (tests and rehearsals wait on it).
         self.pass_finished = asyncio.Event()
         ctx.alarms.set_sink(getattr(self.publisher, "publish_alarm", None))
@@ -109,6 +110,8 @@ class Supervisor:
         if self._replan_requested or now_s >= self._next_plan_s:
             await self._replan()
         if now_s >= self._next_health_s:
+            if self.pass_task is None:
+                await self._refresh_time_reference()
             self._publish_health()
             self._publish_state()  # keeps uptime and next pass current
             if self.pass_task is None:
@@ -480,11 +483,28 @@ class Supervisor:
                               f"(reserve {reserve / 1e6:.0f} MB): no new passes accepted")
         else:
             ctx.alarms.clear("disk.full", "enough free disk again")
-        ok = all(k.connected for k in ctx.links.values()) and not self._disk_full
+        ok = (all(k.connected for k in ctx.links.values()) and not self._disk_full
+              and self._timeref_locked is not False)
         return HealthMessage(
             time=ctx.clock.now(), drivers=drivers, elements=elements, disk_free_bytes=free,
-            expected_pass_bytes=expected, time_reference_locked=None,
+            expected_pass_bytes=expected, time_reference_locked=self._timeref_locked,
             stream_consumer_connected=ctx.pipeline.consumer_connected, ok=ok)
+
+    async def _refresh_time_reference(self) -> None:
+        """Ask the time reference for its lock state (between passes; during a pass the
+        readiness check's answer stands)."""
+        ctx = self.ctx
+        if ctx.timeref is None or not ctx.links["time_reference"].connected:
+            self._timeref_locked = None
+            return
+        st = await ctx.timeref.status()
+        self._timeref_locked = bool(st.locked)
+        if st.locked:
+            ctx.alarms.clear("time_reference.lock", "time reference locked")
+        else:
+            ctx.alarms.raise_("time_reference.lock", Severity.WARNING,
+                              f"time reference not locked: {st.state.value if st.state else '?'}"
+                              f"{f' ({st.error})' if st.error else ''}")
 
     def _publish_health(self) -> None:
         self.publisher_call("publish_health", self.health_message())

@@ -85,6 +85,8 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     _, rx_batches, _ = read_pass_file(got.path)
     rx = np.concatenate([b.events for b in rx_batches])
     assert np.array_equal(rx, events)
+    health = st_log.json_on("health")
+    assert health and health[-1]["time_reference_locked"] is True and health[-1]["ok"]
     progress = st_log.json_on("pass")
     assert progress and progress[-1]["events_recorded"] > 0
     assert any(m["tracking"] for m in st_log.json_on("mount"))
@@ -199,6 +201,8 @@ async def test_blocking_readiness_failure_skips_the_pass(mosquitto: Broker, tmp_
     assert "time_reference_locked" in report.reason
     assert report.pass_file is None and report.tracking is None
     assert st.ctx.alarms.is_active("readiness.time_reference_locked")
+    assert st.ctx.alarms.is_active("time_reference.lock")
+    assert st.supervisor.health_message().time_reference_locked is False
 
 
 async def test_unexpected_exception_parks_goes_safe_and_stays_up(mosquitto: Broker, tmp_path: Path) -> None:
