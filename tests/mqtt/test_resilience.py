@@ -44,10 +44,14 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
     db.mkdir()
     broker = start_mosquitto(tmp_path, port=port, extra_conf=(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {db}/\nautosave_interval 1\n"))
+        f"persistence_location {db}/\nautosave_interval 1\nautosave_on_changes true\n"))
     station = LabStation(clock)
     await station.mount.connect()
-    cfg = make_cfg(tmp_path, "127.0.0.1", port, station_id=ID)
+    # The station retries every 1.5-2 s, the dashboard every 20 ms: after the restart the
+    # dashboard is (almost always) subscribed again before the station sends what it
+    # queued; its persistent session covers the rare other order.
+    cfg = make_cfg(tmp_path, "127.0.0.1", port, station_id=ID, reconnect_min_s=1.5,
+                   reconnect_max_s=2.0)
     received: list[aiomqtt.Message] = []
     got = asyncio.Event()
 
@@ -62,7 +66,7 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
                         received.append(m)
                         got.set()
             except aiomqtt.MqttError:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
 
     def wait_for(pred, timeout_s=45.0):
         async def _w() -> None:
