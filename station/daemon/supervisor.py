@@ -157,6 +157,20 @@ class Supervisor:
             if self.pass_task is not None and self.pass_task in done:
                 return
 
+    async def _beating(self, work: Any, limit_s: float = 120.0) -> Any:
+        """Await ``work`` (e.g. planning in a thread) while the heartbeat goes on, for at
+        most ``limit_s`` wall seconds: waiting on a thread is being alive, but a thread
+        stuck for minutes must still let the watchdog restart the daemon."""
+        future = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        give_up_s = loop.time() + limit_s
+        while not future.done():
+            if loop.time() < give_up_s:
+                self._beat()
+            # Wall-time pacing of the heartbeat, not domain time.
+            await asyncio.wait({future}, timeout=self.beat_period_s)
+        return future.result()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -172,8 +186,8 @@ class Supervisor:
         # Start a little in the past so a pass already up (or just interrupted) is seen.
         start_s = now_s - 1800.0
         hours = ctx.cfg.operations.plan_hours + 0.5
-        self.schedule = await asyncio.to_thread(
-            plan, ctx.cfg, ctx.catalog, start_s, hours, sorted(self.include), sorted(self.exclude))
+        self.schedule = await self._beating(asyncio.to_thread(
+            plan, ctx.cfg, ctx.catalog, start_s, hours, sorted(self.include), sorted(self.exclude)))
         self._next_plan_s = now_s + ctx.cfg.operations.replan_interval_s
         for w in self.schedule.warnings:
             log.warning("schedule: %s", w)
@@ -605,7 +619,7 @@ class Supervisor:
                 "events_recorded": report.events_recorded if report else 0}
 
     async def reload_elements(self) -> dict[str, Any]:
-        report = await asyncio.to_thread(self.ctx.catalog.reload)
+        report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
         await self._replan()
         self.wake()
         return {"satellites": len(self.ctx.catalog), "problems": list(report.problems)}
@@ -644,7 +658,7 @@ class Supervisor:
         return restart
 
     async def reload_catalog(self) -> None:
-        report = await asyncio.to_thread(self.ctx.catalog.reload)
+        report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
         for problem in report.problems:
             log.warning("elements: %s", problem)
         self._replan_requested = True
