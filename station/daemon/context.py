@@ -146,4 +146,4 @@ async def with_grace(attempt: Callable[[], Awaitable[bool]], clock: Clock, grace
             return True
         if clock.now_s() >= end_s:
             return False
-        await clock.sleep(min(retry_s, max(0.0, end_s - clock.now_s())) or retry_s)
+        await clock.sleep(min(retry_s, end_s - clock.now_s()))

@@ -38,7 +38,7 @@ from station.mqtt.messages import (
 )
 from station.orbit.geometry import SatelliteLinkGeometry
 from station.orbit.passes import PassInfo
-from station.tracking import TrackingSample, TrackingStats, plan_for_pass
+from station.tracking import TelemetrySubscription, TrackingSample, TrackingStats, plan_for_pass
 from station.tracking.controller import PrepositionTimeout, TrackingAborted
 
 log = logging.getLogger("station.pass")
@@ -305,13 +305,19 @@ class PassRunner:
         await ctx.clock.sleep_until(max(self.plan.aos_s - 1.0, ctx.clock.now_s()))
         self._set_phase(Phase.TRACK)
         await self._beacon(on=True)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._acquire(), name=f"acquire-{entry.pass_id}")
-            tg.create_task(self._watch_telemetry(), name=f"telemetry-{entry.pass_id}")
-            tg.create_task(self._progress(), name=f"progress-{entry.pass_id}")
-            await self._follow()
-            # LOS: the helpers end themselves once tracking is over.
-            self._tracking_done = True
+        telemetry = ctx.tracker.subscribe()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._acquire(), name=f"acquire-{entry.pass_id}")
+                tg.create_task(self._watch_telemetry(telemetry),
+                               name=f"telemetry-{entry.pass_id}")
+                tg.create_task(self._progress(), name=f"progress-{entry.pass_id}")
+                await self._follow()
+                # LOS: the telemetry stream ends, the progress loop sees the flag.
+                self._tracking_done = True
+                telemetry.close()
+        finally:
+            ctx.tracker.unsubscribe(telemetry)
 
     async def _follow(self) -> None:
         """Track to LOS, riding out a mount link drop within the grace period."""
@@ -390,36 +396,33 @@ class PassRunner:
                 f"time tagger overflow in batch {info.seq} ({info.missed_events} events missed); "
                 "recorded in the pass file", pass_id=self.entry.pass_id)
 
-    async def _watch_telemetry(self) -> None:
-        """Publish mount telemetry and turn sustained tracking error into a fault."""
+    async def _watch_telemetry(self, telemetry: TelemetrySubscription) -> None:
+        """Publish mount telemetry and turn sustained tracking error into a fault; ends
+        when the subscription is closed at LOS."""
         ctx = self.ctx
         faults = ctx.cfg.operations.faults
-        sub = ctx.tracker.subscribe()
         over_since: float | None = None
         set_pointing = getattr(ctx.tagger, "set_pointing_error_urad", None)
-        try:
-            async for sample in _until(sub, lambda: self._tracking_done):
-                self._publish_mount(sample)
-                if set_pointing is not None and sample.phase == "tracking":
-                    set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
-                if not sample.acquired:
-                    continue
-                if sample.sky_error_arcsec > faults.tracking_error_limit_arcsec:
-                    over_since = sample.time_s if over_since is None else over_since
-                    if sample.time_s - over_since >= faults.tracking_error_duration_s:
-                        msg = (f"tracking error {sample.sky_error_arcsec:.0f}\" above "
-                               f"{faults.tracking_error_limit_arcsec:g}\" for "
-                               f"{sample.time_s - over_since:.1f} s")
-                        ctx.alarms.raise_("tracking.error", Severity.WARNING, msg,
-                                          pass_id=self.entry.pass_id)
-                        if faults.abort_on_tracking_error:
-                            self.request_abort(msg)
-                else:
-                    if over_since is not None:
-                        ctx.alarms.clear("tracking.error", "tracking error back within the limit")
-                    over_since = None
-        finally:
-            ctx.tracker.unsubscribe(sub)
+        async for sample in telemetry:
+            self._publish_mount(sample)
+            if set_pointing is not None and sample.phase == "tracking":
+                set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
+            if not sample.acquired:
+                continue
+            if sample.sky_error_arcsec > faults.tracking_error_limit_arcsec:
+                over_since = sample.time_s if over_since is None else over_since
+                if sample.time_s - over_since >= faults.tracking_error_duration_s:
+                    msg = (f"tracking error {sample.sky_error_arcsec:.0f}\" above "
+                           f"{faults.tracking_error_limit_arcsec:g}\" for "
+                           f"{sample.time_s - over_since:.1f} s")
+                    ctx.alarms.raise_("tracking.error", Severity.WARNING, msg,
+                                      pass_id=self.entry.pass_id)
+                    if faults.abort_on_tracking_error:
+                        self.request_abort(msg)
+            else:
+                if over_since is not None:
+                    ctx.alarms.clear("tracking.error", "tracking error back within the limit")
+                over_since = None
 
     def _publish_mount(self, s: TrackingSample) -> None:
         saz, sel = self.plan.sky_at(s.time_s)
@@ -557,20 +560,6 @@ class PassRunner:
             self.report.go_safe = True
         else:
             ctx.alarms.clear("mount.park", "parked")
-
-
-async def _until(sub: Any, done: Callable[[], bool]) -> Any:
-    """Iterate a telemetry subscription until ``done()`` (checked on each sample / 1 s)."""
-    it = sub.__aiter__()
-    while not done():
-        try:
-            async with asyncio.timeout(1.0):  # wall-clock poll of a flag; not domain time
-                sample = await it.__anext__()
-        except TimeoutError:
-            continue
-        except StopAsyncIteration:
-            return
-        yield sample
 
 
 def _dt(time_s: float) -> datetime:
