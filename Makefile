@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/sim.toml
-# Debian packages of the real peers the tests talk to (broker, rotator daemon, INDI server).
-TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin
-TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope
+# Debian packages of the real peers the tests talk to (broker, rotator daemon, INDI server,
+# the browser and its driver for the web view).
+TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin chromium chromium-driver
+TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope chromium chromedriver
 
 .PHONY: run test lint venv venv-dev system-deps bench clean
 
