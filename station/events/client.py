@@ -44,6 +44,7 @@ from station.events.protocol import (
     encode,
     parse_station,
 )
+from station.files import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class StreamClient:
                  on_batch: Callable[[BatchHeader, np.ndarray, np.ndarray], None] | None = None):
         self.endpoint = endpoint
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out_dir)
         self.consumer = consumer or f"qkd-station-receive-{uuid.uuid4().hex[:8]}"
         self.window = window
         self.flush_interval_s = flush_interval_s

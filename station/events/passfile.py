@@ -32,6 +32,7 @@ import pyarrow.ipc as ipc
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from drivers.timetagger.base import EVENT_DTYPE, BatchInfo
+from station.files import open_file
 
 FORMAT_NAME = "qkd-station-passfile"
 FORMAT_VERSION = 1
@@ -218,7 +219,7 @@ class PassFileWriter:
                 self._write_all([self.schema.serialize()])
         else:
             self.batches = 0
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.fd = open_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             self.offset = 0
             self._write_all([self.schema.serialize()])
 
@@ -452,7 +453,7 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     """Temporary file, fsync, rename, fsync of the directory: all or nothing after a crash."""
     tmp = path.with_name(f".{path.name}.tmp")
     data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)

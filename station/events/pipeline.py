@@ -37,6 +37,7 @@ from station.events.passfile import PassHeader
 from station.events.protocol import Lost
 from station.events.source import Entry, PassSource, build_pass_end, channel_counts
 from station.events.stream_server import StreamServer, lower_priority
+from station.files import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ class EventPipeline:
         """Create the passes directory and start serving the stream (raises if the
         endpoint cannot be bound)."""
         cfg = self.events_cfg
-        await asyncio.to_thread(self.passes_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(make_dirs, self.passes_dir)
         server = StreamServer(cfg.stream_endpoint, self.passes_dir,
                               max_window_batches=cfg.stream_max_window_batches,
                               consumer_timeout_s=cfg.consumer_timeout_s)
@@ -462,7 +463,7 @@ class EventPipeline:
             raise ValueError(f"pass {header.stem} is already being recorded")
         if path.exists():
             raise ValueError(f"{path} exists already; pass files are never overwritten")
-        self.passes_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.passes_dir)
         rec = PassRecorder(self, header, path)
         self.recorders[header.stem] = rec
         if self.server is not None:
