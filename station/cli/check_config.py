@@ -1,4 +1,9 @@
-"""``qkd-station check-config FILE``: validate a config and summarise it."""
+"""``qkd-station check-config FILE``: validate a config and summarise it.
+
+Exit 0 when the daemon could start with it; 2 with ``path: value: reason`` lines when a
+value is invalid or the machine lacks what it names (files, folders: see
+:mod:`station.config.preflight`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import sys
 
 from station.config import ConfigError, StationConfig, load_config
+from station.config.preflight import preflight
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    problems = preflight(cfg)
+    if problems:
+        print(ConfigError(args.file, problems), file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     print(summary(cfg))

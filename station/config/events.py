@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from station.config.base import Strict
+from station.config.base import Strict, ZmqEndpoint
 
 
 class EventsConfig(Strict):
@@ -17,7 +17,7 @@ class EventsConfig(Strict):
         1.0, gt=0, le=60.0,
         description="Data at risk on a power cut: pass files are fsynced at least this often "
         "(wall time) and after at most this much recorded tagger time.")
-    stream_endpoint: str = Field(
+    stream_endpoint: ZmqEndpoint = Field(
         "tcp://127.0.0.1:5560",
         description="ZeroMQ endpoint the event stream is served on (ROUTER), e.g. "
         "tcp://0.0.0.0:5560 for a post-processing core on another host.")
