@@ -438,7 +438,7 @@ def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> El
 
 def _record_error(exc: Exception) -> str:
     """The reason of a rejected record: our own message, or a bounded one for the rest."""
-    if type(exc) is ValueError:
+    if type(exc) in (ValueError, json.JSONDecodeError):
         return str(exc)
     return f"cannot be used ({type(exc).__name__}: {_shown(exc, 80)})"
 
@@ -449,7 +449,11 @@ def _line_of(text: str, pos: int) -> int:
 
 #: Numbers stay text: the record check bounds and converts them (``int()`` of 5,000 digits
 #: raises a ValueError that ``raw_decode`` would not place in the file).
-_DECODER = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
+class _Number(str):
+    """A JSON number kept as its text."""
+
+
+_DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_Number)
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -512,7 +516,8 @@ def _parse_omm_json(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
     for line, obj in records:
         where = f"{path}:{line}"
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected an OMM object, got {type(obj).__name__}")
+            what = "number" if isinstance(obj, _Number) else type(obj).__name__
+            problems.append(f"{where}: expected an OMM object, got {what}")
             continue
         try:
             sets.append(_omm_record(obj, where, "omm-json"))
@@ -653,12 +658,19 @@ def _parse_elements(data: bytes, path: str) -> tuple[list[ElementSet], list[str]
     return sets, problems
 
 
+#: Larger files are refused unread (a whole-catalog CelesTrak OMM JSON is ~15 MB).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
 def parse_file(path: Path) -> tuple[list[ElementSet], list[str]]:
     """Parse one element file; an unreadable file is one problem, not an exception."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return [], [f"{path}:0: cannot read: {exc.strerror or exc}"]
+    if len(data) > MAX_FILE_BYTES:
+        return [], [f"{path}:0: larger than {MAX_FILE_BYTES // 2**20} MiB; not an element file?"]
     return parse_elements(data, str(path))
 
 
@@ -672,8 +684,8 @@ def satellite_from_text(text: str, fmt: ElementFormat = "tle") -> EarthSatellite
             if not isinstance(fields, dict):
                 raise ValueError(f"expected an OMM object, got {type(fields).__name__}")
             sets, problems = [_omm_record(fields, "(elements)", fmt)], []
-        except ValueError as exc:  # JSONDecodeError included
-            sets, problems = [], [f"(elements): {exc}"]
+        except Exception as exc:  # a pass file's header is input too
+            sets, problems = [], [f"(elements): {_record_error(exc)}"]
     if problems or len(sets) != 1:
         raise ElementError("; ".join(problems) or "the text holds no single element set")
     return sets[0].satellite

@@ -100,6 +100,34 @@ def test_a_text_file_that_is_no_element_file_is_not_echoed() -> None:
         assert "is this an element file?" in problems[0]
 
 
+def test_xml_entity_expansion_and_a_list_of_numbers_are_refused() -> None:
+    laughs = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+    data = f'<?xml version="1.0"?><!DOCTYPE l [{laughs}]><omm><MEAN_MOTION>&i;</MEAN_MOTION></omm>'
+    sets, problems = parse_elements(data.encode(), "gp.xml")
+    assert sets == [] and len(problems) == 1 and problems[0].startswith("gp.xml:1: not valid XML")
+    sets, problems = parse_elements(b"[1, 2.5, 1e999]", "gp.json")
+    assert problems == ["gp.json:1: expected an OMM object, got number"] * 3
+
+
+def test_a_pass_file_header_with_hostile_elements_is_an_element_error() -> None:
+    from station.orbit.catalog import ElementError, satellite_from_text
+
+    for text in ("[" * 10_000, json.dumps({"MEAN_MOTION": "1" * 5000}), "[1]"):
+        with pytest.raises(ElementError) as info:
+            satellite_from_text(text, "omm-json")
+        assert len(str(info.value)) < MAX_PROBLEM_CHARS
+
+
+def test_an_oversized_file_is_refused_unread(tmp_path: Path, monkeypatch) -> None:
+    from station.orbit import catalog
+
+    monkeypatch.setattr(catalog, "MAX_FILE_BYTES", 1000)
+    path = tmp_path / "big.tle"
+    path.write_text(MICIUS_TLE * 10)
+    assert catalog.parse_file(path) == ([], [f"{path}:0: larger than 0 MiB; not an element file?"])
+
+
 def test_many_bad_records_are_capped() -> None:
     data = json.dumps([{"x": i} for i in range(5000)]).encode()
     sets, problems = parse_elements(data, "many.json")
