@@ -171,6 +171,16 @@ def test_tle_check_reports_hostile_files_without_a_traceback(tmp_path: Path) -> 
     assert f"{tmp_path / 'huge.json'}:2: MEAN_MOTION '1111" in res.stdout
 
 
+def test_tle_check_of_the_configured_sources_reports_a_missing_one(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "station.toml"
+    config.write_text((REPO / "config" / "sim.toml").read_text().replace(
+        'element_sources = ["elements"]', f'element_sources = ["{ELEMENTS}", "{tmp_path / "gone"}"]'))
+    assert main(["tle", "check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'gone'}:0: element source does not exist" in out
+    assert "micius-2016-12-18.tle: 1 valid, 0 rejected" in out
+
+
 def test_tle_update_refuses_hostile_files_and_changes_nothing(tmp_path: Path, capsys) -> None:
     dest = tmp_path / "elements"
     dest.mkdir()
