@@ -569,8 +569,19 @@ def _parse_omm_xml(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]
     return sets, problems
 
 
-_KVN_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s*=\s*(.*?)\s*$")
-_KVN_UNITS = re.compile(r"\s*\[[^\]]*\]\s*$")
+# Linear-time patterns only: a lazy `(.*?)\s*$` or a units pattern anchored at `$` after
+# `\s*` backtracks quadratically, and one 1 MB line would hold a reload for hours.
+_KVN_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s*=(.*)$")
+
+
+def _kvn_value(raw: str) -> str:
+    """The value of a KVN line without its trailing ``[units]``."""
+    value = raw.strip()
+    if value.endswith("]"):
+        start = value.rfind("[")
+        if start >= 0:
+            value = value[:start].rstrip()
+    return value
 
 
 def _parse_omm_kvn(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
@@ -588,7 +599,7 @@ def _parse_omm_kvn(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
         if not match:
             problems.append(f"{path}:{number}: not a KVN 'KEY = value' line: {_shown(line, 24)}")
             continue
-        key, value = match.group(1), _KVN_UNITS.sub("", match.group(2))
+        key, value = match.group(1), _kvn_value(match.group(2))
         if key == "CCSDS_OMM_VERS" or not records:
             records.append((number, {}))
         records[-1][1][key] = value

@@ -128,6 +128,14 @@ def test_an_oversized_file_is_refused_unread(tmp_path: Path, monkeypatch) -> Non
     assert catalog.parse_file(path) == ([], [f"{path}:0: larger than 0 MiB; not an element file?"])
 
 
+def test_kvn_lines_built_to_make_a_regex_backtrack_parse_in_linear_time() -> None:
+    """Each of these took hours with the old patterns (quadratic in the line length)."""
+    spaces = " " * 200_000
+    for line in (f"MEAN_MOTION = x{spaces}y", f"MEAN_MOTION = {'[' * 200_000}", f"OBJECT_NAME = a{spaces}"):
+        sets, problems = parse_elements(f"CCSDS_OMM_VERS = 2.0\n{line}\n".encode(), "x.kvn")
+        assert sets == [] and problems and all(len(p) <= MAX_PROBLEM_CHARS for p in problems)
+
+
 def test_many_bad_records_are_capped() -> None:
     data = json.dumps([{"x": i} for i in range(5000)]).encode()
     sets, problems = parse_elements(data, "many.json")
