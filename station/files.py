@@ -15,6 +15,7 @@ ones created here get :data:`DIR_MODE`.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -40,7 +41,8 @@ def make_dirs(path: Path | str, mode: int = DIR_MODE) -> Path:
             directory.mkdir(mode=mode)
         except FileExistsError:
             if not directory.is_dir():
-                raise
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
+                                         str(directory)) from None
             continue  # created meanwhile by someone else: theirs, leave its mode
         os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
     return path

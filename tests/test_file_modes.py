@@ -50,6 +50,13 @@ def test_the_helper_sets_exact_modes(tmp_path: Path, umask: int) -> None:
     assert mode(Path(name)) == 0o640
 
 
+def test_a_file_in_the_way_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    with pytest.raises(NotADirectoryError) as info:
+        make_dirs(tmp_path / "state" / "passes")
+    assert str(info.value) == f"[Errno 20] exists and is not a directory: '{tmp_path / 'state'}'"
+
+
 def test_existing_directories_keep_their_mode(tmp_path: Path, umask: int) -> None:
     tmp_path.chmod(0o755)
     make_dirs(tmp_path / "new")
