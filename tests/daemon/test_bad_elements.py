@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,25 @@ class AlarmListener:
     def __init__(self, port: int, out: Path):
         self.out = out
         self._fh = open(out, "w")
+        probe = f"test/probe/{uuid.uuid4().hex}"
         self.proc = subprocess.Popen([find_tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port),
-                                      "-t", ALARMS, "-q", "1"], stdout=self._fh, text=True)
+                                      "-t", ALARMS, "-t", probe, "-q", "1"], stdout=self._fh, text=True)
+        # Subscribed once our own probe comes back (alarms are not retained).
+        deadline = time.monotonic() + 30
+        while "probe" not in out.read_text():
+            assert time.monotonic() < deadline, "mosquitto_sub did not subscribe within 30 s"
+            subprocess.run([find_tool("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(port),
+                            "-t", probe, "-m", "probe"], check=True, timeout=10)
+            self._wait_output(0.2)
+
+    def _wait_output(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and "probe" not in self.out.read_text():
+            time.sleep(0.02)
 
     def messages(self) -> list[dict]:
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.out.read_text().splitlines()
+                if line.startswith("{")]
 
     def wait_for(self, predicate, timeout_s: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -61,7 +76,6 @@ class AlarmListener:
 @pytest.fixture
 def alarms(mosquitto: Broker, tmp_path: Path):
     listener = AlarmListener(mosquitto.port, tmp_path / "alarms.jsonl")
-    time.sleep(0.3)  # let mosquitto_sub subscribe (alarms are not retained)
     yield listener
     listener.close()
 
