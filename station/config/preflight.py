@@ -59,8 +59,11 @@ def preflight(cfg: StationConfig) -> list[str]:
     mqtt = cfg.mqtt
     if mqtt.password_file is not None:
         why = _readable_file(mqtt.password_file)
-        if why is None and not mqtt.password_file.read_text(errors="replace").strip():
-            why = "is empty (its first line is the password)"
+        if why is None:
+            with open(mqtt.password_file, "rb") as fh:
+                head = fh.read(4096).decode("utf-8", "replace").splitlines()
+            if not head or not head[0].strip():
+                why = "has an empty first line (the first line is the password)"
         check("mqtt.password_file", mqtt.password_file, why)
     if mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
