@@ -86,6 +86,11 @@ def test_real_endpoints_are_accepted(tmp_path: Path, endpoint: str) -> None:
     assert load_config(write(tmp_path, f'[events]\nstream_endpoint = "{endpoint}"\n')).events.stream_endpoint == endpoint
 
 
+def test_a_missing_replay_recording(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[timetagger]\nbackend = "replay"\noptions = { path = "night.arrows" }\n')
+    refused(check_config(cfg), f"timetagger.options.path: '{tmp_path / 'night.arrows'}': file does not exist")
+
+
 def test_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
     cfg = write(tmp_path, "")
     (tmp_path / "state").write_text("not a folder")

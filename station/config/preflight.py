@@ -70,6 +70,18 @@ def preflight(cfg: StationConfig) -> list[str]:
             path = getattr(mqtt.tls, name)
             if path is not None:
                 check(f"mqtt.tls.{name}", path, _readable_file(path))
+    devices = {"mount": cfg.mount, "timetagger": cfg.timetagger}
+    if cfg.instruments.beacon_laser.enabled:
+        devices["instruments.beacon_laser"] = cfg.instruments.beacon_laser
+    if cfg.instruments.time_reference.enabled:
+        devices["instruments.time_reference"] = cfg.instruments.time_reference
+    for where, device in devices.items():
+        # The same naming rule that makes these options relative to the config file
+        # (BackendConfig): files the backend will open, e.g. a replay recording.
+        for key, value in device.options.items():
+            if (key == "path" or key.endswith(("_path", "_file"))) and isinstance(value, str) and value:
+                check(f"{where}.options.{key}", Path(value).expanduser(),
+                      _readable_file(Path(value).expanduser()))
     check("state_dir", cfg.state_dir, _creatable_dir(cfg.state_dir))
     if cfg.state_dir.is_dir():
         passes = cfg.state_dir / cfg.events.passes_dir
