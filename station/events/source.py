@@ -143,9 +143,17 @@ class PassSource:
         side = passfile.read_sidecar(path) or {}
         totals = side.get("totals") or {}
         lost = [Lost.model_validate(x) for x in totals.get("lost_batches", [])]
-        src.end = build_pass_end(stem, src.entries, lost, outcome=totals.get("outcome", side.get("state", "")),
-                                 reason=totals.get("reason", ""),
-                                 complete=scan.stop.complete and side.get("state") != "interrupted")
+        complete = scan.stop.complete and side.get("state") != "interrupted"
+        # Never an empty outcome: a cut file is "interrupted" (with why), a whole file the
+        # sidecar says nothing about is "unknown".
+        outcome = str(totals.get("outcome") or "") or ("unknown" if complete else "interrupted")
+        reason = str(totals.get("reason") or "")
+        if not complete and not reason:
+            reason = f"the file was cut (station crash): {scan.stop.reason}"
+        if not complete:
+            outcome = "interrupted"
+        src.end = build_pass_end(stem, src.entries, lost, outcome=outcome, reason=reason,
+                                 complete=complete)
         return src
 
 
