@@ -39,7 +39,9 @@ def summary(cfg: StationConfig) -> str:
         f"elements   {len(cfg.orbit.element_sources)} source(s); satellites: {sats}",
         f"mount      {cfg.mount.backend}",
         f"tagger     {cfg.timetagger.backend}",
-        f"stream     {cfg.events.stream_endpoint}",
+        f"stream     {cfg.events.stream_endpoint}, "
+        + (f"CURVE, {len(cfg.events.curve_consumer_key_files)} consumer key source(s)"
+           if cfg.events.curve_secret_key_file else "no CURVE (loopback only)"),
         f"log level  {cfg.log_level}",
     ]
     return "\n".join(lines)
@@ -50,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    files = cfg.events.file_problems()  # key files are read at start: fail now, not then
+    if files:
+        print(ConfigError(args.file, files), file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     print(summary(cfg))

@@ -91,10 +91,17 @@ class EventsConfig(Strict):
             try:
                 load_keypair(self.curve_secret_key_file)
             except CurveKeyError as exc:
-                out.append(f"events.curve_secret_key_file: {str(self.curve_secret_key_file)!r}: {exc}")
+                out.append(f"events.curve_secret_key_file: {str(self.curve_secret_key_file)!r}: "
+                           f"{_without_path(exc, self.curve_secret_key_file)}")
         for i, p in enumerate(self.curve_consumer_key_files):
             try:
                 load_allowed_keys([Path(p)])
             except CurveKeyError as exc:
-                out.append(f"events.curve_consumer_key_files[{i}]: {str(p)!r}: {exc}")
+                out.append(f"events.curve_consumer_key_files[{i}]: {str(p)!r}: "
+                           f"{_without_path(exc, p)}")
         return out
+
+
+def _without_path(exc: Exception, path: Path) -> str:
+    # The line names the path already; keep the reason (and any file inside a folder).
+    return str(exc).removeprefix(f"{path}: ")
