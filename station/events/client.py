@@ -322,9 +322,6 @@ class StreamClient:
             # follow on without it rather than asking for it for ever.
             log.error("the station cannot serve pass %s: %s", msg.pass_id, msg.message)
             self._skip.add(msg.pass_id)
-            if self._await_answer:
-                self._await_answer = False
-                self._hello(None)
         else:
             raise StreamError(f"station refused: {msg.code}: {msg.message}", msg.code,
                               msg.pass_id)

@@ -473,7 +473,8 @@ class StreamServer:
                         f"this station speaks protocol {PROTOCOL_VERSION}, not {msg.protocol}")
             return
         window = min(msg.window, self.max_window_batches)
-        old = self._sessions.get(identity)
+        # A hello replaces this connection's session, also when it is refused.
+        old = self._sessions.pop(identity, None)
         session = _Session(identity, follow=msg.pass_id is None, window=window,
                            name=msg.consumer, last_seen_s=now,
                            served=old.served if old is not None else set())
@@ -482,7 +483,7 @@ class StreamServer:
                 self._error(identity, "bad_request", "catch_up and cursor belong to follow "
                             "mode (pass_id null)", msg.pass_id)
                 return
-            if not self._check_resume(identity, msg.pass_id, msg.resume_seq):
+            if self._check_resume(identity, msg.pass_id, msg.resume_seq) is not True:
                 return
             session.queue.append((msg.pass_id, msg.resume_seq))
         else:
@@ -497,7 +498,10 @@ class StreamServer:
                     self._error(identity, "bad_request",
                                 f"pass '{c.pass_id}' is twice in catch_up", c.pass_id)
                     return
-                if not self._check_resume(identity, c.pass_id, c.resume_seq):
+                ok = self._check_resume(identity, c.pass_id, c.resume_seq)
+                if ok is None:
+                    continue  # unknown: said so, and skipped (it cannot be served)
+                if not ok:
                     return
                 queued.add(c.pass_id)
                 session.queue.append((c.pass_id, c.resume_seq))
@@ -530,12 +534,15 @@ class StreamServer:
                  f"follow mode: {len(session.queue)} pass(es) queued", window)
         self._start_next(session)
 
-    def _check_resume(self, identity: bytes, pass_id: str, resume_seq: int) -> bool:
+    def _check_resume(self, identity: bytes, pass_id: str, resume_seq: int) -> bool | None:
+        """True if the pass can be served from ``resume_seq``; None (said so) if there is
+        no such pass; False (said so) if it has fewer batches."""
         src = self._find(pass_id)
         if src is None:
             self._error(identity, "unknown_pass",
-                        f"no pass '{pass_id}' is recorded in {self.passes_dir}", pass_id)
-            return False
+                        f"no pass '{pass_id}' is recorded in {self.passes_dir} (or its file "
+                        "cannot be read)", pass_id)
+            return None
         available = 0 if src is _PENDING else len(src.entries)  # type: ignore[union-attr]
         if resume_seq > available:
             self._error(identity, "bad_resume",
