@@ -86,6 +86,7 @@ class _Receiving:
     writer: passfile.PassFileWriter
     expected: int
     unsynced_since: float | None = None
+    already_complete: bool = False  # served again after we checked its end: report once
 
 
 class StreamClient:
@@ -352,13 +353,14 @@ class StreamClient:
             self._close_current(end_of_stream=False)
             cur = None
         if cur is None:
+            complete = self._held_complete(msg.pass_id)
             path = self._path(msg.pass_id)
             writer = passfile.PassFileWriter(path, msg.header, compression=self.compression,
                                              append=path.exists())
             rp = ReceivedPass(msg.pass_id, path)
             if writer.batches:
                 self._recount(rp)
-            cur = self._cur = _Receiving(rp, writer, writer.batches)
+            cur = self._cur = _Receiving(rp, writer, writer.batches, already_complete=complete)
         if msg.resume_seq > cur.expected:
             self._resync()  # it would skip batches we lack: ask again from what we hold
         # resume_seq < expected: duplicates come first; they are acked and dropped.
@@ -437,6 +439,9 @@ class StreamClient:
         if cur.expected < end.batches:
             self._resync()  # batches still missing (should not happen): ask again
             return None
+        if cur.already_complete:
+            self._close_current(end_of_stream=True)
+            return None  # a catch-up raced with its end: received and reported once already
         rp.end = end
         if rp.batches != end.batches:
             rp.problems.append(f"received {rp.batches} batches, the station recorded {end.batches}")
