@@ -242,3 +242,73 @@ def test_keygen_writes_a_pair_with_the_secret_0600_whatever_the_umask(
         bad.write_text('metadata\ncurve\n    public-key = "abc"\n')
         load_public_key(bad)
     json.dumps(str(pair))  # repr/str never raise
+
+
+@pytest.mark.slow
+async def test_the_daemon_serves_a_whole_pass_to_the_keyholder_only(
+        mosquitto: object, tmp_path: Path, keys: dict[str, Path]) -> None:
+    """The station as `qkd-station run` assembles it, CURVE on: intruders hammer the stream
+    through the Micius pass and get nothing; the keyholder gets the pass; the daemon stays up."""
+    import threading
+
+    from tests.daemon.station import MICIUS, free_port, running_station, sim_config
+
+    cfg = sim_config(tmp_path, mosquitto.port, events={  # type: ignore[attr-defined]
+        "stream_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        "curve_secret_key_file": str(keys["station_sec"]),
+        "curve_consumer_key_files": [str(keys["allowed"])]})
+    station_pub = load_public_key(keys["station_pub"])
+    good, bad = load_keypair(keys["good_sec"]), load_keypair(keys["bad_sec"])
+    received: list = []
+    stop = threading.Event()
+    intruder_frames: list[int] = []
+
+    def consume() -> None:
+        with StreamClient(cfg.events.stream_endpoint, tmp_path / "consumer", timeout_s=120,
+                          server_public_key=station_pub, keypair=good) as c:
+            received.extend(c.follow(max_passes=1))
+
+    def intrude() -> None:
+        ctx = zmq.Context()
+        socks = []
+        try:
+            for opts in ({}, {"CURVE_SERVERKEY": station_pub, "CURVE_PUBLICKEY": bad.public,
+                              "CURVE_SECRETKEY": bad.secret}):
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.RECONNECT_IVL, 50)
+                for k, v in opts.items():
+                    s.setsockopt(getattr(zmq, k), v)
+                s.connect(cfg.events.stream_endpoint)
+                socks.append(s)
+            while not stop.is_set():
+                for s in socks:
+                    try:
+                        s.send_json({"type": "hello", "protocol": 1, "pass_id": None},
+                                    zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # not connected (refused): nothing queued
+                    while s.poll(0):
+                        intruder_frames.append(len(s.recv_multipart()))
+                stop.wait(0.05)
+        finally:
+            for s in socks:
+                s.close(0)
+            ctx.term()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (consume, intrude)]
+    for t in threads:
+        t.start()
+    try:
+        async with running_station(cfg) as st:
+            report = await st.next_pass()
+            await asyncio.to_thread(threads[0].join, 120)
+            assert st.supervisor is not None and st.ctx.pipeline.server is not None
+            server = st.ctx.pipeline.server
+            assert server.errors == 0 and server.consumers_denied >= 1
+    finally:
+        stop.set()
+        await asyncio.to_thread(threads[1].join, 30)
+    assert report.pass_id == MICIUS and report.outcome == "completed", report.reason
+    assert received and received[0].ok and received[0].events == report.events_recorded > 0
+    assert intruder_frames == []
