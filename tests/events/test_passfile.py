@@ -162,3 +162,13 @@ def test_the_simulator_seed_is_in_neither_the_header_nor_the_stream_header(tmp_p
     served = PassSource.from_file(path).header
     assert "424242" not in json.dumps(served)
     assert PassHeader.model_validate_json(served["qkd.header"]) == header()
+
+
+def test_inspect_never_shows_a_legacy_seed(tmp_path: Path) -> None:
+    from station.events.inspection import inspect_pass_file
+
+    md = {**header().schema_metadata(), "simulator_seed": "424242"}
+    path = tmp_path / "legacy.arrows"
+    w = PassFileWriter(path, md, compression="lz4")
+    w.close()
+    assert "424242" not in json.dumps(inspect_pass_file(path))

@@ -241,3 +241,34 @@ async def test_control_characters_in_a_pass_id_never_reach_a_file_name(
             assert err["code"] == "bad_request", bad
     finally:
         p.close()
+
+
+async def test_a_file_without_its_sidecar_never_ends_with_an_empty_outcome(
+        pipeline: EventPipeline) -> None:
+    """A cut file (crash, not recovered yet) and a whole file whose sidecar is gone."""
+    from station.events.passfile import PassFileWriter, batch_metadata, columns_of, sidecar_path
+
+    ctx = zmq.asyncio.Context()
+    try:
+        for pid, close in (("5-cut", False), ("5-whole", True)):
+            w = PassFileWriter(pipeline.passes_dir / f"{pid}.arrows",
+                               header(pid).schema_metadata())
+            for b in make_batches(3, seed=7):
+                w.write(*columns_of(b.events), batch_metadata(b.info))
+            w.close(end_of_stream=close)
+            assert not sidecar_path(pipeline.passes_dir / f"{pid}.arrows").exists()
+            p = Peer(ctx, pipeline.endpoint)
+            try:
+                await p.send({"type": "hello", "protocol": 1, "pass_id": pid, "resume_seq": 3})
+                assert (await p.recv())["type"] == "pass_begin"
+                end = await p.recv()
+            finally:
+                p.close()
+            assert end["type"] == "pass_end" and end["batches"] == 3
+            if close:
+                assert (end["complete"], end["outcome"]) == (True, "unknown")
+            else:
+                assert (end["complete"], end["outcome"]) == (False, "interrupted")
+                assert "cut" in end["reason"]
+    finally:
+        ctx.term()
