@@ -30,6 +30,7 @@ import zmq
 from station.events import passfile
 from station.events.curve import KeyPair
 from station.events.protocol import (
+    MAX_CATCH_UP,
     Ack,
     BatchHeader,
     Bye,
@@ -232,6 +233,8 @@ class StreamClient:
             held = self._stored_batches(p.pass_id)
             if self._catch_up or held or p.recording:
                 catch_up.append(CatchUp(pass_id=p.pass_id, resume_seq=held))
+        # The station takes at most MAX_CATCH_UP; the rest come at the next start-again.
+        catch_up = catch_up[:MAX_CATCH_UP]
         self._sock.send(encode(Hello(pass_id=None, window=self.window, consumer=self.consumer,
                                      catch_up=catch_up, cursor=passes.cursor or None)))
         self._await_answer = True
