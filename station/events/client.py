@@ -125,6 +125,7 @@ class StreamClient:
         self._await_answer = False  # a hello is out and its answer not yet seen
         self._await_list = False  # follow mode: a list is out to make the catch-up from
         self._skip: set[str] = set()  # listed passes the station could not serve
+        self._capped = False  # the last catch-up list left passes out
         self.reconnects = 0
 
     # -- public ----------------------------------------------------------------------------
@@ -233,7 +234,8 @@ class StreamClient:
             held = self._stored_batches(p.pass_id)
             if self._catch_up or held or p.recording:
                 catch_up.append(CatchUp(pass_id=p.pass_id, resume_seq=held))
-        # The station takes at most MAX_CATCH_UP; the rest come at the next start-again.
+        # The station takes at most MAX_CATCH_UP: the rest after those (at `waiting`).
+        self._capped = len(catch_up) > MAX_CATCH_UP
         catch_up = catch_up[:MAX_CATCH_UP]
         self._sock.send(encode(Hello(pass_id=None, window=self.window, consumer=self.consumer,
                                      catch_up=catch_up, cursor=passes.cursor or None)))
@@ -302,6 +304,8 @@ class StreamClient:
                 elif isinstance(msg, Waiting):
                     self._await_answer = False
                     self._sync_if_due()
+                    if self._capped and not self._await_list:
+                        self._hello(None)  # the passes beyond the first catch-up list
                 elif isinstance(msg, Passes):
                     if self._await_list:
                         self._await_list = False
