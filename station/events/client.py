@@ -360,7 +360,8 @@ class StreamClient:
             self._close_current(end_of_stream=False)
             cur = None
         if cur is None:
-            complete = self._held_complete(msg.pass_id)
+            # Follow mode only: a named receive of a pass held complete checks it again.
+            complete = self._follow and self._held_complete(msg.pass_id)
             path = self._path(msg.pass_id)
             writer = passfile.PassFileWriter(path, msg.header, compression=self.compression,
                                              append=path.exists())
