@@ -398,8 +398,9 @@ class StreamServer:
         return self._send(identity, [frame])
 
     def _error(self, identity: bytes, code: ErrorCode, message: str, pass_id: str | None = None) -> None:
-        log.warning("stream consumer %r: %s: %s", identity, code, message)
-        self._reply(identity, encode(Error(code=code, message=message, pass_id=pass_id)))
+        # Logged only when answered: a flood is bounded in the log as on the wire.
+        if self._reply(identity, encode(Error(code=code, message=message, pass_id=pass_id))):
+            log.warning("stream consumer %r: %s: %s", identity, code, message)
 
     def _handle(self, identity: bytes, frame: bytes | None, n_frames: int) -> None:
         if n_frames != 1 or frame is None:
