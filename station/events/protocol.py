@@ -196,7 +196,12 @@ _station_adapter: TypeAdapter[PassBegin | BatchHeader | PassEnd | Waiting | Pong
 
 
 class ProtocolError(ValueError):
-    """A frame that is not a valid message."""
+    """A frame that is not a valid message. ``msg_type`` is its ``type`` when that was
+    known and valid (e.g. ``"hello"`` with a bad field), else ``None``."""
+
+    def __init__(self, message: str, msg_type: str | None = None):
+        super().__init__(message)
+        self.msg_type = msg_type
 
 
 def parse_consumer(frame: bytes) -> Hello | Ack | Ping | ListPasses | Bye:
@@ -206,7 +211,10 @@ def parse_consumer(frame: bytes) -> Hello | Ack | Ping | ListPasses | Bye:
     try:
         return _consumer_adapter.validate_json(frame, strict=True)
     except ValidationError as exc:
-        raise ProtocolError(_short(exc)) from None
+        errs = exc.errors(include_input=False, include_url=False)
+        loc = errs[0]["loc"] if errs else ()
+        tag = str(loc[0]) if len(loc) > 1 and errs[0]["type"] != "union_tag_invalid" else None
+        raise ProtocolError(_short(exc), tag) from None
     except ValueError as exc:  # never seen from pydantic-core; still a bad frame, not a crash
         raise ProtocolError(str(exc)[:200]) from None
 

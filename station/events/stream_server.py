@@ -412,6 +412,9 @@ class StreamServer:
             msg = parse_consumer(frame)
         except ProtocolError as exc:
             self.frames_refused += 1
+            if exc.msg_type == "hello":
+                self._sessions.pop(identity, None)  # a refused hello leaves no session
+                self._count()
             self._error(identity, "bad_request", f"not a valid message: {exc}")
             return
         now = time.monotonic()  # liveness of a peer is an I/O timeout, not domain time

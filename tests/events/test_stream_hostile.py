@@ -183,6 +183,18 @@ async def test_resume_at_and_past_the_end(served: tuple) -> None:
         assert err["code"] == "no_session"
         await p.send({"type": "ack", "pass_id": PID, "seq": 1})
         assert (await p.ask({"type": "list"}))["type"] == "passes"  # no second no_session
+        # A hello refused for a bad field ends the session too.
+        assert (await p.ask({"type": "hello", "protocol": 1, "pass_id": PID}))["type"] == "pass_begin"
+        while (await p.recv())["type"] != "pass_end":
+            pass
+        assert (await p.ask({"type": "hello", "protocol": 1, "window": 0}))["code"] == "bad_request"
+        assert (await p.ask({"type": "ping"}))["code"] == "no_session"
+        # Garbage does not: the session of an accepted hello survives it.
+        assert (await p.ask({"type": "hello", "protocol": 1, "pass_id": PID,
+                             "resume_seq": 5}))["type"] == "pass_begin"
+        assert (await p.recv())["type"] == "pass_end"
+        assert (await p.ask(b"garbage"))["code"] == "bad_request"
+        assert (await p.ask({"type": "ping"}))["type"] == "pong"
     finally:
         p.close()
 
