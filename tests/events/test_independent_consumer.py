@@ -274,3 +274,31 @@ async def test_station_restart_while_following(tmp_path: Path) -> None:
     assert sorted(c.completed) == ["3-a", "3-b", "3-c"]
     for pid, path in {"3-a": a, "3-b": b, "3-c": cc}.items():
         assert_stored_like_the_file(c, path, pid)
+
+
+async def test_a_crashed_pass_and_its_resumed_segment(pipeline: EventPipeline, tmp_path: Path) -> None:
+    """A pass cut by a crash (no end marker, no sidecar) is served complete: false with
+    outcome interrupted; its resumed segment -s2 is a pass of its own."""
+    from station.events.passfile import PassFileWriter, batch_metadata, columns_of
+
+    cut = make_batches(7, seed=91)
+    w = PassFileWriter(pipeline.passes_dir / "6-a.arrows", header("6-a").schema_metadata())
+    for b in cut:
+        w.write(*columns_of(b.events), batch_metadata(b.info))
+    w.close(end_of_stream=False)
+    c = Consumer(pipeline.endpoint, tmp_path / "rx", window=3, name="ind")
+    t = run_consumer(c, lambda: len(c.completed) >= 2)
+    try:
+        rec = pipeline.open_pass(header("6-a", segment=2))
+        for b in make_batches(5, seed=92):
+            await rec.push(b)
+        s2 = (await rec.close("completed")).path
+        await join_consumer(t)
+    finally:
+        c.close()
+    assert sorted(c.completed) == ["6-a", "6-a-s2"]
+    done = json.loads((c.out / "6-a.done").read_text())
+    assert (done["complete"], done["outcome"], done["batches"]) == (False, "interrupted", 7)
+    assert_stored_like_the_file(c, s2, "6-a-s2")
+    ts, _ = c.events_of("6-a")
+    assert np.array_equal(ts, np.concatenate([b.events["timestamp_ps"] for b in cut]))
