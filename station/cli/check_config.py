@@ -45,7 +45,9 @@ def summary(cfg: StationConfig) -> str:
         f"elements   {len(cfg.orbit.element_sources)} source(s); satellites: {sats}",
         f"mount      {cfg.mount.backend}",
         f"tagger     {cfg.timetagger.backend}",
-        f"stream     {cfg.events.stream_endpoint}",
+        f"stream     {cfg.events.stream_endpoint}, "
+        + (f"CURVE, {len(cfg.events.curve_consumer_key_files)} consumer key source(s)"
+           if cfg.events.curve_secret_key_file else "no CURVE (loopback only)"),
         f"log level  {cfg.log_level}",
     ]
     return "\n".join(lines)

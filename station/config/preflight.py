@@ -86,4 +86,5 @@ def preflight(cfg: StationConfig) -> list[str]:
     if cfg.state_dir.is_dir():
         passes = cfg.state_dir / cfg.events.passes_dir
         check("events.passes_dir", passes, _creatable_dir(passes))
+    out += cfg.events.file_problems()  # CURVE key files are read at start
     return out

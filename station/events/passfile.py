@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from drivers.timetagger.base import EVENT_DTYPE, BatchInfo
 from station.files import open_file
@@ -69,8 +69,16 @@ class PassHeader(BaseModel):
     tagger_model: str = Field("", description="Time tagger model.")
     tagger_resolution_ps: float = Field(1.0, gt=0, description="Tagger timestamp resolution.")
     clock_source: str = Field("", description="Station clock source (real, simulated ...).")
-    simulator_seed: int | None = Field(None, description="Simulator seed when simulated.")
     software_version: str = Field("", description="qkd-station version that wrote the file.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_simulator_seed(cls, data: Any) -> Any:
+        # Files written before issue 11 carried the simulator's seed, the simulated
+        # satellite's secret; read them, but never carry the seed forward.
+        if isinstance(data, dict) and "simulator_seed" in data:
+            data = {k: v for k, v in data.items() if k != "simulator_seed"}
+        return data
 
     @property
     def stem(self) -> str:

@@ -424,7 +424,9 @@ class EventPipeline:
         await asyncio.to_thread(make_dirs, self.passes_dir)
         server = StreamServer(cfg.stream_endpoint, self.passes_dir,
                               max_window_batches=cfg.stream_max_window_batches,
-                              consumer_timeout_s=cfg.consumer_timeout_s)
+                              consumer_timeout_s=cfg.consumer_timeout_s,
+                              curve_secret_key_file=cfg.curve_secret_key_file,
+                              curve_consumer_key_files=cfg.curve_consumer_key_files)
         await asyncio.to_thread(server.start)
         self.server = server
         log.info("event stream served on %s; pass files in %s", server.bound_endpoint,
@@ -464,10 +466,20 @@ class EventPipeline:
         if path.exists():
             raise ValueError(f"{path} exists already; pass files are never overwritten")
         make_dirs(self.passes_dir)
-        rec = PassRecorder(self, header, path)
+        server = self.server
+        if server is not None:
+            # Named as recording before its file exists: a consumer never sees it as a
+            # finished, empty file (the pass-open race, issue 12).
+            server.reserve(header.stem)
+        try:
+            rec = PassRecorder(self, header, path)
+        except BaseException:
+            if server is not None:
+                server.unreserve(header.stem)
+            raise
         self.recorders[header.stem] = rec
-        if self.server is not None:
-            self.server.register(rec.source)
+        if server is not None:
+            server.register(rec.source)
         return rec
 
     def server_notify(self) -> None:
