@@ -186,6 +186,9 @@ def _config(tmp_path: Path, events: str) -> Path:
     example = (REPO / "config" / "sim.toml").read_text()
     text = example.replace('stream_endpoint = "tcp://127.0.0.1:5560"', events)
     assert text != example
+    # The copy lives elsewhere: its element source must still name the shipped elements.
+    text = text.replace('element_sources = ["elements"]',
+                        f'element_sources = ["{REPO / "config" / "elements"}"]')
     path = tmp_path / "station.toml"
     path.write_text(text)
     return path
