@@ -268,8 +268,12 @@ class PassSummary(Payload):
 
 
 # --- commands -------------------------------------------------------------------------------
-_REQUEST_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-REQUEST_ID_RE = re.compile(_REQUEST_ID)
+_REQUEST_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+#: Match with ``fullmatch`` only: ``match`` with ``$`` would accept a trailing newline,
+#: which would then end up in the reply topic.
+REQUEST_ID_RE = re.compile(_REQUEST_ID_BODY)
+# Pydantic's (Rust) regex: ``$`` is the end of the text, never before a final newline.
+_REQUEST_ID = f"^{_REQUEST_ID_BODY}$"
 
 
 class CommandRequest(Payload):
@@ -293,8 +297,10 @@ class StopRequest(CommandRequest):
 class GotoRequest(CommandRequest):
     """``cmd/goto``: point at az/el, through the safety gate (manual or maintenance mode)."""
 
-    az_deg: float = Field(ge=-360, le=720, description="Azimuth, degrees from north through east.")
-    el_deg: float = Field(ge=-5, le=180, description="Elevation, degrees.")
+    # strict: a JSON boolean is not a number (``true`` must not become 1.0°).
+    az_deg: float = Field(strict=True, ge=-360, le=720,
+                          description="Azimuth, degrees from north through east.")
+    el_deg: float = Field(strict=True, ge=-5, le=180, description="Elevation, degrees.")
 
 
 class SetModeRequest(CommandRequest):

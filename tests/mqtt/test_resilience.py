@@ -160,7 +160,7 @@ async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):
         service.publish_alarm(AlarmMessage(key=f"a{i}", state="raised", severity="info",
                                            message="x", time=clock.now()))
     assert len(service._reliable) == 10 and service.stats.dropped == 15
-    assert service._reliable[0][1].startswith(b'{"key":"a15"')  # the newest are kept
+    assert service._reliable[0].payload.startswith(b'{"key":"a15"')  # the newest are kept
 
     def mount(t):
         return MountTelemetry(time=clock.now(), actual_az_deg=t, actual_el_deg=0, moving=True,
