@@ -383,6 +383,10 @@ class MqttService:
         task, self._task = self._task, None
         if task is None:
             return
+        if task.done():  # ended on its own before: already reported by _task_done
+            if not task.cancelled():
+                task.exception()
+            return
         try:
             async with asyncio.timeout(STOP_FLUSH_S + 5.0):
                 await asyncio.shield(task)
