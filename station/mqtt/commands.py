@@ -346,14 +346,14 @@ class CommandDispatcher:
         if not isinstance(data, dict):
             raise _Reject(ErrorCode.INVALID_JSON,
                           f"payload must be a JSON object with a request_id, got {type(data).__name__}")
-        if json_depth_exceeds(data):
-            raise _Reject(ErrorCode.INVALID_JSON,
-                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
             raise _Reject(ErrorCode.INVALID_REQUEST,
                           f"request_id: {_show(brief(request_id))}: required, 1-64 characters of "
                           "A-Z a-z 0-9 . _ : - starting with a letter or digit")
+        if json_depth_exceeds(data):
+            raise _Reject(ErrorCode.INVALID_JSON,
+                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)", request_id)
         model = COMMANDS.get(verb)
         if model is None:
             raise _Reject(ErrorCode.UNKNOWN_VERB,

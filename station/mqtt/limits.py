@@ -55,7 +55,7 @@ def clip(text: str, limit: int = MAX_LOG_CHARS) -> str:
 
 def brief(value: Any, limit: int = MAX_ECHO_CHARS) -> Any:
     """A small JSON-able stand-in for ``value`` to echo back: short strings and plain
-    numbers as they are, anything long or nested as a cut-down JSON text."""
+    numbers as they are, long strings cut, anything nested as a cut-down JSON text."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, float):
@@ -64,7 +64,8 @@ def brief(value: Any, limit: int = MAX_ECHO_CHARS) -> Any:
         # A 4,000-digit integer is a valid JSON number; echo only its start.
         return value if abs(value) < 10**18 else f"{str(value)[:20]}… ({len(str(value))} digits)"
     if isinstance(value, str):
-        return value if len(value) <= limit and value.isprintable() else clip(value, limit)
+        # Control characters stay as they are: JSON escapes them; logs go through clip().
+        return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
     try:
         text = json.dumps(value, default=str, separators=(",", ":"))
     except (ValueError, TypeError, RecursionError):
