@@ -45,9 +45,10 @@ def make_pki(d: Path, *, ca_only: bool = False) -> Pki:
     return Pki(d / "ca.crt", d / "client.crt", d / "client.key")
 
 
-def shipped_conf(d: Path, port: int, extra: str = "") -> str:
+def shipped_conf(d: Path, port: int, extra: str = "", replace: dict[str, str] | None = None) -> str:
     """config/mosquitto/mosquitto.conf with its file paths and port pointed into ``d``;
-    every other line (TLS, client-id binding, limits) exactly as shipped."""
+    every other line (TLS, client-id binding, limits) exactly as shipped, except the
+    settings named in ``replace`` (key -> new value)."""
     paths = {"password_file": d / "passwd", "acl_file": REPO / "config/mosquitto/acl",
              "cafile": d / "ca.crt", "certfile": d / "server.crt", "keyfile": d / "server.key",
              "persistence_location": f"{d}/"}
@@ -56,6 +57,8 @@ def shipped_conf(d: Path, port: int, extra: str = "") -> str:
         key = line.split(" ", 1)[0]
         if key in paths:
             line = f"{key} {paths[key]}"
+        elif replace and key in replace:
+            line = f"{key} {replace[key]}"
         elif key == "listener":
             line = f"listener {port} 127.0.0.1"
         out.append(line)
@@ -64,7 +67,7 @@ def shipped_conf(d: Path, port: int, extra: str = "") -> str:
     return "\n".join(out) + f"\nlog_dest stderr\nlog_type error\n{run_as}{extra}"
 
 
-def start_secure_broker(d: Path) -> tuple[Broker, Pki]:
+def start_secure_broker(d: Path, replace: dict[str, str] | None = None) -> tuple[Broker, Pki]:
     """The shipped broker on a free loopback port; the caller stops it."""
     pki = make_pki(d)
     passwd = d / "passwd"
@@ -73,7 +76,7 @@ def start_secure_broker(d: Path) -> tuple[Broker, Pki]:
         subprocess.run([find_tool("mosquitto_passwd"), "-b", str(passwd), user, pw], check=True)
     port = free_port()
     conf = d / "mosquitto.conf"
-    conf.write_text(shipped_conf(d, port))
+    conf.write_text(shipped_conf(d, port, replace=replace))
     return Broker("127.0.0.1", port, _start_mosquitto(conf, port), conf), pki
 
 

@@ -21,11 +21,17 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from station.mqtt.limits import MAX_REPLY_BYTES, REPLY_QUEUE_MAX
+from station.mqtt.limits import (
+    MAX_MESSAGE_BYTES,
+    MAX_REPLY_BYTES,
+    MAX_SEND_ATTEMPTS,
+    REPLY_QUEUE_MAX,
+)
 from station.mqtt.messages import AlarmMessage
 from station.mqtt.service import MqttService
-from tests.mqtt.helpers import Collector, LabStation, collector
-from tests.mqtt.secure import PREFIX, station_cfg, tls_client
+from tests.conftest import free_port
+from tests.mqtt.helpers import Collector, LabStation, collector, make_cfg
+from tests.mqtt.secure import PREFIX, start_secure_broker, station_cfg, tls_client
 
 P = PREFIX
 STATUS = f"{P}/status"
@@ -299,3 +305,52 @@ async def test_the_dashboard_cannot_take_the_stations_client_id(
         assert service.connected
         assert service.stats.connects == 1 and service.stats.disconnects == 0
         assert never_offline_since_online(op)
+
+
+async def test_a_message_the_broker_refuses_is_dropped_and_counted(tmp_path, clock, station):
+    # The shipped broker, with a smaller packet limit than ours: Mosquitto drops the
+    # connection of a client that sends a larger packet, every time it is sent.
+    d = tmp_path / "broker"
+    d.mkdir()
+    broker, pki = start_secure_broker(d, replace={"max_packet_size": "20000"})
+    try:
+        cfg = station_cfg(tmp_path, broker, pki)
+        async with collector(**tls_client(broker, pki, "dashboard"),
+                             topics=(f"{P}/alarms", f"{P}/big")) as dash, \
+                MqttService(cfg, clock, station) as service:
+            async with asyncio.timeout(10):
+                await service.wait_connected()
+
+            def alarm(key: str, message: str) -> AlarmMessage:
+                return AlarmMessage(key=key, state="raised", severity="warning", message=message,
+                                    time=clock.now())
+
+            service.publish_alarm(alarm("big", "x" * 30_000))
+            service.set_retained("big", b"y" * 30_000)
+            service.publish_alarm(alarm("after", "small"))
+            await dash.wait_for(lambda: len(dash.payloads(f"{P}/alarms")) >= 1, timeout_s=30)
+            await service.wait_drained()
+            assert service.stats.refused == 2
+            assert service.stats.connects <= 1 + 2 * MAX_SEND_ATTEMPTS
+            # It has stopped trying: connected, and the next message goes straight out.
+            connects = service.stats.connects
+            service.publish_alarm(alarm("later", "small"))
+            await dash.wait_for(lambda: len(dash.payloads(f"{P}/alarms")) >= 2)
+            assert service.stats.connects == connects and service.connected
+            assert [json.loads(p)["key"] for p in dash.payloads(f"{P}/alarms")] == ["after", "later"]
+            assert dash.payloads(f"{P}/big") == []
+            assert service.stats.dropped_total == 2
+    finally:
+        broker.stop()
+
+
+def test_messages_no_broker_could_take_are_never_queued(tmp_path, clock):
+    service = MqttService(make_cfg(tmp_path, "127.0.0.1", free_port()), clock)
+    service.publish_telemetry("mount/+", b"{}")
+    service.publish_telemetry("mount/\n", b"{}")
+    service.set_retained("state/#", b"{}")
+    service.publish_alarm(AlarmMessage(key="k", state="raised", severity="info",
+                                       message="m" * (MAX_MESSAGE_BYTES + 1), time=clock.now()))
+    assert service.stats.invalid == 4
+    assert not service._reliable and not service._latest
+    assert not any(t.endswith("state/#") for t in service._retained)
