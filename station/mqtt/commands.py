@@ -3,21 +3,34 @@
 A request arrives on ``<root>/<id>/cmd/<verb>`` as a JSON object with a ``request_id``
 and the verb's arguments (see :data:`station.mqtt.messages.COMMANDS`). The
 :class:`CommandDispatcher` checks it, in this order, and answers on
-``<root>/<id>/reply/<request_id>`` (and the MQTT 5 response topic when one is given):
+``<root>/<id>/reply/<request_id>`` (and the MQTT 5 response topic when one is given and
+valid):
 
 1. retained messages are ignored and counted, never executed and never answered (a
    retained ``goto`` must not fire when the station reconnects);
-2. the payload must be a JSON object (``invalid_json``) with a valid ``request_id``;
-3. the verb must exist (``unknown_verb``);
-4. a ``request_id`` already seen is not executed again and not answered again;
-5. the rate limit (token bucket on the station clock) must allow it (``rate_limited``);
-6. the arguments must validate (``invalid_request``, naming each field, value and reason);
-7. at most ``command_max_running`` commands run at once (``busy``);
-8. the :class:`StationControl` method runs in its own task, so a slow ``goto`` never
+2. the request is decoded: at most :data:`~station.mqtt.limits.MAX_COMMAND_BYTES`, UTF-8,
+   JSON (no NaN/Infinity, no number too long to read) that is an object nested at most
+   :data:`~station.mqtt.limits.MAX_JSON_DEPTH` deep, with a ``request_id`` that fully
+   matches its pattern, a known verb (``unknown_verb``) and arguments that validate
+   strictly from the JSON text (``invalid_request``: a boolean is not a number, a string
+   is not a number; each field, value and reason named), and an MQTT 5 response topic,
+   if any, that is a topic name under ``<root>/<id>/reply/``;
+3. every message except a valid ``stop`` or ``park`` takes a token from the rate limit
+   (token bucket on the station clock); without one the answer is ``rate_limited``,
+   whatever else was wrong with it;
+4. a ``request_id`` already seen (also before a restart: see
+   :mod:`station.mqtt.dedupe`) is not executed again and not answered again;
+5. at most ``command_max_running`` commands run at once (``busy``); ``stop`` and ``park``
+   have their own limit of :data:`~station.mqtt.limits.SAFETY_MAX_RUNNING`;
+6. the :class:`StationControl` method runs in its own task, so a slow ``goto`` never
    holds up a ``stop``. :class:`CommandRefused` becomes a ``refused`` reply with its
    message; any other exception an ``internal`` reply (and a logged traceback).
 
 Requests whose ``request_id`` cannot be read are answered on ``<root>/<id>/reply/_invalid``.
+Whatever goes wrong in :meth:`CommandDispatcher.handle` is an error reply, never an
+exception out of it. Replies are cut to :data:`~station.mqtt.limits.MAX_REPLY_BYTES` and
+echo at most :data:`~station.mqtt.limits.MAX_ECHO_CHARS` characters of any value; log
+lines escape and cut what came from the network.
 """
 
 from __future__ import annotations
@@ -300,7 +313,8 @@ class CommandDispatcher:
             if not safety:
                 self._take_token()
             self.stats.duplicates_ignored += 1
-            log.info("duplicate request_id %s on cmd/%s ignored (already answered)", req.request_id, verb)
+            log.info("duplicate request_id %s on cmd/%s ignored (already answered)", req.request_id,
+                     clip(verb, MAX_ECHO_CHARS))
             return
         # stop and park are never rate limited: they are how an operator makes it safe.
         if not safety and not self._take_token():
@@ -364,7 +378,7 @@ class CommandDispatcher:
             return model.model_validate_json(payload, strict=True)
         except ValidationError as exc:
             details = [
-                {"field": ".".join(str(p) for p in e["loc"]) or "(payload)",
+                {"field": brief(".".join(str(p) for p in e["loc"])) or "(payload)",
                  "value": brief(e.get("input")) if e["type"] != "missing" else None,
                  "reason": e["msg"]}
                 for e in exc.errors(include_url=False, include_context=False)[:8]

@@ -198,7 +198,10 @@ class HealthMessage(Payload):
     stream_consumer_connected: bool | None = Field(
         None, description="A post-processing consumer is connected; null if streaming is off."
     )
-    mqtt_dropped_total: int = Field(0, ge=0, description="Alarm/reply messages the MQTT queue had to drop.")
+    mqtt_dropped_total: int = Field(
+        0, ge=0, description="MQTT messages the station dropped: alarms or replies pushed out of "
+        "a full queue, messages no broker could take (bad topic, too large) and messages the "
+        "broker refused 3 times.")
     ok: bool = Field(description="Everything the readiness checks require is fine.")
 
 
