@@ -310,11 +310,12 @@ class CommandDispatcher:
 
         safety = verb in SAFETY_VERBS
         if req.request_id in self.seen:
-            if not safety:
-                self._take_token()
+            # Counted against the limit too; logged only within it (no flood of log lines).
+            quiet = not safety and not self._take_token()
             self.stats.duplicates_ignored += 1
-            log.info("duplicate request_id %s on cmd/%s ignored (already answered)", req.request_id,
-                     clip(verb, MAX_ECHO_CHARS))
+            if not quiet:
+                log.info("duplicate request_id %s on cmd/%s ignored (already answered)",
+                         req.request_id, clip(verb, MAX_ECHO_CHARS))
             return
         # stop and park are never rate limited: they are how an operator makes it safe.
         if not safety and not self._take_token():

@@ -60,7 +60,11 @@ class SeenRequests:
             self._fail("read", exc)
             return 0
         skipped = 0
-        for raw in data.split(b"\n"):
+        lines = data.split(b"\n")
+        if lines and lines[-1]:
+            lines.pop()  # a line cut short by a crash: never a full id
+            skipped += 1
+        for raw in lines:
             parts = raw.split(b" ")
             try:
                 t_s, rid = float(parts[0]), parts[1].decode("ascii")
