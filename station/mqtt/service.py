@@ -48,6 +48,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -194,6 +195,19 @@ def _encode(payload: BaseModel | bytes | str | dict[str, Any] | None) -> bytes:
     if isinstance(payload, str):
         return payload.encode()
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+#: paho return codes that mean "this message can never be sent", not "the link is down".
+_LOCAL_REFUSALS = frozenset({mqtt_client.MQTT_ERR_PAYLOAD_SIZE, mqtt_client.MQTT_ERR_INVAL,
+                             mqtt_client.MQTT_ERR_NOT_SUPPORTED})
+
+
+def _refused_locally(exc: BaseException) -> bool:
+    """Whether the client library refused a message itself (bad topic, too large for the
+    broker's announced maximum ...): retrying it cannot help."""
+    if isinstance(exc, ValueError | TypeError):
+        return True
+    return isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in _LOCAL_REFUSALS
 
 
 class _SettingsProblem(Exception):
@@ -593,10 +607,10 @@ class MqttService:
                     try:
                         await client.publish(item.topic, item.payload, qos=1, retain=False,
                                              properties=item.props)
-                    except (ValueError, TypeError) as exc:  # the client library refuses it
-                        self._refused(item.topic, 1, exc)
-                        continue
                     except BaseException as exc:
+                        if _refused_locally(exc):  # the client library refuses it: no retry
+                            self._refused(item.topic, 1, exc)
+                            continue
                         if self._counts_as_attempt(exc):
                             item.attempts += 1
                         if item.attempts >= MAX_SEND_ATTEMPTS:
@@ -612,10 +626,10 @@ class MqttService:
                         continue
                     try:
                         await client.publish(topic, entry[1], qos=1, retain=True)
-                    except (ValueError, TypeError) as exc:
-                        self._drop_retained(topic, 1, exc)
-                        continue
                     except BaseException as exc:
+                        if _refused_locally(exc):
+                            self._drop_retained(topic, 1, exc)
+                            continue
                         if self._counts_as_attempt(exc):
                             strikes = self._retained_strikes.get(topic, 0) + 1
                             self._retained_strikes[topic] = strikes
@@ -630,7 +644,9 @@ class MqttService:
                     payload = self._latest.pop(topic)
                     try:
                         await client.publish(topic, payload, qos=0)
-                    except (ValueError, TypeError) as exc:
+                    except Exception as exc:
+                        if not _refused_locally(exc):
+                            raise
                         self._refused(topic, 1, exc)
                         continue
                 self.stats.published += 1
