@@ -368,7 +368,8 @@ class CommandError(Payload):
     code: ErrorCode = Field(description="Machine-readable reason.")
     message: str = Field(description="What was wrong, in words; names the field and value.")
     details: list[dict[str, Any]] = Field(
-        default_factory=list, description="Per-field problems: {field, value, reason}."
+        default_factory=list, description="Per-field problems: {field, value, reason}; at most 8, "
+        "each value cut to 80 characters."
     )
 
 
@@ -376,7 +377,7 @@ class CommandReply(Payload):
     """``reply/<request_id>``: the answer to one command (QoS 1, not retained)."""
 
     request_id: str | None = Field(description="From the request; null when it could not be read.")
-    verb: str = Field(description="The verb from the topic.")
+    verb: str = Field(description="The verb from the topic (an unknown one cut to 80 characters).")
     ok: bool = Field(description="True when the command was carried out.")
     error: CommandError | None = Field(None, description="Set when ok is false.")
     result: dict[str, Any] | None = Field(None, description="Verb-specific result when ok.")
