@@ -202,6 +202,32 @@ _LOCAL_REFUSALS = frozenset({mqtt_client.MQTT_ERR_PAYLOAD_SIZE, mqtt_client.MQTT
                              mqtt_client.MQTT_ERR_NOT_SUPPORTED})
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    Python 3.11's ``asyncio.wait_for`` (inside aiomqtt's publish) can swallow a
+    cancellation that races with the PUBACK; the sender would then loop on and the session
+    would never end. A task still running after a moment is cancelled again.
+    """
+    for t in tasks:
+        t.cancel()
+    pending: set[asyncio.Task[None]] = set(tasks)
+    while pending:
+        # Wall-time pacing of the re-cancel, not domain time.
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        for t in pending:
+            t.cancel()
+
+
+def _reraise_if_cancelled(exc: BaseException | None) -> None:
+    """Cancellation must stick: an error raised while a cancelled session closes (aiomqtt's
+    disconnect timing out, say) must not turn it into a reconnect, and a publish that
+    returned although its task was cancelled (3.11's wait_for race) must not go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 def _refused_locally(exc: BaseException) -> bool:
     """Whether the client library refused a message itself (bad topic, too large for the
     broker's announced maximum ...): retrying it cannot help."""
@@ -436,12 +462,14 @@ class MqttService:
                 try:
                     await self._session()
                 except (aiomqtt.MqttError, OSError) as exc:  # OSError: also ssl errors, bad files
+                    _reraise_if_cancelled(exc)
                     self._on_connection_lost(exc, was_connected=self.stats.connects > connects_before)
                 except _SettingsProblem as exc:
                     # A fixable local problem (empty password file ...): keep retrying, so
                     # fixing the file is enough, and never take the daemon down.
                     self._on_connection_lost(exc, was_connected=False)
                 except Exception as exc:
+                    _reraise_if_cancelled(exc)
                     # A bug or an input nobody foresaw: never the end of the service.
                     self.stats.internal_errors += 1
                     log.error("MQTT session ended by an unexpected error (%s); reconnecting:\n%s",
@@ -528,16 +556,12 @@ class MqttService:
             except asyncio.CancelledError:
                 # Cancelled instead of stopped: still say goodbye, briefly.
                 self._connected.clear()
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
                 await self._say_offline(client)
                 raise
             finally:
                 self._connected.clear()
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
             for t in done:
                 exc = t.exception()
                 if isinstance(exc, _Stopping):
@@ -553,9 +577,9 @@ class MqttService:
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         try:
             await client.publish(self.topic("status"), Status.OFFLINE.value.encode(),
-                                 qos=1, retain=True, timeout=1.0)
-        except (aiomqtt.MqttError, OSError):
-            pass
+                                 qos=1, retain=True, timeout=STOP_FLUSH_S)
+        except (aiomqtt.MqttError, OSError) as exc:
+            log.warning("could not publish %s/status offline: %s", self.prefix, clip(str(exc)))
 
     async def _watch_stop(self, client: aiomqtt.Client) -> None:
         await self._stop_requested.wait()
@@ -650,6 +674,7 @@ class MqttService:
                         self._refused(topic, 1, exc)
                         continue
                 self.stats.published += 1
+                _reraise_if_cancelled(None)  # sent, and bookkept, before stopping
             if not self._pending_reliable():
                 self._drained.set()
 
