@@ -16,7 +16,7 @@ from pathlib import Path
 from station import __version__
 from station.clock import Clock
 from station.config import ConfigError, StationConfig, load_config
-from station.daemon.alarms import AlarmBook
+from station.daemon.alarms import AlarmBook, Severity
 from station.daemon.context import StationContext, clock_from_config
 from station.daemon.supervisor import Supervisor
 from station.daemon.watchdog import Heartbeat, beat_period_s, feed_watchdog
@@ -90,7 +90,7 @@ class Daemon:
         try:
             async with mqtt:
                 mqtt.publish_state(supervisor.state_message())
-                return await self._serve(ctx, supervisor, heartbeat)
+                return await self._serve(ctx, supervisor, heartbeat, mqtt)
         except BrokerStartError as exc:
             log.error("%s", exc)
             return EXIT_UNAVAILABLE
@@ -99,10 +99,14 @@ class Daemon:
             await ctx.close()
             log.info("stopped")
 
-    async def _serve(self, ctx: StationContext, supervisor: Supervisor, heartbeat: Heartbeat) -> int:
+    async def _serve(self, ctx: StationContext, supervisor: Supervisor, heartbeat: Heartbeat,
+                     mqtt: MqttService) -> int:
         async with asyncio.TaskGroup() as tg:
             sup_task = tg.create_task(supervisor.run(), name="supervisor")
-            wd_task = tg.create_task(feed_watchdog(self.notifier, heartbeat), name="watchdog")
+            # A daemon whose MQTT service ended can take no command, not even stop: let
+            # systemd restart it (the service raises mqtt.service, see assemble()).
+            wd_task = tg.create_task(feed_watchdog(self.notifier, heartbeat, lambda: mqtt.alive),
+                                     name="watchdog")
             reload_task = tg.create_task(self._reload_loop(supervisor), name="config-reload")
             self.notifier.ready(f"{supervisor.mode.value}: idle")
             log.info("ready")
@@ -150,6 +154,9 @@ def assemble(cfg: StationConfig, clock: Clock, *, beat_period_s: float = 1.0,
     mqtt = MqttService(cfg, clock, supervisor)
     supervisor.publisher = mqtt
     alarms.set_sink(mqtt.publish_alarm)
+    mqtt.on_ended = lambda reason: alarms.raise_(
+        "mqtt.service", Severity.CRITICAL, f"{reason}: the station takes no commands; "
+        "the systemd watchdog is no longer fed")
     return ctx, supervisor, mqtt
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from station.systemd import SystemdNotifier
 
@@ -32,14 +33,20 @@ class Heartbeat:
         return asyncio.get_running_loop().time() - self.last_beat_s
 
 
-async def feed_watchdog(notifier: SystemdNotifier, heartbeat: Heartbeat) -> None:
-    """Run forever: WATCHDOG=1 at half the watchdog period while the heartbeat is fresh."""
+async def feed_watchdog(notifier: SystemdNotifier, heartbeat: Heartbeat,
+                        alive: Callable[[], bool] = lambda: True) -> None:
+    """Run forever: WATCHDOG=1 at half the watchdog period while the heartbeat is fresh
+    and ``alive()`` (the services the station cannot do without, e.g. MQTT) is true."""
     interval_s = notifier.watchdog_interval_s
     if interval_s is None:
         return
     starved = False
     while True:
-        if heartbeat.age_s() <= interval_s:
+        if not alive():
+            if not starved:
+                log.error("an essential service ended: not feeding the systemd watchdog")
+                starved = True
+        elif heartbeat.age_s() <= interval_s:
             notifier.watchdog()
             if starved:
                 log.warning("supervisor alive again; feeding the systemd watchdog")

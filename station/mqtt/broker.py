@@ -25,7 +25,14 @@ class BrokerStartError(RuntimeError):
 
 
 def _port_in_use(host: str, port: int) -> bool:
+    """Whether a listener could not bind ``host:port`` the way amqtt's does.
+
+    amqtt listens with SO_REUSEADDR, so the probe must too: without it, the connections
+    a killed daemon left in TIME_WAIT would make the port look taken for a minute or so
+    after a ``kill -9``, and the restart under systemd would fail.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -3,21 +3,34 @@
 A request arrives on ``<root>/<id>/cmd/<verb>`` as a JSON object with a ``request_id``
 and the verb's arguments (see :data:`station.mqtt.messages.COMMANDS`). The
 :class:`CommandDispatcher` checks it, in this order, and answers on
-``<root>/<id>/reply/<request_id>`` (and the MQTT 5 response topic when one is given):
+``<root>/<id>/reply/<request_id>`` (and the MQTT 5 response topic when one is given and
+valid):
 
 1. retained messages are ignored and counted, never executed and never answered (a
    retained ``goto`` must not fire when the station reconnects);
-2. the payload must be a JSON object (``invalid_json``) with a valid ``request_id``;
-3. the verb must exist (``unknown_verb``);
-4. a ``request_id`` already seen is not executed again and not answered again;
-5. the rate limit (token bucket on the station clock) must allow it (``rate_limited``);
-6. the arguments must validate (``invalid_request``, naming each field, value and reason);
-7. at most ``command_max_running`` commands run at once (``busy``);
-8. the :class:`StationControl` method runs in its own task, so a slow ``goto`` never
+2. the request is decoded: at most :data:`~station.mqtt.limits.MAX_COMMAND_BYTES`, UTF-8,
+   JSON (no NaN/Infinity, no number too long to read) that is an object nested at most
+   :data:`~station.mqtt.limits.MAX_JSON_DEPTH` deep, with a ``request_id`` that fully
+   matches its pattern, a known verb (``unknown_verb``) and arguments that validate
+   strictly from the JSON text (``invalid_request``: a boolean is not a number, a string
+   is not a number; each field, value and reason named), and an MQTT 5 response topic,
+   if any, that is a topic name under ``<root>/<id>/reply/``;
+3. every message except a valid ``stop`` or ``park`` takes a token from the rate limit
+   (token bucket on the station clock); without one the answer is ``rate_limited``,
+   whatever else was wrong with it;
+4. a ``request_id`` already seen (also before a restart: see
+   :mod:`station.mqtt.dedupe`) is not executed again and not answered again;
+5. at most ``command_max_running`` commands run at once (``busy``); ``stop`` and ``park``
+   have their own limit of :data:`~station.mqtt.limits.SAFETY_MAX_RUNNING`;
+6. the :class:`StationControl` method runs in its own task, so a slow ``goto`` never
    holds up a ``stop``. :class:`CommandRefused` becomes a ``refused`` reply with its
    message; any other exception an ``internal`` reply (and a logged traceback).
 
 Requests whose ``request_id`` cannot be read are answered on ``<root>/<id>/reply/_invalid``.
+Whatever goes wrong in :meth:`CommandDispatcher.handle` is an error reply, never an
+exception out of it. Replies are cut to :data:`~station.mqtt.limits.MAX_REPLY_BYTES` and
+echo at most :data:`~station.mqtt.limits.MAX_ECHO_CHARS` characters of any value; log
+lines escape and cut what came from the network.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +47,21 @@ from pydantic import ValidationError
 
 from station.clock import Clock
 from station.daemon.modes import Mode
+from station.mqtt.dedupe import SeenRequests
+from station.mqtt.limits import (
+    MAX_COMMAND_BYTES,
+    MAX_CORRELATION_BYTES,
+    MAX_ECHO_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_REPLY_BYTES,
+    MAX_RESPONSE_TOPIC_BYTES,
+    SAFETY_MAX_RUNNING,
+    SAFETY_VERBS,
+    brief,
+    clip,
+    json_depth_exceeds,
+    topic_problem,
+)
 from station.mqtt.messages import (
     COMMANDS,
     REQUEST_ID_RE,
@@ -140,14 +168,35 @@ class CommandStats:
     retained_ignored: int = 0
     duplicates_ignored: int = 0
     rate_limited: int = 0
+    handler_errors: int = 0   # a bug or an unforeseen input while handling: answered `internal`
 
 
 #: Where a reply goes: (reply, MQTT 5 response topic or None, correlation data or None).
 ReplySink = Callable[[CommandReply, str | None, bytes | None], None]
 
 
+class _Reject(Exception):
+    """Internal: this request gets an error reply (code, message, request id if known)."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None,
+                 details: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.details = details or []
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 class CommandDispatcher:
-    """Validates, de-duplicates, rate-limits and runs commands; see the module docstring."""
+    """Validates, de-duplicates, rate-limits and runs commands; see the module docstring.
+
+    ``reply_prefix`` (``<root>/<id>/reply/``) is where MQTT 5 response topics must point;
+    ``seen`` is the de-duplication window (in memory only when not given).
+    """
 
     def __init__(
         self,
@@ -158,7 +207,8 @@ class CommandDispatcher:
         rate_per_s: float = 2.0,
         burst: int = 5,
         max_running: int = 4,
-        remember_ids: int = 4096,
+        reply_prefix: str | None = None,
+        seen: SeenRequests | None = None,
     ):
         self.control = control
         self._clock = clock
@@ -168,9 +218,10 @@ class CommandDispatcher:
         self._tokens = float(burst)
         self._tokens_at_s: float | None = None
         self._max_running = max_running
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._remember = remember_ids
+        self._reply_prefix = reply_prefix
+        self.seen = seen if seen is not None else SeenRequests(None)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._safety_tasks: set[asyncio.Task[None]] = set()
         self.stats = CommandStats()
 
     # -- intake --------------------------------------------------------------------------
@@ -183,89 +234,184 @@ class CommandDispatcher:
         response_topic: str | None = None,
         correlation: bytes | None = None,
     ) -> None:
-        """Take one message from ``cmd/<verb>``. Never raises, never blocks."""
+        """Take one message from ``cmd/<verb>``. Never raises, never blocks.
+
+        Whatever goes wrong while decoding or handling a message (a RecursionError from a
+        deep payload, a ValueError from a huge number, a bug) becomes an error reply: no
+        payload can end the MQTT service.
+        """
+        try:
+            self._handle(verb, payload, retained, response_topic, correlation)
+        except Exception as exc:
+            self.stats.handler_errors += 1
+            log.error("command on cmd/%s could not be handled (%s); answered 'internal':\n%s",
+                      clip(verb, MAX_ECHO_CHARS), clip(f"{type(exc).__name__}: {exc}"),
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            self._send(CommandReply(
+                request_id=None, verb=brief_verb(verb), ok=False, time=self._clock.now(),
+                error=CommandError(code=ErrorCode.INTERNAL,
+                                   message=f"the station could not handle this message "
+                                           f"({type(exc).__name__}; logged on the station)"),
+            ), None, None)
+
+    def _handle(self, verb: str, payload: bytes, retained: bool, response_topic: str | None,
+                correlation: bytes | None) -> None:
         if retained and not payload:
             return  # someone clearing a retained command: nothing to do, nothing to count
         self.stats.received += 1
         if retained:
             self.stats.retained_ignored += 1
-            log.warning("ignored a retained command on cmd/%s: commands are never taken from "
-                        "retained messages (clear it with an empty retained publish)", verb)
+            # Counted against the limit too, so a flood of retained messages is not a flood
+            # of log lines.
+            if self._take_token():
+                log.warning("ignored a retained command on cmd/%s: commands are never taken from "
+                            "retained messages (clear it with an empty retained publish)",
+                            clip(verb, MAX_ECHO_CHARS))
             return
+        shown_verb = brief_verb(verb)
+
+        # A response topic that is not a topic name under our own reply/ is never used,
+        # not even for the error reply.
+        rt_problem = self._response_topic_problem(response_topic, correlation)
+        if rt_problem is not None:
+            response_topic = correlation = None
 
         def fail(code: ErrorCode, message: str, request_id: str | None,
                  details: list[dict[str, Any]] | None = None) -> None:
             self.stats.rejected += 1
-            log.warning("command %s (%s) rejected: %s", verb, request_id or "no id", message)
+            if code is not ErrorCode.RATE_LIMITED or self.stats.rate_limited % 100 == 1:
+                log.warning("command %s (%s) rejected: %s%s", clip(verb, MAX_ECHO_CHARS),
+                            request_id or "no id", clip(message),
+                            f" ({self.stats.rate_limited} rate limited so far)"
+                            if code is ErrorCode.RATE_LIMITED else "")
             self._send(CommandReply(
-                request_id=request_id, verb=verb, ok=False, time=self._clock.now(),
+                request_id=request_id, verb=shown_verb, ok=False, time=self._clock.now(),
                 error=CommandError(code=code, message=message, details=details or []),
             ), response_topic, correlation)
 
         try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            fail(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {exc}", None)
+            req = self._decode(verb, payload)
+            if rt_problem is not None:
+                raise _Reject(ErrorCode.INVALID_REQUEST, rt_problem, req.request_id)
+        except _Reject as rej:
+            # Invalid messages count against the limit like any other: a flood of them
+            # cannot get past it, and cannot fill the reply queue faster than the limit.
+            if not self._take_token():
+                self.stats.rate_limited += 1
+                fail(ErrorCode.RATE_LIMITED, self._rate_message(), rej.request_id)
+                return
+            if rej.request_id is not None:
+                if rej.request_id in self.seen:
+                    self.stats.duplicates_ignored += 1
+                    return
+                self.seen.add(rej.request_id, self._clock.now_s())
+            fail(rej.code, rej.message, rej.request_id, rej.details)
             return
-        if not isinstance(data, dict):
-            fail(ErrorCode.INVALID_JSON,
-                 f"payload must be a JSON object with a request_id, got {type(data).__name__}", None)
-            return
-        request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
-            fail(ErrorCode.INVALID_REQUEST,
-                 f"request_id: {request_id!r}: required, 1-64 characters of A-Z a-z 0-9 . _ : - "
-                 "starting with a letter or digit", None)
-            return
-        if request_id in self._seen:
-            self.stats.duplicates_ignored += 1
-            log.info("duplicate request_id %s on cmd/%s ignored (already answered)", request_id, verb)
-            return
-        self._remember_id(request_id)
 
+        safety = verb in SAFETY_VERBS
+        if req.request_id in self.seen:
+            # Counted against the limit too; logged only within it (no flood of log lines).
+            quiet = not safety and not self._take_token()
+            self.stats.duplicates_ignored += 1
+            if not quiet:
+                log.info("duplicate request_id %s on cmd/%s ignored (already answered)",
+                         req.request_id, clip(verb, MAX_ECHO_CHARS))
+            return
+        # stop and park are never rate limited: they are how an operator makes it safe.
+        if not safety and not self._take_token():
+            self.stats.rate_limited += 1
+            fail(ErrorCode.RATE_LIMITED, self._rate_message(), req.request_id)
+            return  # not remembered: the same request may be sent again later
+        if self.control is None:
+            self.seen.add(req.request_id, self._clock.now_s())
+            fail(ErrorCode.REFUSED, "this station takes no commands (no control attached)", req.request_id)
+            return
+        tasks, limit = (self._safety_tasks, SAFETY_MAX_RUNNING) if safety else (self._tasks, self._max_running)
+        if len(tasks) >= limit:
+            fail(ErrorCode.BUSY, f"{len(tasks)} {'safety ' if safety else ''}commands still running "
+                 f"(limit {limit}); retry later", req.request_id)
+            return  # not remembered: may be retried
+        self.seen.add(req.request_id, self._clock.now_s())
+        self.stats.executed += 1
+        log.info("command %s %s accepted: %s", verb, req.request_id,
+                 clip(req.model_dump_json(exclude={"request_id"})))
+        task = asyncio.get_running_loop().create_task(
+            self._execute(verb, req, response_topic, correlation), name=f"mqtt-cmd-{verb}-{req.request_id}"
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _decode(self, verb: str, payload: bytes) -> CommandRequest:
+        """The request, strictly validated, or :class:`_Reject` saying what is wrong."""
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise _Reject(ErrorCode.INVALID_REQUEST,
+                          f"payload is {len(payload)} bytes; a command is at most {MAX_COMMAND_BYTES} bytes")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Reject(ErrorCode.INVALID_JSON, f"payload is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start}") from None
+        try:
+            data = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise _Reject(ErrorCode.INVALID_JSON,
+                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+        except ValueError as exc:  # JSONDecodeError, and a number with too many digits
+            raise _Reject(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {clip(str(exc))}") from None
+        if not isinstance(data, dict):
+            raise _Reject(ErrorCode.INVALID_JSON,
+                          f"payload must be a JSON object with a request_id, got {type(data).__name__}")
+        request_id = data.get("request_id")
+        if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
+            raise _Reject(ErrorCode.INVALID_REQUEST,
+                          f"request_id: {_show(brief(request_id))}: required, 1-64 characters of "
+                          "A-Z a-z 0-9 . _ : - starting with a letter or digit")
+        if json_depth_exceeds(data):
+            raise _Reject(ErrorCode.INVALID_JSON,
+                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)", request_id)
         model = COMMANDS.get(verb)
         if model is None:
-            fail(ErrorCode.UNKNOWN_VERB,
-                 f"unknown command {verb!r}; known: {', '.join(sorted(COMMANDS))}", request_id)
-            return
-        if not self._take_token():
-            self.stats.rate_limited += 1
-            fail(ErrorCode.RATE_LIMITED,
-                 f"too many commands: at most {self._burst:g} in a burst and "
-                 f"{self._rate_per_s:g}/s sustained; try again in a moment", request_id)
-            return
+            raise _Reject(ErrorCode.UNKNOWN_VERB,
+                          f"unknown command {brief_verb(verb)!r}; known: {', '.join(sorted(COMMANDS))}",
+                          request_id)
         try:
-            req = model.model_validate(data)
+            # Strict, from the JSON text: true is not a number, "5" is not a number.
+            return model.model_validate_json(payload, strict=True)
         except ValidationError as exc:
             details = [
-                {"field": ".".join(str(p) for p in e["loc"]) or "(payload)",
-                 "value": e.get("input") if e["type"] != "missing" else None,
+                {"field": brief(".".join(str(p) for p in e["loc"])) or "(payload)",
+                 "value": brief(e.get("input")) if e["type"] != "missing" else None,
                  "reason": e["msg"]}
-                for e in exc.errors(include_url=False)
+                for e in exc.errors(include_url=False, include_context=False)[:8]
             ]
             text = "; ".join(
-                f"{d['field']}: {'(missing)' if d['value'] is None else repr(d['value'])}: {d['reason']}"
+                f"{d['field']}: {'(missing)' if d['value'] is None else _show(d['value'])}: {d['reason']}"
                 for d in details
             )
-            fail(ErrorCode.INVALID_REQUEST, f"invalid {verb} request: {text}", request_id,
-                 _jsonable(details))
-            return
-        if self.control is None:
-            fail(ErrorCode.REFUSED, "this station takes no commands (no control attached)", request_id)
-            return
-        if len(self._tasks) >= self._max_running:
-            fail(ErrorCode.BUSY,
-                 f"{len(self._tasks)} commands still running (limit {self._max_running}); retry later",
-                 request_id)
-            return
-        self.stats.executed += 1
-        log.info("command %s %s accepted: %s", verb, request_id,
-                 req.model_dump_json(exclude={"request_id"}))
-        task = asyncio.get_running_loop().create_task(
-            self._execute(verb, req, response_topic, correlation), name=f"mqtt-cmd-{verb}-{request_id}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            raise _Reject(ErrorCode.INVALID_REQUEST, f"invalid {verb} request: {text}", request_id,
+                          _jsonable(details)) from None
+
+    def _response_topic_problem(self, topic: str | None, correlation: bytes | None) -> str | None:
+        """Why an MQTT 5 response topic (and its correlation data) cannot be used, or None."""
+        if topic is None:
+            return None
+        prefix = self._reply_prefix
+        problem = topic_problem(topic) if isinstance(topic, str) else "not text"
+        if problem is None and len(topic.encode()) > MAX_RESPONSE_TOPIC_BYTES:
+            problem = f"longer than {MAX_RESPONSE_TOPIC_BYTES} bytes"
+        if problem is None and prefix is not None and (not topic.startswith(prefix) or topic == prefix):
+            problem = f"not under this station's {prefix}"
+        if problem is not None:
+            return (f"response topic {_show(brief(topic))}: {problem}; use a topic name under "
+                    f"{prefix or 'reply/'} without wildcards")
+        if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+            return f"correlation data is {len(correlation)} bytes; at most {MAX_CORRELATION_BYTES}"
+        return None
+
+    def _rate_message(self) -> str:
+        return (f"too many commands: at most {self._burst:g} in a burst and "
+                f"{self._rate_per_s:g}/s sustained (stop and park are never limited); "
+                "try again in a moment")
 
     # -- execution -----------------------------------------------------------------------
     async def _execute(self, verb: str, req: CommandRequest, response_topic: str | None,
@@ -289,20 +435,20 @@ class CommandDispatcher:
         except Exception as exc:  # a bug in the daemon must not take the dispatcher down
             log.exception("command %s %s failed", verb, req.request_id)
             error = CommandError(code=ErrorCode.INTERNAL,
-                                 message=f"{type(exc).__name__}: {exc} (logged on the station)")
+                                 message=f"{type(exc).__name__}: {clip(str(exc))} (logged on the station)")
         if error is None:
             self.stats.succeeded += 1
-            log.info("command %s %s done: %s", verb, req.request_id, result)
+            log.info("command %s %s done: %s", verb, req.request_id, clip(str(result)))
         else:
             self.stats.rejected += 1
-            log.warning("command %s %s not done: %s", verb, req.request_id, error.message)
+            log.warning("command %s %s not done: %s", verb, req.request_id, clip(error.message))
         self._send(CommandReply(request_id=req.request_id, verb=verb, ok=error is None,
                                 error=error, result=result if error is None else None,
                                 time=self._clock.now()), response_topic, correlation)
 
     async def aclose(self) -> None:
         """Cancel commands still running and wait for them (their replies say 'cancelled')."""
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._safety_tasks]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -310,19 +456,14 @@ class CommandDispatcher:
 
     @property
     def running(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._safety_tasks)
 
     # -- helpers -------------------------------------------------------------------------
     def _send(self, reply: CommandReply, response_topic: str | None, correlation: bytes | None) -> None:
         try:
-            self._reply(reply, response_topic, correlation)
+            self._reply(bounded_reply(reply), response_topic, correlation)
         except Exception:  # the reply path must never break intake
             log.exception("could not queue the reply to %s", reply.request_id)
-
-    def _remember_id(self, request_id: str) -> None:
-        self._seen[request_id] = None
-        while len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
 
     def _take_token(self) -> bool:
         now_s = self._clock.now_s()
@@ -333,6 +474,32 @@ class CommandDispatcher:
             self._tokens -= 1.0
             return True
         return False
+
+
+def brief_verb(verb: str) -> str:
+    """The verb as a reply may echo it: cut to a few characters, escaped."""
+    return verb if len(verb) <= MAX_ECHO_CHARS and verb.isprintable() else clip(verb, MAX_ECHO_CHARS)
+
+
+def bounded_reply(reply: CommandReply) -> CommandReply:
+    """``reply``, cut down to at most :data:`MAX_REPLY_BYTES` of JSON: details dropped,
+    then the message shortened, then the result replaced by a note of its size."""
+    size = len(reply.to_json())
+    if size <= MAX_REPLY_BYTES:
+        return reply
+    update: dict[str, Any] = {}
+    if reply.error is not None:
+        update["error"] = reply.error.model_copy(update={
+            "details": [], "message": clip(reply.error.message, 1000)})
+    if reply.result is not None:
+        update["result"] = {"truncated": True, "result_bytes": size}
+    out = reply.model_copy(update=update)
+    log.warning("reply to %s cut to %d bytes (was %d)", out.request_id, len(out.to_json()), size)
+    return out
+
+
+def _show(value: Any) -> str:
+    return repr(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -198,7 +198,10 @@ class HealthMessage(Payload):
     stream_consumer_connected: bool | None = Field(
         None, description="A post-processing consumer is connected; null if streaming is off."
     )
-    mqtt_dropped_total: int = Field(0, ge=0, description="Alarm/reply messages the MQTT queue had to drop.")
+    mqtt_dropped_total: int = Field(
+        0, ge=0, description="MQTT messages the station dropped: alarms or replies pushed out of "
+        "a full queue, messages no broker could take (bad topic, too large) and messages the "
+        "broker refused 3 times.")
     ok: bool = Field(description="Everything the readiness checks require is fine.")
 
 
@@ -268,8 +271,12 @@ class PassSummary(Payload):
 
 
 # --- commands -------------------------------------------------------------------------------
-_REQUEST_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-REQUEST_ID_RE = re.compile(_REQUEST_ID)
+_REQUEST_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+#: Match with ``fullmatch`` only: ``match`` with ``$`` would accept a trailing newline,
+#: which would then end up in the reply topic.
+REQUEST_ID_RE = re.compile(_REQUEST_ID_BODY)
+# Pydantic's (Rust) regex: ``$`` is the end of the text, never before a final newline.
+_REQUEST_ID = f"^{_REQUEST_ID_BODY}$"
 
 
 class CommandRequest(Payload):
@@ -293,8 +300,10 @@ class StopRequest(CommandRequest):
 class GotoRequest(CommandRequest):
     """``cmd/goto``: point at az/el, through the safety gate (manual or maintenance mode)."""
 
-    az_deg: float = Field(ge=-360, le=720, description="Azimuth, degrees from north through east.")
-    el_deg: float = Field(ge=-5, le=180, description="Elevation, degrees.")
+    # strict: a JSON boolean is not a number (``true`` must not become 1.0°).
+    az_deg: float = Field(strict=True, ge=-360, le=720,
+                          description="Azimuth, degrees from north through east.")
+    el_deg: float = Field(strict=True, ge=-5, le=180, description="Elevation, degrees.")
 
 
 class SetModeRequest(CommandRequest):
@@ -359,7 +368,8 @@ class CommandError(Payload):
     code: ErrorCode = Field(description="Machine-readable reason.")
     message: str = Field(description="What was wrong, in words; names the field and value.")
     details: list[dict[str, Any]] = Field(
-        default_factory=list, description="Per-field problems: {field, value, reason}."
+        default_factory=list, description="Per-field problems: {field, value, reason}; at most 8, "
+        "each value cut to 80 characters."
     )
 
 
@@ -367,7 +377,7 @@ class CommandReply(Payload):
     """``reply/<request_id>``: the answer to one command (QoS 1, not retained)."""
 
     request_id: str | None = Field(description="From the request; null when it could not be read.")
-    verb: str = Field(description="The verb from the topic.")
+    verb: str = Field(description="The verb from the topic (an unknown one cut to 80 characters).")
     ok: bool = Field(description="True when the command was carried out.")
     error: CommandError | None = Field(None, description="Set when ok is false.")
     result: dict[str, Any] | None = Field(None, description="Verb-specific result when ok.")

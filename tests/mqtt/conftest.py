@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from station.clock import SimClock
+from tests.conftest import Broker
 from tests.mqtt.helpers import START, LabStation
+from tests.mqtt.secure import Pki, start_secure_broker
 
 
 @pytest.fixture
@@ -23,3 +25,11 @@ async def station(clock: SimClock) -> AsyncIterator[LabStation]:
     await st.mount.connect()
     yield st
     await st.mount.close()
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Pki]]:
+    """Mosquitto with the shipped config/mosquitto/ files (TLS, passwords, ACL), one per module."""
+    broker, pki = start_secure_broker(tmp_path_factory.mktemp("secure-mqtt"))
+    yield broker, pki
+    broker.stop()

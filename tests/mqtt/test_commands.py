@@ -195,20 +195,23 @@ async def test_a_slow_command_does_not_hold_up_stop(service, operator, station):
     assert operator.json(f"{P}/reply/slow-goto")[0]["ok"]
 
 
+INBOX = f"{P}/reply/ops-inbox/42"  # a response topic must be under the station's reply/
+
+
 async def test_mqtt5_reply_goes_to_the_response_topic_with_correlation_data(
         mosquitto, tmp_path, clock, station):
     cfg = make_cfg(tmp_path, mosquitto.host, mosquitto.port, station_id=ID, protocol="5")
     async with MqttService(cfg, clock, station) as svc:
         async with asyncio.timeout(10):
             await svc.wait_connected()
-        async with collector(mosquitto.host, mosquitto.port, "ops/inbox/42",
+        async with collector(mosquitto.host, mosquitto.port, INBOX,
                              protocol=aiomqtt.ProtocolVersion.V5) as col:
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = "ops/inbox/42"
+            props.ResponseTopic = INBOX
             props.CorrelationData = b"corr-\x00\x01"
             await col.client.publish(f"{P}/cmd/reschedule", b'{"request_id": "v5-1"}', qos=1,
                                      properties=props)
-            await col.wait_for(lambda: col.payloads("ops/inbox/42"))
+            await col.wait_for(lambda: col.payloads(INBOX))
             msg = col.messages[0]
             assert json.loads(msg.payload)["ok"] is True
             assert msg.properties.CorrelationData == b"corr-\x00\x01"
@@ -217,7 +220,7 @@ async def test_mqtt5_reply_goes_to_the_response_topic_with_correlation_data(
                                      b'"el_deg": 45}', qos=1, retain=True)
             await col.client.publish(f"{P}/cmd/reschedule", b'{"request_id": "v5-2"}', qos=1,
                                      properties=props)
-            await col.wait_for(lambda: len(col.payloads("ops/inbox/42")) == 2)
+            await col.wait_for(lambda: len(col.payloads(INBOX)) == 2)
             await col.client.publish(f"{P}/cmd/goto", b"", qos=1, retain=True)
         assert svc.dispatcher.stats.retained_ignored == 1
         assert [c[0] for c in station.calls] == ["reschedule", "reschedule"]

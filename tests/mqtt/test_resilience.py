@@ -160,7 +160,7 @@ async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):
         service.publish_alarm(AlarmMessage(key=f"a{i}", state="raised", severity="info",
                                            message="x", time=clock.now()))
     assert len(service._reliable) == 10 and service.stats.dropped == 15
-    assert service._reliable[0][1].startswith(b'{"key":"a15"')  # the newest are kept
+    assert service._reliable[0].payload.startswith(b'{"key":"a15"')  # the newest are kept
 
     def mount(t):
         return MountTelemetry(time=clock.now(), actual_az_deg=t, actual_el_deg=0, moving=True,
@@ -172,3 +172,25 @@ async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):
     assert service.publish_mount(mount(3.0))          # 5 Hz: taken, replaces the unsent 1.0
     assert service.stats.telemetry_throttled == 1 and service.stats.telemetry_coalesced == 1
     assert json.loads(service._latest[f"qkd/{ID}/mount"])["actual_az_deg"] == 3.0
+
+
+async def test_a_session_ends_even_if_a_subtask_swallows_its_cancellation():
+    # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation that
+    # races with the PUBACK. The session must still end, or the service hangs.
+    from station.mqtt.service import _cancel_all
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed += 1  # as a racing wait_for would: the cancel is lost
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(stubborn(), name="test-stubborn")
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await _cancel_all([task])
+    assert task.cancelled() and swallowed == 1
