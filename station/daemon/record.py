@@ -140,6 +140,9 @@ def _cause(a: float, b: float, segments: list[SegmentState],
                 best, best_overlap = c.cause, overlap
     if best is not None:
         return best
+    first_good = min((seg.good_s[0][0] for seg in segments if seg.good_s), default=None)
+    if first_good is not None and b <= first_good + _MIN_GAP_S:
+        return "before acquisition started"
     for (prev, _, prev_end), (nxt, nxt_start, _) in zip(spans, spans[1:], strict=False):
         if prev_end is not None and nxt_start is not None and prev_end - 1.0 <= a and b <= nxt_start + 600:
             return (f"between segments {prev.segment} ({prev.outcome.value}) and {nxt.segment}: "

@@ -1,0 +1,141 @@
+"""The records a pass leaves are true after a restart, a late resume or a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from station.daemon.modes import Outcome
+from station.daemon.statefile import PassState, StateFile, StationState
+from station.events import passfile, read_pass_file
+from station.events.inspection import inspect_pass_file
+from station.mqtt.messages import AlarmState
+from tests.conftest import Broker
+from tests.daemon.station import MICIUS, running_station, sim_config
+
+# The Micius pass as config/sim.toml plans it (UTC).
+AOS, LOS = "2016-12-19T16:48:43.744Z", "2016-12-19T16:55:40.892Z"
+QKD_START, QKD_END = "2016-12-19T16:49:57.511Z", "2016-12-19T16:54:30.049Z"
+
+
+async def wait_reports(st, n: int, wall_timeout_s: float = 240.0) -> list:
+    """Wait (wall time) until ``n`` passes have ended; their reports."""
+    async with asyncio.timeout(wall_timeout_s):
+        while len(st.supervisor.reports) < n:
+            await asyncio.sleep(0.05)
+    return st.supervisor.reports
+
+
+async def test_a_rerun_names_one_segment_in_every_transition(mosquitto: Broker, tmp_path: Path) -> None:
+    cfg = sim_config(tmp_path, mosquitto.port, operations={"readiness": {"stream_consumer": "off"}})
+    # The simulated night was run before: its file is there, so this is segment 2.
+    passes = tmp_path / "state" / "passes"
+    passes.mkdir(parents=True)
+    (passes / f"{MICIUS}.arrows").write_bytes(b"")
+    async with running_station(cfg) as st:
+        report = await st.next_pass()
+        await st.mqtt_log.wait_json("transitions", lambda t: t["to_phase"] == "idle")
+    assert report.segment == 2 and report.pass_file.endswith(f"{MICIUS}-s2.arrows")
+    segments = [t["segment"] for t in st.mqtt_log.json_on("transitions") if t["pass_id"] == MICIUS]
+    assert segments and set(segments) == {2}, segments
+
+
+def _state_in_track(tmp_path: Path, updated: str) -> None:
+    """A state file as a daemon killed during the Micius track leaves it (no file yet)."""
+    StateFile(tmp_path / "state").save(StationState.model_validate({
+        "mode": "auto", "phase": "track", "updated": updated, "current_pass": PassState.model_validate({
+            "pass_id": MICIUS, "norad_id": 41731, "segment": 1, "aos": AOS, "los": LOS,
+            "qkd_start": QKD_START, "qkd_end": QKD_END,
+            "phase_times": {"prepare": "2016-12-19T16:46:43Z", "track": "2016-12-19T16:48:43Z"}})}))
+
+
+async def test_resume_with_too_little_window_left_is_not_a_completed_pass(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    # 14 s of window left at the restart: enough for the supervisor's first look, not once
+    # the mount has slewed from the park position to the track.
+    _state_in_track(tmp_path, "2016-12-19T16:50:00Z")
+    cfg = sim_config(tmp_path, mosquitto.port, clock={"start": "2016-12-19T16:54:16Z"},
+                     operations={"readiness": {"stream_consumer": "off"}})
+    async with running_station(cfg) as st:
+        reports = await wait_reports(st, 1)
+        whole = await st.mqtt_log.wait_json(f"passes/{MICIUS}/summary",
+                                            lambda m: len(m["segments"]) == 2)
+        seg2 = await st.mqtt_log.wait_json(f"passes/{MICIUS}-s2/summary", lambda m: True)
+    report = reports[0]
+    assert report.segment == 2 and report.outcome == Outcome.SKIPPED, report.reason
+    assert "too little QKD window left" in report.reason
+    assert report.pass_file is None
+    assert not (tmp_path / "state" / "passes" / f"{MICIUS}-s2.arrows").exists()  # no empty file
+    assert seg2["outcome"] == "skipped" and seg2["segment"] == 2
+    assert whole["outcome"] == "interrupted" and whole["segment"] is None
+    assert whole["window_lost_fraction"] == 1.0
+    assert whole["satellite"] == "MICIUS"
+
+
+# -- a full disk ------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs as the state directory (a Micius pass file is ~50 MB)."""
+    mount_point = tmp_path / "state"
+    mount_point.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs",
+                          str(mount_point)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.mark.slow
+async def test_disk_full_pass_is_finished_alarmed_and_its_loss_is_in_the_file(
+        mosquitto: Broker, tmp_path: Path, small_disk: Path) -> None:
+    ops = {"readiness": {"stream_consumer": "off", "free_disk": "off"},
+           "faults": {"min_free_disk_mb": 0}}
+    cfg = sim_config(tmp_path, mosquitto.port, operations=ops)
+    async with running_station(cfg) as st:
+        report = await st.next_pass()
+        summary = await st.mqtt_log.wait_json(f"passes/{MICIUS}/summary", lambda m: True)
+        alarm = await st.mqtt_log.wait_json(
+            "alarms", lambda a: a["key"] == "disk.write" and a["state"] == "raised")
+    assert report.events_lost > 0
+    # Raised when the disk refused, during the track, not at the end of the pass.
+    raised = [a for a in st.ctx.alarms.history
+              if a.key == "disk.write" and a.state == AlarmState.RAISED]
+    assert raised and raised[0].time < report.phase_times["finalize"]
+    assert "ENOSPC" in alarm["message"] and alarm["pass_id"] == MICIUS
+    assert report.outcome == Outcome.DEGRADED, report.reason
+    assert "not recorded (ENOSPC" in report.reason
+    assert summary["outcome"] == "degraded" and summary["events_lost"] == report.events_lost
+
+    # The loss is in the file itself, and inspect says so.
+    path = Path(report.pass_file)
+    record = passfile.read_loss_record(path)
+    assert record is not None and record.events == report.events_lost and record.ranges
+    assert all("ENOSPC" in r.reason for r in record.ranges)
+    _, batches, stop = read_pass_file(path)
+    assert stop.complete
+    assert sum(len(b.events) for b in batches) == report.events_recorded
+    info = inspect_pass_file(path)
+    assert info["events_lost"] == report.events_lost and info["events"] == report.events_recorded
+    assert not info["integrity"]["ok"] and any("not recorded" in p for p in info["integrity"]["problems"])
+
+    # The state files were finished although the disk is full.
+    assert json.loads(passfile.sidecar_path(path).read_text())["state"] == "closed"
+    state = json.loads((small_disk / "state.json").read_text())
+    assert state["phase"] == "idle" and state["current_pass"] is None
+
+    # The next start sees a finished pass, not an interrupted one.
+    later = sim_config(tmp_path, mosquitto.port, operations=ops,
+                       clock={"start": "2016-12-19T17:10:00Z"})
+    async with running_station(later) as st2:
+        pass
+    assert not any(a.key == "pass.interrupted" for a in st2.ctx.alarms.history)
+    assert not [m for m in st2.mqtt_log.json_on(f"passes/{MICIUS}/summary")
+                if m["outcome"] == "interrupted"]
