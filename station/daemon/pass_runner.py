@@ -26,6 +26,7 @@ from drivers.timetagger.base import Batch
 from station import __version__
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
+from station.daemon.lateness import LatenessStats
 from station.daemon.modes import Outcome, Phase
 from station.daemon.readiness import CheckResult, blocking_failures, run_checks
 from station.daemon.record import (
@@ -140,6 +141,8 @@ class PassReport(BaseModel):
         0, description="Events the tagger delivered after the end of the QKD window: not "
         "recorded (the window is over), counted here.")
     segment_state: SegmentState | None = None
+    clock_lateness: LatenessStats | None = Field(
+        None, description="Rehearsals on a scaled clock: how late the event loop ran.")
 
 
 def channel_names(ctx: StationContext) -> dict[int, str]:

@@ -139,3 +139,37 @@ async def test_disk_full_pass_is_finished_alarmed_and_its_loss_is_in_the_file(
     assert not any(a.key == "pass.interrupted" for a in st2.ctx.alarms.history)
     assert not [m for m in st2.mqtt_log.json_on(f"passes/{MICIUS}/summary")
                 if m["outcome"] == "interrupted"]
+
+
+# -- a clock faster than the host ----------------------------------------------------------
+async def test_rehearsal_on_a_clock_the_host_cannot_follow_is_invalid(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    from station.cli.rehearse import _summary, rehearse
+
+    # ×1000 asks for 20,000 tracking ticks per wall second: no host follows that.
+    cfg = sim_config(tmp_path, mosquitto.port, operations={"readiness": {"stream_consumer": "off"}})
+    report = await rehearse(cfg, pass_id=MICIUS, speed=1000.0)
+    assert report is not None
+    late = report.clock_lateness
+    assert late is not None and not late.valid and late.speed == 1000.0
+    assert "faster than this host can follow" in late.reason
+    assert report.outcome == Outcome.ABORTED and "invalid run" in report.reason
+    assert "INVALID" in _summary(report)
+
+
+def test_lateness_monitor_needs_sustained_lateness_or_one_stall() -> None:
+    from station.clock import SimClock
+    from station.daemon.lateness import WINDOW, LatenessMonitor
+
+    reasons: list[str] = []
+    mon = LatenessMonitor(SimClock(0.0, speed=10.0), limit_s=0.5, on_invalid=reasons.append)
+    for late in [0.1] * WINDOW + [0.9] * (WINDOW // 2 - 1) + [0.0]:
+        mon.add(late)  # a few late wake-ups: not sustained
+    assert mon.stats.valid and not reasons
+    for _ in range(WINDOW):
+        mon.add(0.9)
+    assert not mon.stats.valid and len(reasons) == 1 and "median 0.90 s" in reasons[0]
+    stall = LatenessMonitor(SimClock(0.0, speed=10.0), limit_s=0.5)
+    stall.add(6.0)
+    assert not stall.stats.valid and "at once" in stall.stats.reason
+    assert not LatenessMonitor(SimClock(0.0, speed=float("inf")), limit_s=0.5).active

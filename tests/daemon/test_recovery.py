@@ -122,3 +122,34 @@ def _epoch(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_sigstop_then_sigcont_is_not_a_success(mosquitto: Broker, start_daemon, tmp_path: Path) -> None:
+    """A hang mid-track (the process stopped for 20 s wall, 400 s of the ×20 clock): the
+    pass ends at its window, the tracking alarm is raised and the pass is degraded."""
+    config = copy_sim_config(tmp_path)
+    station = f"stop{abs(hash(str(tmp_path))) % 10**8}"
+    env = {"QKD_STATION__OPERATIONS__READINESS__STREAM_CONSUMER": "off",
+           "QKD_STATION__STATION_ID": station}
+    d = start_daemon(mqtt_port=mosquitto.port, config=config, clock_start="2016-12-19T16:46:20Z",
+                     speed=SPEED, env=env)
+    d.wait_log("acquisition started", timeout_s=60)
+    time.sleep(2.0)
+    d.signal(signal.SIGSTOP)
+    try:
+        time.sleep(20.0)  # the hang itself: wall time is the point here
+    finally:
+        d.signal(signal.SIGCONT)
+    d.wait_log(f"pass {MICIUS}: phase idle", timeout_s=120)
+    summary = json.loads(sub_once(mosquitto.port, f"qkd/{station}/passes/{MICIUS}/summary"))
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0
+    log = d.log()
+    assert "alarm tracking.error raised" in log and "the station stalled" in log
+    assert summary["outcome"] == "degraded", summary
+    assert summary["window_lost_fraction"] > 0.3
+    assert any("stalled" in g["cause"] for g in summary["gaps"]), summary["gaps"]
+    # Acquisition stopped at the end of the QKD window (16:54:30.05), whatever happened.
+    _, batches, stop = read_pass_file(Path(summary["file_path"]))
+    assert stop.complete and batches
+    assert max(b.info.start_time_s for b in batches) < 1482166470.05
