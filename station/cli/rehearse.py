@@ -79,6 +79,7 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
     from station.daemon.lateness import LatenessMonitor, tolerated_lateness_s
     from station.daemon.modes import Outcome, Phase
     from station.daemon.pass_runner import PassRunner
+    from station.daemon.record import DEGRADED_WINDOW_LOSS_FRACTION
     from station.orbit.catalog import Catalog, fixed_clock
     from station.schedule import parse_pass_id, plan
 
@@ -120,7 +121,7 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
         monitor = LatenessMonitor(
             clock, limit_s=tolerated_lateness_s(cfg.tracking.rate_hz),
             on_invalid=lambda why: runner.request_abort(f"invalid run: {why}"),
-            counts=lambda: runner.phase == Phase.TRACK)
+            counts=lambda: runner.phase in (Phase.PREPARE, Phase.TRACK))
         watcher = asyncio.create_task(monitor.run(), name="lateness-monitor")
         try:
             report = await runner.run()
@@ -131,6 +132,7 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
             if report.tracking is not None:
                 t = report.tracking
                 monitor.judge_tracking(t.ticks, t.skipped_ticks, t.max_lateness_s)
+            monitor.judge_loss(report.window_lost_fraction, DEGRADED_WINDOW_LOSS_FRACTION)
             report.clock_lateness = monitor.finish()
             if not report.clock_lateness.valid and report.outcome != Outcome.ABORTED:
                 # Found too late to stop the pass (a stall that outlasted it): the run
