@@ -429,6 +429,9 @@ def recover_interrupted(path: Path | str) -> RecoveryInfo:
     Blocking (reads the file): call it with ``asyncio.to_thread``.
     """
     path = Path(path)
+    # The dead recorder's reserve: giving it back is what lets the end be written on a
+    # full disk.
+    path.with_name(f".{path.stem}.reserve").unlink(missing_ok=True)
     try:
         scan = passfile.scan_pass_file(path)
     except OSError as exc:
