@@ -173,3 +173,53 @@ def test_lateness_monitor_needs_sustained_lateness_or_one_stall() -> None:
     stall.add(6.0)
     assert not stall.stats.valid and "at once" in stall.stats.reason
     assert not LatenessMonitor(SimClock(0.0, speed=float("inf")), limit_s=0.5).active
+
+
+# -- a disk measurement that fails ------------------------------------------------------------
+async def test_an_unknown_free_disk_never_clears_the_disk_alarm(mosquitto: Broker, tmp_path: Path) -> None:
+    cfg = sim_config(tmp_path, mosquitto.port, clock={"start": "2016-12-19T12:00:00Z"},
+                     operations={"faults": {"min_free_disk_mb": 1e12}})
+    async with running_station(cfg) as st:
+        sup, ctx = st.supervisor, st.ctx
+        assert sup.health_message().disk_free_bytes is not None
+        assert ctx.alarms.is_active("disk.full")
+        good = ctx.cfg
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        # Measuring free disk now raises OSError (the state dir cannot be made under a file).
+        ctx.cfg = good.model_copy(update={"state_dir": blocker / "state"})
+        health = sup.health_message()
+        assert health.disk_free_bytes is None and not health.ok
+        assert ctx.alarms.is_active("disk.full")  # kept: unknown is not "enough again"
+        assert sup._disk_full
+        ctx.cfg = good.model_copy(update={"operations": good.operations.model_copy(update={
+            "faults": good.operations.faults.model_copy(update={"min_free_disk_mb": 0.0})})})
+        assert sup.health_message().disk_free_bytes is not None
+        assert not ctx.alarms.is_active("disk.full")  # a real measurement clears it
+        ctx.cfg = good
+
+
+def test_window_accounting_adds_up_segments_and_gaps() -> None:
+    from datetime import UTC, datetime
+
+    from station.daemon.record import Cause, SegmentState, pass_summary, subtract
+
+    assert subtract([(0.0, 10.0)], [(2.0, 3.0), (5.0, 6.0)]) == [(0.0, 2.0), (3.0, 5.0), (6.0, 10.0)]
+    t = datetime(2016, 12, 19, 16, 50, tzinfo=UTC).timestamp()
+    at = datetime.fromtimestamp
+    s1 = SegmentState(segment=1, stream_pass_id="P", outcome=Outcome.INTERRUPTED,
+                      started_at=at(t - 100, UTC), ended_at=at(t + 40, UTC), events_recorded=400,
+                      counts_by_channel={"H": 400}, good_s=[(t, t + 40)],
+                      causes=[Cause(start_s=t + 40, end_s=t + 60, cause="the daemon stopped")])
+    s2 = SegmentState(segment=2, stream_pass_id="P-s2", outcome=Outcome.COMPLETED,
+                      started_at=at(t + 60, UTC), ended_at=at(t + 100, UTC), events_recorded=300,
+                      events_lost=5, counts_by_channel={"H": 300}, good_s=[(t + 70, t + 100)])
+    whole = pass_summary("P", "MICIUS", 41731, at(t - 60, UTC), at(t + 200, UTC), (t, t + 100),
+                         [s1, s2])
+    assert whole.outcome == Outcome.DEGRADED and whole.segment is None
+    assert whole.events_recorded == 700 and whole.events_lost == 5
+    assert whole.counts_by_channel == {"H": 700}
+    assert whole.window_lost_s == 30.0 and whole.window_lost_fraction == 0.3
+    assert [(g.duration_s, g.cause) for g in whole.gaps] == [(30.0, "the daemon stopped")]
+    assert whole.events_lost_in_gaps_estimate == 300  # 700 events in 70 s, 30 s lost
+    assert [s.window_recorded_s for s in whole.segments] == [40.0, 30.0]
