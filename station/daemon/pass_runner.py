@@ -291,39 +291,31 @@ class PassRunner:
         satellite = entry.earth_satellite()
         plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, aos=entry.aos, los=entry.los,
                                    pass_id=entry.pass_id)
-        if now_s > plan.aos_s:
-            # A track under way (a resumed segment): join it where the satellite will be
-            # as soon as the mount can be there, not after a full slew plus margin.
-            pos = await ctx.mount.position()
-            join_s = self._join_time(plan, pos, ctx.clock.now_s())
-            qkd_end_s = (entry.qkd_end or entry.los).timestamp()
-            qkd_start_s = (entry.qkd_start or entry.aos).timestamp()
-            left_s = qkd_end_s - max(join_s, qkd_start_s) if join_s is not None else 0.0
-            if join_s is None or left_s < MIN_USEFUL_WINDOW_S:
-                reason = (f"too little QKD window left: the mount could be on the track at "
-                          f"{_hms(_dt(join_s)) if join_s is not None else 'no time before LOS'}"
-                          f", leaving {max(0.0, left_s):.1f} s (at least "
-                          f"{MIN_USEFUL_WINDOW_S:g} s needed)")
-                self._set_outcome(Outcome.SKIPPED, reason)
-                log.warning("pass %s segment %d skipped: %s", entry.pass_id, self.segment, reason)
-                return False
-            started_s = self.started_s
-            self.report.join_delay_s = round(join_s - started_s, 3)
-            self._causes.append(Cause(start_s=started_s, end_s=join_s, cause=(
-                f"segment {self.segment} re-joining the track ({join_s - now_s:.1f} s slew "
-                "and settle)")))
-            plan = plan.window(join_s, plan.los_s)
-            log.info("pass %s: joining the track at %s, %.1f s after the segment started "
-                     "(%.1f s of QKD window left)", entry.pass_id, _hms(_dt(join_s)),
-                     join_s - started_s, left_s)
-        self.plan = plan
-        try:
-            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
-        except PrepositionTimeout as exc:
-            raise PassAborted(f"not at the rise point in time: {exc}") from exc
-        except MountError as exc:
-            await self._mount_fault(exc)  # raises unless the link came back
-            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+        full_plan = plan
+        # A track under way (a resumed segment): join it where the satellite will be as
+        # soon as the mount can be there, not after a full slew plus margin. A slew that
+        # takes longer than estimated (a detour around the Sun or the horizon mask) joins
+        # again further on, twice at most.
+        joining = now_s > plan.aos_s
+        for attempt in range(3):
+            if joining:
+                joined = await self._join(full_plan)
+                if joined is None:
+                    return False
+                plan = joined
+            self.plan = plan
+            try:
+                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+                break
+            except PrepositionTimeout as exc:
+                if not joining or attempt == 2:
+                    raise PassAborted(f"not at the rise point in time: {exc}") from exc
+                log.warning("pass %s: not on the track in time (%s); joining further on",
+                            entry.pass_id, exc)
+            except MountError as exc:
+                await self._mount_fault(exc)  # raises unless the link came back
+                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+                break
 
         await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
         set_link = getattr(ctx.tagger, "set_link", None)
@@ -335,6 +327,35 @@ class PassRunner:
         self.report.pass_file = str(self.recorder.path)
         self._on_file_opened(str(self.recorder.path))
         return True
+
+    async def _join(self, plan: Any) -> Any | None:
+        """The part of ``plan`` the mount can join from where it is now, or None (outcome
+        ``skipped``) when less than :data:`MIN_USEFUL_WINDOW_S` of QKD window would be left."""
+        ctx, entry = self.ctx, self.entry
+        pos = await ctx.mount.position()
+        now_s = ctx.clock.now_s()
+        join_s = self._join_time(plan, pos, now_s)
+        qkd_end_s = (entry.qkd_end or entry.los).timestamp()
+        qkd_start_s = (entry.qkd_start or entry.aos).timestamp()
+        left_s = qkd_end_s - max(join_s, qkd_start_s) if join_s is not None else 0.0
+        if join_s is None or left_s < MIN_USEFUL_WINDOW_S:
+            reason = (f"too little QKD window left: the mount could be on the track at "
+                      f"{_hms(_dt(join_s)) if join_s is not None else 'no time before LOS'}"
+                      f", leaving {max(0.0, left_s):.1f} s (at least "
+                      f"{MIN_USEFUL_WINDOW_S:g} s needed)")
+            self._set_outcome(Outcome.SKIPPED, reason)
+            log.warning("pass %s segment %d skipped: %s", entry.pass_id, self.segment, reason)
+            return None
+        started_s = self.started_s
+        self.report.join_delay_s = round(join_s - started_s, 3)
+        self._causes = [c for c in self._causes if not c.cause.startswith("joining")]
+        self._causes.append(Cause(start_s=started_s, end_s=join_s, cause=(
+            f"joining the track in segment {self.segment} ({join_s - now_s:.1f} s slew "
+            "and settle)")))
+        log.info("pass %s: joining the track at %s, %.1f s after the segment started "
+                 "(%.1f s of QKD window left)", entry.pass_id, _hms(_dt(join_s)),
+                 join_s - started_s, left_s)
+        return plan.window(join_s, plan.los_s)
 
     def _join_time(self, plan: Any, pos: Any, now_s: float) -> float | None:
         """The earliest plan sample the mount can reach from ``pos`` in time (slew
@@ -456,8 +477,9 @@ class PassRunner:
             await ctx.tagger.stop()
 
         stopper = asyncio.create_task(stop_at_end(), name=f"acq-stop-{entry.pass_id}")
+        batches = ctx.tagger.batches()
         try:
-            async for batch in ctx.tagger.batches():
+            async for batch in batches:
                 info = batch.info
                 if info.start_time_s is not None and info.start_time_s >= end_s:
                     # The window is over whatever happened (a stalled station catching up
@@ -481,6 +503,10 @@ class PassRunner:
                     await stopper
                 with contextlib.suppress(DriverError):
                     await ctx.tagger.stop()
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:  # left early (end of window): end the generator now
+                with contextlib.suppress(DriverError):
+                    await aclose()
             self._acquiring = False
         log.info("pass %s: acquisition stopped", entry.pass_id)
 
