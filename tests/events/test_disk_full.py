@@ -100,6 +100,10 @@ async def test_a_full_disk_leaves_a_loss_record_in_the_file(small_disk: Path) ->
     assert report["events_lost"] == totals.events_lost_disk > 0
     assert report["batches"] == len(kept) and report["loss_record"]["events"] == record.events
     assert any("not recorded" in p for p in report["integrity"]["problems"])
+    from station.cli.inspect import _text
+
+    text = _text(report)
+    assert f"events lost {totals.events_lost_disk:,}" in text and "loss record in the file" in text
     assert not (small_disk / "passes" / f".{totals.path.stem}.reserve").exists()
     # After a restart the stream serves the same: the loss record is the last batch.
     src = PassSource.from_file(totals.path)
