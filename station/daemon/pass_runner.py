@@ -169,8 +169,10 @@ class PassRunner:
         #: Segments of this pass recorded before (a resume): the whole-pass summary adds
         #: them up with this one.
         self.earlier_segments = list(earlier_segments or [])
-        #: Clock spans recorded (batches in the file), and spans known to be useless.
+        #: Clock spans recorded (batches in the file) with their events, and spans known
+        #: to be useless.
         self._covered: list[Span] = []
+        self._covered_events: list[int] = []
         self._causes: list[Cause] = []
         self._epoch_s: float | None = None
         self.phase = Phase.IDLE
@@ -495,6 +497,7 @@ class PassRunner:
                         self._epoch_s = info.start_time_s - info.start_ps / 1e12
                     self._covered.append(
                         (info.start_time_s, info.start_time_s + (info.end_ps - info.start_ps) / 1e12))
+                    self._covered_events.append(len(batch))
                 self._check_batch(batch)
         finally:
             if not stopper.done():
@@ -683,6 +686,7 @@ class PassRunner:
         own = (min(max(lo, self.started_s), hi), hi)
         bad = [(c.start_s, c.end_s) for c in self._causes]
         good = subtract(clip(merge(self._covered), *own), bad)
+        good_events = _events_within(self._covered, self._covered_events, good)
         window_s = own[1] - own[0]
         r.window_s = round(window_s, 3)
         r.window_lost_s = round(max(0.0, window_s - total_s(good)), 3)
@@ -700,7 +704,7 @@ class PassRunner:
                 rms_arcsec=tr.rms_sky_error_arcsec, p95_arcsec=tr.p95_error_arcsec,
                 max_arcsec=tr.max_error_arcsec, samples=tr.samples_after_acquisition)
             if tr is not None else None,
-            good_s=good, causes=merge_causes(self._causes))
+            good_s=good, good_events=good_events, causes=merge_causes(self._causes))
         outcome, reason = degraded(r.outcome, r.reason, own, [seg])
         if outcome != r.outcome:
             log.warning("pass %s segment %d degraded: %s", self.entry.pass_id, self.segment, reason)
@@ -751,6 +755,21 @@ class PassRunner:
             self.report.go_safe = True
         else:
             ctx.alarms.clear("mount.park", "parked")
+
+
+def _events_within(spans: list[Span], events: list[int], good: list[Span]) -> int:
+    """Events of the batches (``spans``, ``events``) lying mostly inside ``good``."""
+    import numpy as np
+
+    if not spans or not good:
+        return 0
+    t0 = np.array([a for a, _ in spans])
+    t1 = np.array([b for _, b in spans])
+    inside = np.zeros(len(spans))
+    for a, b in good:
+        inside += np.clip(np.minimum(t1, b) - np.maximum(t0, a), 0.0, None)
+    mostly = inside >= 0.5 * np.maximum(t1 - t0, 1e-12)
+    return int(np.asarray(events)[mostly].sum())
 
 
 def merge_causes(causes: list[Cause]) -> list[Cause]:

@@ -101,6 +101,8 @@ class SegmentState(BaseModel):
     tracking: TrackingErrorStats | None = None
     #: Clock spans of the QKD window recorded with the pointing within the limit.
     good_s: list[Span] = Field(default_factory=list)
+    #: Events recorded in those spans (the rate the gaps are estimated at).
+    good_events: int | None = None
     #: Known causes of lost window time (tracking error, stall, join delay, disk).
     causes: list[Cause] = Field(default_factory=list)
 
@@ -161,7 +163,10 @@ def _window_figures(window: Span, segments: list[SegmentState]
     gaps = window_gaps(window, segments)
     lost_s = min(window_s, sum(g.duration_s for g in gaps))
     good_s = window_s - lost_s
-    recorded = sum(seg.events_recorded for seg in segments)
+    # Events per usable second: what the gaps would have held. Events recorded while the
+    # pointing was off do not count (they are the link's failure, not its rate).
+    recorded = sum(seg.events_recorded if seg.good_events is None else seg.good_events
+                   for seg in segments)
     estimate = round(recorded / good_s * lost_s) if good_s > 1.0 and recorded else None
     return window_s, lost_s, (lost_s / window_s if window_s > 0 else 0.0), gaps, estimate
 
@@ -173,8 +178,10 @@ def degraded(outcome: Outcome, reason: str, window: Span, segments: list[Segment
     window_s, lost_s, share, gaps, _ = _window_figures(window, segments)
     if outcome != Outcome.COMPLETED or share <= DEGRADED_WINDOW_LOSS_FRACTION:
         return outcome, reason
-    causes = sorted({g.cause for g in gaps}, key=lambda c: -sum(
-        g.duration_s for g in gaps if g.cause == c))
+    # The causes in order of the time they cost; slivers (a batch boundary) left out.
+    weight = {c: sum(g.duration_s for g in gaps if g.cause == c) for c in {g.cause for g in gaps}}
+    causes = [c for c in sorted(weight, key=lambda c: -weight[c]) if weight[c] >= 0.5] \
+        or sorted(weight, key=lambda c: -weight[c])
     text = (f"{lost_s:.1f} s ({100 * share:.1f} %) of the {window_s:.0f} s QKD window lost "
             f"(more than {100 * DEGRADED_WINDOW_LOSS_FRACTION:g} %): {'; '.join(causes)}")
     return Outcome.DEGRADED, text if not reason else f"{reason}; {text}"
