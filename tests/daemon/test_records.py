@@ -223,3 +223,23 @@ def test_window_accounting_adds_up_segments_and_gaps() -> None:
     assert [(g.duration_s, g.cause) for g in whole.gaps] == [(30.0, "the daemon stopped")]
     assert whole.events_lost_in_gaps_estimate == 300  # 700 events in 70 s, 30 s lost
     assert [s.window_recorded_s for s in whole.segments] == [40.0, 30.0]
+
+
+def test_a_valid_but_strained_rehearsal_explains_its_tracking_error() -> None:
+    from datetime import UTC, datetime
+
+    from station.cli.rehearse import _summary
+    from station.daemon.lateness import LatenessStats
+    from station.daemon.pass_runner import PassReport
+    from station.tracking import TrackingStats
+
+    when = datetime(2016, 12, 19, 16, 48, tzinfo=UTC)
+    report = PassReport(
+        pass_id=MICIUS, satellite="MICIUS", norad_id=41731, planned_aos=when, planned_los=when,
+        tracking=TrackingStats(ticks=4000, skipped_ticks=3000, rms_sky_error_arcsec=93.0,
+                               max_error_arcsec=4501.0, max_lateness_s=1.8),
+        clock_lateness=LatenessStats(speed=100.0, samples=900, median_s=0.6, p95_s=1.5,
+                                     max_s=1.9, limit_s=2.0, valid=True))
+    text = _summary(report)
+    assert "INVALID" not in text
+    assert "3000 of 7000 tracking ticks skipped" in text and "not the mount" in text
