@@ -125,9 +125,14 @@ class LatenessMonitor:
     def _invalid(self, what: str) -> None:
         st = self.stats
         st.valid = False
-        st.reason = (f"the simulated clock (×{self.clock.speed:g}) runs faster than this host "
-                     f"can follow: {what}, above the {self.limit_s:g} s that tracking "
-                     "tolerates; the run is invalid — use a lower speed or 'max'")
+        if self.clock.source == "simulated":
+            st.reason = (f"the simulated clock (×{self.clock.speed:g}) runs faster than this "
+                         f"host can follow: {what}, above the {self.limit_s:g} s that tracking "
+                         "tolerates; the run is invalid — use a lower speed or 'max'")
+        else:
+            st.reason = (f"the station fell behind the real clock (overloaded, or the process "
+                         f"was stopped): {what}, above the {self.limit_s:g} s that tracking "
+                         "tolerates")
         log.error("%s", st.reason)
         self.on_invalid(st.reason)
 

@@ -26,7 +26,7 @@ from drivers.timetagger.base import Batch
 from station import __version__
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
-from station.daemon.lateness import LatenessStats
+from station.daemon.lateness import LatenessMonitor, LatenessStats, tolerated_lateness_s
 from station.daemon.modes import Outcome, Phase
 from station.daemon.readiness import CheckResult, blocking_failures, run_checks
 from station.daemon.record import (
@@ -412,6 +412,14 @@ class PassRunner:
         self._set_phase(Phase.TRACK)
         await self._beacon(on=True)
         telemetry = ctx.tracker.subscribe()
+        # A loop far behind its clock (an overloaded host, a clock faster than it can
+        # follow, a stopped process) is said when it happens; its effect on the pointing
+        # is judged from the telemetry.
+        self.lateness = LatenessMonitor(
+            ctx.clock, limit_s=tolerated_lateness_s(ctx.cfg.tracking.rate_hz),
+            on_invalid=lambda why: ctx.alarms.raise_("clock.lateness", Severity.WARNING, why,
+                                                     pass_id=entry.pass_id))
+        watcher = asyncio.create_task(self.lateness.run(), name=f"lateness-{entry.pass_id}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._acquire(), name=f"acquire-{entry.pass_id}")
@@ -423,6 +431,8 @@ class PassRunner:
                 self._tracking_done = True
                 telemetry.close()
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             ctx.tracker.unsubscribe(telemetry)
 
     async def _follow(self) -> None:
@@ -666,6 +676,7 @@ class PassRunner:
         self._account()
         ctx.alarms.clear("timetagger.overflow", "pass over")
         ctx.alarms.clear("tracking.error", "pass over")
+        ctx.alarms.clear("clock.lateness", "pass over")
         # A disk that refused writes stays alarmed (disk.write) until the supervisor's
         # health check measures enough free space again.
         self._summary()

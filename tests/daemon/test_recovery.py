@@ -146,6 +146,7 @@ def test_sigstop_then_sigcont_is_not_a_success(mosquitto: Broker, start_daemon, 
     assert d.wait(20) == 0
     log = d.log()
     assert "alarm tracking.error raised" in log and "the station stalled" in log
+    assert "alarm clock.lateness raised" in log  # the stall itself, said when it ended
     assert summary["outcome"] == "degraded", summary
     assert summary["window_lost_fraction"] > 0.3
     assert any("stalled" in g["cause"] for g in summary["gaps"]), summary["gaps"]
