@@ -252,7 +252,7 @@ class SegmentBrief(Payload):
     outcome: Outcome = Field(description="How this segment ended.")
     reason: str = Field("", description="Why, in words.")
     started_at: UtcTime | None = Field(None, description="When work on the segment began.")
-    ended_at: UtcTime | None = Field(None, description="End of the last batch recorded (or of the work, if none).")
+    ended_at: UtcTime | None = Field(None, description="When the segment ended: the end of its last batch on disk for an interrupted segment, the end of the work otherwise.")
     events_recorded: int = Field(0, ge=0, description="Events in the segment's pass file.")
     events_lost: int = Field(0, ge=0, description="Events counted lost in the segment (tagger + disk).")
     window_recorded_s: float = Field(0.0, ge=0, description="QKD-window seconds this segment recorded with the pointing within the limit.")
