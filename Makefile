@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/sim.toml
 # Debian packages of the real peers the tests talk to (broker, rotator daemon, INDI server,
-# the browser and its driver for the web view).
-TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin chromium chromium-driver
-TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope chromium chromedriver
+# the browser and its driver for the web view, systemd-analyze for the unit's checks).
+TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin chromium chromium-driver systemd
+TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope chromium chromedriver systemd-analyze
 
 .PHONY: run test lint venv venv-dev system-deps bench clean
 

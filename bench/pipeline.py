@@ -14,8 +14,11 @@ Printed side by side:
   same flush policy (fsync every flush_interval_s), and the ratio pipeline / raw;
 * the asyncio loop's lateness (a 1 ms ticker) during the run: p50, p99, max.
 
+With ``--curve`` the stream is CURVE-encrypted and authenticated (keys made for the run),
+as a station serving another host runs it.
+
 Usage: .venv/bin/python bench/pipeline.py [--events 200e6] [--batch 500000]
-       [--compression lz4|zstd|none] [--flush-interval 1.0] [--dir DIR]
+       [--compression lz4|zstd|none] [--flush-interval 1.0] [--dir DIR] [--curve]
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def make_pool(batch: int, pool: int, rate_hz: float) -> list[np.ndarray]:
     return out
 
 
-def consumer(endpoint: str, result: Any, window: int, nice: int) -> None:
+def consumer(endpoint: str, result: Any, window: int, nice: int,
+             curve: tuple[bytes, bytes, bytes] | None = None) -> None:
     """The raw protocol: hello, then batch/ack until pass_end. Counts and checks seq."""
     import zmq
 
@@ -69,6 +73,10 @@ def consumer(endpoint: str, result: Any, window: int, nice: int) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2])
     sock.connect(endpoint)
     sock.send_json({"type": "hello", "protocol": 1, "pass_id": PASS_ID, "resume_seq": 0,
                     "window": window, "consumer": "bench"})
@@ -102,14 +110,26 @@ def consumer(endpoint: str, result: Any, window: int, nice: int) -> None:
 
 async def run_pipeline(args: argparse.Namespace, pool: list[np.ndarray], n_batches: int,
                        state: Path) -> dict[str, Any]:
+    curve_opts: dict[str, Any] = {}
+    curve = None
+    if args.curve:
+        from station.events.curve import load_keypair, write_keypair
+
+        station_pub, station_sec = write_keypair(state / "keys", "station", overwrite=True)
+        _, consumer_sec = write_keypair(state / "keys" / "consumers", "bench", overwrite=True)
+        pair = load_keypair(consumer_sec)
+        curve = (load_keypair(station_sec).public, pair.public, pair.secret)
+        curve_opts = {"curve_secret_key_file": station_sec,
+                      "curve_consumer_key_files": [state / "keys" / "consumers"]}
     cfg = EventsConfig(stream_endpoint="tcp://127.0.0.1:*", compression=args.compression,
-                       flush_interval_s=args.flush_interval, encoder_threads=args.encoders)
+                       flush_interval_s=args.flush_interval, encoder_threads=args.encoders,
+                       **curve_opts)
     pipeline = EventPipeline(cfg, state_dir=state)
     await pipeline.start()
     mpctx = mp.get_context("spawn")
     result = mpctx.Queue()
     proc = mpctx.Process(target=consumer, args=(pipeline.endpoint, result, args.window,
-                                                        args.consumer_nice))
+                                                        args.consumer_nice, curve))
     lateness: list[float] = []
     stop = asyncio.Event()
 
@@ -189,6 +209,8 @@ def main() -> None:
     ap.add_argument("--encoders", type=int, default=2, help="encoder threads (default 2)")
     ap.add_argument("--window", type=int, default=64, help="consumer window (batches)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--curve", action="store_true",
+                    help="CURVE-encrypt and authenticate the stream (keys made for the run)")
     ap.add_argument("--consumer-nice", type=int, default=0,
                     help="nice the consumer process (it stands for another host)")
     ap.add_argument("--switch-interval-ms", type=float, default=GIL_SWITCH_INTERVAL_S * 1e3,
@@ -224,7 +246,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"pipeline bench: {n_batches} batches x {args.batch:,} events = {n_events:,} events, "
           f"compression {args.compression} ({args.encoders} encoder threads), "
-          f"flush every {args.flush_interval:g} s; "
+          f"flush every {args.flush_interval:g} s; stream {'CURVE' if args.curve else 'plain'}; "
           f"{cpus} CPUs, load average {load[0]:.1f} (shared machine: figures are lower bounds)")
     print(f"  pipeline (file + stream to a consumer process): {rate / 1e6:8.1f} M events/s  "
           f"{rate * BYTES_PER_EVENT / 1e6:8.1f} MB/s of events  ({wall:.2f} s)")

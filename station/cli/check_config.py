@@ -1,4 +1,9 @@
-"""``qkd-station check-config FILE``: validate a config and summarise it."""
+"""``qkd-station check-config FILE``: validate a config and summarise it.
+
+Exit 0 when the daemon could start with it; 2 with ``path: value: reason`` lines when a
+value is invalid or the machine lacks what it names (files, folders: see
+:mod:`station.config.preflight`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import sys
 
 from station.config import ConfigError, StationConfig, load_config
+from station.config.preflight import preflight
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +45,9 @@ def summary(cfg: StationConfig) -> str:
         f"elements   {len(cfg.orbit.element_sources)} source(s); satellites: {sats}",
         f"mount      {cfg.mount.backend}",
         f"tagger     {cfg.timetagger.backend}",
-        f"stream     {cfg.events.stream_endpoint}",
+        f"stream     {cfg.events.stream_endpoint}, "
+        + (f"CURVE, {len(cfg.events.curve_consumer_key_files)} consumer key source(s)"
+           if cfg.events.curve_secret_key_file else "no CURVE (loopback only)"),
         f"log level  {cfg.log_level}",
     ]
     return "\n".join(lines)
@@ -50,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    problems = preflight(cfg)
+    if problems:
+        print(ConfigError(args.file, problems), file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     print(summary(cfg))

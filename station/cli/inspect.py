@@ -42,7 +42,7 @@ def _text(r: dict[str, Any]) -> str:
         f"pass        {r['pass_id']}  {h.get('satellite', '')} (NORAD {h.get('norad_id', '?')}) "
         f"at {h.get('station_id', '?')}",
         f"tagger      {h.get('tagger_model', '?')}, {h.get('tagger_resolution_ps', '?')} ps; "
-        f"clock {h.get('clock_source', '?')}; seed {h.get('simulator_seed', '-')}; "
+        f"clock {h.get('clock_source', '?')}; "
         f"qkd-station {h.get('software_version', '?')}",
         f"integrity   {'OK' if i['ok'] else 'PROBLEMS'}: {i['reason']}"
         + (f"; sidecar: {i['sidecar_state']}" if i["sidecar_state"] else "")

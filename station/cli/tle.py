@@ -76,14 +76,18 @@ def run_update(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from station.orbit.catalog import LoadReport, parse_file
 
+    report = LoadReport()
     if args.files:
         files = [Path(f) for f in args.files]
     else:
         from station.orbit.catalog import _expand
 
         cfg = load_or_exit(args.config)
-        files = _expand(cfg.orbit.element_sources, LoadReport())
-    bad = 0
+        files = _expand(cfg.orbit.element_sources, report)
+    # Sources that do not exist or cannot be listed are problems too, not silence.
+    for problem in report.problems:
+        print(problem)
+    bad = len(report.problems)
     for path in files:
         sets, problems = parse_file(path)
         print(f"{path}: {len(sets)} valid, {len(problems)} rejected")

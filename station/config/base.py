@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 #: Directory of the config file being loaded; relative paths in it resolve against it.
 CONFIG_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -29,8 +39,16 @@ def _resolve(path: Path) -> Path:
     return path
 
 
+def _not_empty(value: Any) -> Any:
+    # Path("") is ".", the current folder: an empty QKD_STATION__STATE_DIR would silently
+    # move the state to the config file's folder.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty; give a path")
+    return value
+
+
 #: A filesystem path; relative ones are taken relative to the config file's folder.
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+ConfigPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_resolve)]
 
 
 class BackendConfig(Strict):
@@ -70,6 +88,14 @@ class BackendConfig(Strict):
             registry.validate_options(self.kind, self.backend, self._resolved_options())
         except registry.UnknownBackend as exc:
             raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            # The Options model reports `warp_drive`; the operator wrote `mount.options.warp_drive`.
+            raise ValidationError.from_exception_data(
+                exc.title,
+                [{"type": err["type"], "loc": ("options", *err["loc"]), "input": err["input"],
+                  **({"ctx": err["ctx"]} if "ctx" in err else {})}
+                 for err in exc.errors(include_url=False)],
+            ) from None
         return self
 
     def _resolved_options(self) -> dict[str, Any]:
@@ -80,3 +106,52 @@ class BackendConfig(Strict):
         from drivers import registry
 
         return registry.validate_options(self.kind, self.backend, self._resolved_options())
+
+
+_TCP_ENDPOINT = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\*|\d{1,5})$")
+_ENDPOINT_HELP = ("expected tcp://HOST:PORT (e.g. tcp://127.0.0.1:5560; PORT may be *), "
+                  "ipc://PATH or inproc://NAME")
+
+
+def _zmq_endpoint(value: str) -> str:
+    """A ZeroMQ endpoint the stream can bind: checked here so a typo fails check-config,
+    not the daemon's start."""
+    if any(not ch.isprintable() or ch.isspace() for ch in value):
+        raise ValueError(f"not a ZeroMQ endpoint (it contains spaces or control characters): {_ENDPOINT_HELP}")
+    if value.startswith(("ipc://", "inproc://")):
+        if value.split("://", 1)[1] == "":
+            raise ValueError(f"not a ZeroMQ endpoint (no path or name): {_ENDPOINT_HELP}")
+        return value
+    match = _TCP_ENDPOINT.match(value)
+    if match is None:
+        raise ValueError(f"not a ZeroMQ endpoint: {_ENDPOINT_HELP}")
+    port = match.group("port")
+    if port != "*" and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is outside 1..65535")
+    host = match.group("host").strip("[]")
+    if match.group("host").startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return value
+
+
+#: A ZeroMQ endpoint to bind (``tcp://host:port``, ``ipc://path``, ``inproc://name``).
+ZmqEndpoint = Annotated[str, AfterValidator(_zmq_endpoint)]
+
+
+def endpoint_host(endpoint: str) -> str | None:
+    """The host (interface) part of a ``tcp://`` endpoint, None for ipc/inproc."""
+    match = _TCP_ENDPOINT.match(endpoint)
+    return match.group("host").strip("[]") if match else None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -50,6 +50,8 @@ VALUES: dict[str, Any] = {
     "orbit.element_sources": ["/var/lib/qkd-station/elements"],
     "orbit.satellites": [{"norad_id": 41731, "name": "MICIUS", "priority": 2.0}],
     "events.stream_endpoint": "tcp://0.0.0.0:5560",
+    "events.curve_secret_key_file": "/etc/qkd-station/stream/station.key_secret",
+    "events.curve_consumer_key_files": ["/etc/qkd-station/stream/consumers"],
     "instruments.beacon_laser.options.resource_name": "USB0::0x1313::0x804A::M00123456::INSTR",
     "instruments.time_reference.options.resource_name": "ASRL/dev/ttyUSB1::INSTR",
 }

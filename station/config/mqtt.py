@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from station.config.base import ConfigPath, Strict
+from station.config.base import ConfigPath, Strict, is_loopback_host
 
 
 class TlsConfig(Strict):
@@ -86,6 +86,10 @@ class MqttConfig(Strict):
         if self.embedded and self.protocol == "5":
             raise ValueError('the embedded broker (amqtt) speaks MQTT 3.1.1 only: use protocol = '
                              '"3.1.1", or embedded = false with a Mosquitto broker')
+        if self.embedded and not is_loopback_host(self.host):
+            raise ValueError(f"the embedded broker (amqtt) lets anyone in without a password, so it "
+                             f"listens on loopback only: host = \"127.0.0.1\", not {self.host!r}; "
+                             "for other hosts use Mosquitto with config/mosquitto/ (embedded = false)")
         if self.embedded and self.tls is not None:
             raise ValueError("the embedded broker is plain TCP for local use: remove [mqtt.tls], "
                              "or set embedded = false and use Mosquitto (config/mosquitto/)")

@@ -33,7 +33,11 @@ class AlarmBook:
         self.history: list[AlarmMessage] = []
 
     def set_sink(self, sink: Callable[[AlarmMessage], None] | None) -> None:
+        """Send future alarm events to ``sink``, and the ones active now (raised while the
+        station was being built, e.g. a bad element file at start) at once."""
         self._sink = sink
+        for event in list(self.active.values()):
+            self._send(event)
 
     def raise_(self, key: str, severity: Severity, message: str, *,
                pass_id: str | None = None) -> None:
@@ -64,6 +68,9 @@ class AlarmBook:
         level = _LEVEL[event.severity] if event.state == AlarmState.RAISED else logging.INFO
         log.log(level, "alarm %s %s [%s]: %s", event.key, event.state.value,
                 event.severity.value, event.message)
+        self._send(event)
+
+    def _send(self, event: AlarmMessage) -> None:
         if self._sink is not None:
             try:
                 self._sink(event)

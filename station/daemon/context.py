@@ -22,10 +22,26 @@ from station.config import StationConfig
 from station.config.clock import ClockConfig
 from station.daemon.alarms import AlarmBook, Severity
 from station.events import EventPipeline
-from station.orbit.catalog import Catalog
+from station.orbit.catalog import Catalog, LoadReport
 from station.tracking import GatedMount, Tracker, build_mount
 
 log = logging.getLogger(__name__)
+
+#: Alarm key of element files that failed to load (the catalog keeps what it had).
+ELEMENTS_ALARM = "elements.load"
+
+
+def note_element_load(alarms: AlarmBook, report: LoadReport) -> None:
+    """Log every rejected element record and raise (or clear) the elements alarm."""
+    for problem in report.problems:
+        log.warning("elements: %s", problem)
+    for kept in report.kept:
+        log.warning("elements: %s", kept)
+    text = report.alarm_text()
+    if text is None:
+        alarms.clear(ELEMENTS_ALARM, f"element files load cleanly: {report.summary()}")
+    else:
+        alarms.raise_(ELEMENTS_ALARM, Severity.WARNING, text)
 
 
 def clock_from_config(cfg: ClockConfig) -> Clock:
@@ -63,8 +79,7 @@ class StationContext:
     def build(cls, cfg: StationConfig, clock: Clock, alarms: AlarmBook) -> StationContext:
         """Create every component (nothing connects yet). Raises on impossible config."""
         catalog = Catalog.from_config(cfg.orbit, clock)
-        for problem in catalog.last_report.problems:
-            log.warning("elements: %s", problem)
+        note_element_load(alarms, catalog.last_report)
         mount = build_mount(cfg, clock)
         tracker = Tracker(mount, clock, cfg.tracking)
         tagger = registry.create("timetagger", cfg.timetagger.backend,

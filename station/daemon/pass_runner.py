@@ -393,7 +393,6 @@ class PassRunner:
     def _header(self, satellite: Any) -> PassHeader:
         ctx, entry = self.ctx, self.entry
         site = ctx.cfg.site
-        seed = getattr(getattr(ctx.tagger, "options", None), "seed", None)
         return PassHeader(
             station_id=ctx.cfg.station_id, station_name=site.name,
             site_latitude_deg=site.latitude_deg, site_longitude_deg=site.longitude_deg,
@@ -402,7 +401,7 @@ class PassRunner:
             aos=entry.aos, los=entry.los, qkd_start=entry.qkd_start, qkd_end=entry.qkd_end,
             channel_map={str(c): name for c, name in self.channel_names.items()},
             tagger_model=ctx.tagger.model, tagger_resolution_ps=ctx.tagger.resolution_ps,
-            clock_source=ctx.clock.source, simulator_seed=seed, software_version=__version__,
+            clock_source=ctx.clock.source, software_version=__version__,
         )
 
     # -- track -------------------------------------------------------------------------------

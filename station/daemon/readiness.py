@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from station.daemon.context import StationContext
+from station.files import make_dirs
 from station.orbit.passes import PassInfo
 
 #: Bytes one detection takes in a pass file before compression (int64 + uint8).
@@ -35,7 +36,7 @@ def expected_pass_bytes(ctx: StationContext, duration_s: float) -> int:
 
 def free_disk_bytes(ctx: StationContext) -> int:
     path = ctx.cfg.state_dir
-    path.mkdir(parents=True, exist_ok=True)
+    make_dirs(path)
     return shutil.disk_usage(path).free
 
 

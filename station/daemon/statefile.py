@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from station.daemon.modes import Mode, Phase
 from station.daemon.record import SegmentState
 from station.events.passfile import reserve_space
+from station.files import make_dirs, open_file
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,10 @@ class StateFile:
             reserve_space(self.reserve, RESERVE_BYTES)
 
     def _save(self, state: StationState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         tmp = self.path.with_suffix(".json.tmp")
         data = json.dumps(state.model_dump(mode="json"), indent=2).encode()
-        with open(tmp, "wb") as fh:
+        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

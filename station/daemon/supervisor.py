@@ -20,7 +20,7 @@ from typing import Any
 from station import __version__
 from station.clock import from_epoch_s
 from station.daemon.alarms import Severity
-from station.daemon.context import StationContext
+from station.daemon.context import ELEMENTS_ALARM, StationContext, note_element_load
 from station.daemon.modes import Mode, Outcome, Phase
 from station.daemon.pass_runner import MIN_USEFUL_WINDOW_S, NullPublisher, PassReport, PassRunner
 from station.daemon.readiness import expected_pass_bytes, free_disk_bytes
@@ -49,6 +49,7 @@ from station.mqtt.messages import (
     ScheduleMessage,
     StateMessage,
 )
+from station.orbit.catalog import LoadReport
 from station.schedule import PlannedPass, Schedule, plan
 from station.tracking import CommandRefused as GateRefused
 
@@ -688,7 +689,7 @@ class Supervisor:
                 "events_recorded": report.events_recorded if report else 0}
 
     async def reload_elements(self) -> dict[str, Any]:
-        report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
+        report = await self._reload_catalog_keeping_the_last_good()
         await self._replan()
         self.wake()
         return {"satellites": len(self.ctx.catalog), "problems": list(report.problems)}
@@ -727,11 +728,28 @@ class Supervisor:
         return restart
 
     async def reload_catalog(self) -> None:
-        report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
-        for problem in report.problems:
-            log.warning("elements: %s", problem)
+        await self._reload_catalog_keeping_the_last_good()
         self._replan_requested = True
         self.wake()
+
+    async def _reload_catalog_keeping_the_last_good(self) -> LoadReport:
+        """Re-read the element files; whatever they hold, the pass in progress goes on.
+
+        Broken files keep their satellites' previous elements (Catalog.reload) and raise
+        the elements alarm. Should the reload itself fail, the catalog is untouched (it
+        swaps in one assignment at the end) and that is an alarm too, never an exception
+        into the daemon's task group.
+        """
+        try:
+            report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
+        except Exception as exc:
+            log.exception("element reload failed; keeping the current catalog")
+            self.ctx.alarms.raise_(ELEMENTS_ALARM, Severity.WARNING,
+                                   f"element reload failed, the previous catalog is kept: "
+                                   f"{type(exc).__name__}: {str(exc)[:200]}")
+            return LoadReport(loaded=len(self.ctx.catalog), problems=[f"(reload): {type(exc).__name__}"])
+        note_element_load(self.ctx.alarms, report)
+        return report
 
 
 def _stem(pass_id: str, segment: int) -> str:

@@ -1,7 +1,8 @@
 """The reference consumer of the event stream: the template integrators start from.
 
-:class:`StreamClient` connects a DEALER socket to the station, asks for a pass (or follows
-the current and next passes), checks every batch (sequence continuity, event count and
+:class:`StreamClient` connects a DEALER socket to the station (CURVE-authenticated when
+given the station's public key and its own key pair), asks for a pass (or follows: every
+pass it does not hold yet, then each one the station opens), checks every batch (sequence continuity, event count and
 per-channel counts against the batch header), stores it in ``<out>/<pass_id>.arrows``
 (the pass-file format, readable by ``qkd-station inspect``), acknowledges it, and at the end
 checks the totals of the end-of-pass message. A restarted client resumes from what its own
@@ -27,10 +28,13 @@ import numpy as np
 import zmq
 
 from station.events import passfile
+from station.events.curve import KeyPair
 from station.events.protocol import (
+    MAX_CATCH_UP,
     Ack,
     BatchHeader,
     Bye,
+    CatchUp,
     Error,
     Hello,
     ListPasses,
@@ -44,6 +48,7 @@ from station.events.protocol import (
     encode,
     parse_station,
 )
+from station.files import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ class _Receiving:
     writer: passfile.PassFileWriter
     expected: int
     unsynced_since: float | None = None
+    already_complete: bool = False  # served again after we checked its end: report once
 
 
 class StreamClient:
@@ -91,10 +97,13 @@ class StreamClient:
     def __init__(self, endpoint: str, out_dir: Path | str, *, consumer: str = "",
                  window: int = 64, flush_interval_s: float = 1.0, heartbeat_s: float = 1.0,
                  timeout_s: float = 10.0, compression: str = "lz4",
-                 on_batch: Callable[[BatchHeader, np.ndarray, np.ndarray], None] | None = None):
+                 on_batch: Callable[[BatchHeader, np.ndarray, np.ndarray], None] | None = None,
+                 server_public_key: bytes | str | None = None, keypair: KeyPair | None = None):
+        """``server_public_key`` (Z85, the station's ``.key``) and ``keypair`` (this
+        consumer's, from its ``.key_secret``; ``curve.load_keypair``) switch CURVE on."""
         self.endpoint = endpoint
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out_dir)
         self.consumer = consumer or f"qkd-station-receive-{uuid.uuid4().hex[:8]}"
         self.window = window
         self.flush_interval_s = flush_interval_s
@@ -102,10 +111,22 @@ class StreamClient:
         self.timeout_s = timeout_s
         self.compression = compression
         self.on_batch = on_batch
+        if (server_public_key is None) != (keypair is None):
+            raise ValueError("CURVE needs both the station's public key and this consumer's "
+                             "key pair")
+        self.server_public_key = (server_public_key.encode() if isinstance(server_public_key, str)
+                                  else server_public_key)
+        self.keypair = keypair
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._cur: _Receiving | None = None
         self._last_heard_s = 0.0
+        self._follow = False
+        self._catch_up = True
+        self._await_answer = False  # a hello is out and its answer not yet seen
+        self._await_list = False  # follow mode: a list is out to make the catch-up from
+        self._skip: set[str] = set()  # listed passes the station could not serve
+        self._capped = False  # the last catch-up list left passes out
         self.reconnects = 0
 
     # -- public ----------------------------------------------------------------------------
@@ -118,10 +139,14 @@ class StreamClient:
         return done[0]
 
     def follow(self, on_pass: Callable[[ReceivedPass], bool | None] | None = None, *,
-               stop: threading.Event | None = None, max_passes: int | None = None) -> list[ReceivedPass]:
-        """Receive the pass being recorded and every later one until ``stop`` is set, or
-        ``max_passes`` are complete, or ``on_pass`` returns True."""
+               stop: threading.Event | None = None, max_passes: int | None = None,
+               catch_up: bool = True) -> list[ReceivedPass]:
+        """Receive every pass the station holds that ``out_dir`` does not hold complete
+        (``catch_up``; else only those already begun there), then the pass being recorded
+        and every later one, until ``stop`` is set, or ``max_passes`` are complete, or
+        ``on_pass`` returns True. Nothing opened while the client was away is missed."""
         done: list[ReceivedPass] = []
+        self._catch_up = catch_up
 
         def finished(rp: ReceivedPass) -> bool:
             done.append(rp)
@@ -137,7 +162,8 @@ class StreamClient:
         try:
             sock.send(encode(ListPasses()))
             if not sock.poll(int(self.timeout_s * 1000)):
-                raise StreamError(f"no answer from {self.endpoint} within {self.timeout_s:g} s")
+                raise StreamError(f"no answer from {self.endpoint} within {self.timeout_s:g} s "
+                                  "(station down, or it does not accept our CURVE key)", "timeout")
             msg = parse_station(sock.recv())
             if isinstance(msg, Error):
                 raise StreamError(msg.message, msg.code)
@@ -168,6 +194,10 @@ class StreamClient:
         # Retry soon when the station is not up yet, backing off to 1 s.
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.server_public_key is not None and self.keypair is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keypair.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keypair.secret)
         sock.connect(self.endpoint)
         self._sock = sock
         self._last_heard_s = time.monotonic()
@@ -183,10 +213,43 @@ class StreamClient:
             self._sock = None
 
     def _hello(self, pass_id: str | None) -> None:
+        """Named mode: ask for ``pass_id`` from what we hold. Follow mode: resynchronise
+        (list, then a hello with the catch-up list made from it)."""
         assert self._sock is not None
-        resume = self._stored_batches(pass_id) if pass_id is not None else 0
+        if pass_id is None:
+            self._sock.send(encode(ListPasses()))
+            self._await_list = True
+            return
+        resume = self._stored_batches(pass_id)
         self._sock.send(encode(Hello(pass_id=pass_id, resume_seq=resume, window=self.window,
                                      consumer=self.consumer)))
+        self._await_answer = True
+
+    def _follow_hello(self, passes: Passes) -> None:
+        """Follow mode: every listed pass not held complete, from what we hold of it."""
+        assert self._sock is not None
+        catch_up = []
+        for p in passes.passes:
+            if p.pass_id in self._skip or self._held_complete(p.pass_id):
+                continue
+            held = self._stored_batches(p.pass_id)
+            if self._catch_up or held or p.recording:
+                catch_up.append(CatchUp(pass_id=p.pass_id, resume_seq=held))
+        # The station takes at most MAX_CATCH_UP: the rest after those (at `waiting`).
+        self._capped = len(catch_up) > MAX_CATCH_UP
+        catch_up = catch_up[:MAX_CATCH_UP]
+        self._sock.send(encode(Hello(pass_id=None, window=self.window, consumer=self.consumer,
+                                     catch_up=catch_up, cursor=passes.cursor or None)))
+        self._await_answer = True
+
+    def _held_complete(self, pass_id: str) -> bool:
+        if self._cur is not None and self._cur.rp.pass_id == pass_id:
+            return False
+        try:
+            side = passfile.read_sidecar(self._path(pass_id))
+        except StreamError:
+            return True  # a name we refuse as a file name: never ask for it
+        return bool(side) and side.get("format") == "qkd-station-received-pass"
 
     def _stored_batches(self, pass_id: str) -> int:
         if self._cur is not None and self._cur.rp.pass_id == pass_id:
@@ -204,7 +267,8 @@ class StreamClient:
     # -- the receive loop ------------------------------------------------------------------
     def _loop(self, pass_id: str | None, finished: Callable[[ReceivedPass], bool],
               stop: threading.Event | None) -> None:
-        want = pass_id  # what the current hello asks for (None = follow)
+        self._follow = pass_id is None
+        want = pass_id  # named mode: the pass; follow mode: None
         self._connect()
         self._hello(want)
         try:
@@ -214,9 +278,10 @@ class StreamClient:
                 if not sock.poll(int(self.heartbeat_s * 1000)):
                     self._sync_if_due()
                     if time.monotonic() - self._last_heard_s > self.timeout_s:
-                        log.warning("no word from %s for %.0f s; reconnecting", self.endpoint,
+                        log.warning("no word from %s for %.0f s (station down, or it does not "
+                                    "accept our CURVE key); reconnecting", self.endpoint,
                                     self.timeout_s)
-                        want = self._reconnect(want)
+                        self._reconnect(want)
                     else:
                         sock.send(encode(Ping()))
                     continue
@@ -229,62 +294,85 @@ class StreamClient:
                         continue  # a newer station's message we do not know: ignore it
                     raise StreamError(f"bad message from the station: {exc}", "bad_message") from exc
                 if isinstance(msg, PassBegin):
-                    new_want = self._begin(msg, want)
-                    if new_want is not _KEEP:
-                        want = new_want  # type: ignore[assignment]
-                        self._hello(want)
+                    self._await_answer = False
+                    self._begin(msg)
                 elif isinstance(msg, BatchHeader):
-                    self._batch(msg, frames[1:], want)
+                    self._batch(msg, frames[1:])
                 elif isinstance(msg, PassEnd):
                     rp = self._end(msg)
-                    if rp is None:
-                        continue
-                    if finished(rp):
+                    if rp is not None and (finished(rp) or not self._follow):
                         return
-                    if pass_id is None and want is not None:
-                        want = None  # back to following after a resumed pass
-                        self._hello(None)
-                    elif pass_id is not None:
-                        return
-                elif isinstance(msg, Error) and msg.code == "no_session":
-                    log.info("the station has no session for us (it restarted?); hello again")
-                    want = self._cur.rp.pass_id if self._cur is not None else want
-                    self._hello(want)
+                elif isinstance(msg, Waiting):
+                    self._await_answer = False
+                    self._sync_if_due()
+                    if self._capped and not self._await_list:
+                        self._hello(None)  # the passes beyond the first catch-up list
+                elif isinstance(msg, Passes):
+                    if self._await_list:
+                        self._await_list = False
+                        self._follow_hello(msg)
                 elif isinstance(msg, Error):
-                    raise StreamError(f"station refused: {msg.code}: {msg.message}", msg.code,
-                                      msg.pass_id)
-                elif isinstance(msg, Waiting | Pong | Passes):
+                    self._on_error(msg, want)
+                elif isinstance(msg, Pong):
                     self._sync_if_due()
         finally:
             self._disconnect()
 
-    def _reconnect(self, want: str | None) -> str | None:
+    def _on_error(self, msg: Error, want: str | None) -> None:
+        if msg.code == "no_session":
+            if self._await_answer or self._await_list:
+                return  # it answers an ack or ping sent before our hello: stale
+            log.info("the station has no session for us (it restarted?); hello again")
+            self._hello(want)
+        elif msg.code == "stale_cursor":
+            self._hello(None)  # the station restarted between our list and our hello
+        elif msg.code == "unknown_pass" and self._follow and msg.pass_id:
+            # A listed pass the station cannot serve (unreadable, or deleted): say so, and
+            # follow on without it rather than asking for it for ever.
+            log.error("the station cannot serve pass %s: %s", msg.pass_id, msg.message)
+            self._skip.add(msg.pass_id)
+        else:
+            raise StreamError(f"station refused: {msg.code}: {msg.message}", msg.code,
+                              msg.pass_id)
+
+    def _reconnect(self, want: str | None) -> None:
         self._disconnect()
         self.reconnects += 1
         if self._cur is not None:
             self._cur.rp.reconnects += 1
-            want = self._cur.rp.pass_id
+        self._await_answer = self._await_list = False
         self._connect()
         self._hello(want)
-        return want
 
-    def _begin(self, msg: PassBegin, want: str | None) -> object:
+    def _resync(self) -> None:
+        """Ask again from what we hold: by name, or (follow mode) list and catch up."""
+        if self._follow:
+            self._hello(None)
+        elif self._cur is not None:
+            self._hello(self._cur.rp.pass_id)
+
+    def _begin(self, msg: PassBegin) -> None:
         cur = self._cur
         if cur is not None and cur.rp.pass_id != msg.pass_id:
-            # The station moved on (follow mode) while we hold an unfinished pass: finish
-            # that one first by asking for it by name.
-            return cur.rp.pass_id
+            # A stale announcement, or the pass we hold part of went away: keep its file
+            # (the next catch-up resumes it) and take the one announced.
+            log.warning("pass %s left unfinished at batch %d; now %s", cur.rp.pass_id,
+                        cur.expected, msg.pass_id)
+            self._close_current(end_of_stream=False)
+            cur = None
         if cur is None:
+            # Follow mode only: a named receive of a pass held complete checks it again.
+            complete = self._follow and self._held_complete(msg.pass_id)
             path = self._path(msg.pass_id)
             writer = passfile.PassFileWriter(path, msg.header, compression=self.compression,
                                              append=path.exists())
             rp = ReceivedPass(msg.pass_id, path)
             if writer.batches:
                 self._recount(rp)
-            cur = self._cur = _Receiving(rp, writer, writer.batches)
-        if msg.resume_seq != cur.expected:
-            return msg.pass_id  # ask again from what we actually hold
-        return _KEEP
+            cur = self._cur = _Receiving(rp, writer, writer.batches, already_complete=complete)
+        if msg.resume_seq > cur.expected:
+            self._resync()  # it would skip batches we lack: ask again from what we hold
+        # resume_seq < expected: duplicates come first; they are acked and dropped.
 
     def _recount(self, rp: ReceivedPass) -> None:
         """Totals of what an earlier run of the client stored."""
@@ -295,17 +383,21 @@ class StreamClient:
                 for c, n in _counts(b.channel).items():
                     rp.counts[c] = rp.counts.get(c, 0) + n
 
-    def _batch(self, hdr: BatchHeader, payload: list[Any], want: str | None) -> None:
+    def _batch(self, hdr: BatchHeader, payload: list[Any]) -> None:
         cur = self._cur
         if cur is None or hdr.pass_id != cur.rp.pass_id:
             return  # left over from before a re-hello
+        assert self._sock is not None
         if hdr.seq < cur.expected:
+            # A duplicate (after a resume): dropped, but acked, since it holds window
+            # credit at the station until it is.
             cur.rp.duplicates_dropped += 1
+            self._sock.send(encode(Ack(pass_id=hdr.pass_id, seq=hdr.seq)))
             return
         if hdr.seq > cur.expected:
             log.warning("pass %s: batch %d arrived, expected %d; asking again from %d",
                         hdr.pass_id, hdr.seq, cur.expected, cur.expected)
-            self._hello(cur.rp.pass_id)
+            self._resync()
             return
         if len(payload) != 2:
             raise StreamError(f"batch {hdr.seq} of {hdr.pass_id} has {len(payload)} payload "
@@ -339,7 +431,6 @@ class StreamClient:
         if cur.unsynced_since is None:
             cur.unsynced_since = time.monotonic()
         self._sync_if_due()
-        assert self._sock is not None
         self._sock.send(encode(Ack(pass_id=hdr.pass_id, seq=hdr.seq)))
 
     def _sync_if_due(self) -> None:
@@ -355,8 +446,11 @@ class StreamClient:
             return None
         rp = cur.rp
         if cur.expected < end.batches:
-            self._hello(rp.pass_id)  # batches still missing (should not happen): ask again
+            self._resync()  # batches still missing (should not happen): ask again
             return None
+        if cur.already_complete:
+            self._close_current(end_of_stream=True)
+            return None  # a catch-up raced with its end: received and reported once already
         rp.end = end
         if rp.batches != end.batches:
             rp.problems.append(f"received {rp.batches} batches, the station recorded {end.batches}")
@@ -384,7 +478,6 @@ class StreamClient:
             self._cur = None
 
 
-_KEEP = object()
 _KNOWN = {"pass_begin", "batch", "pass_end", "waiting", "pong", "passes", "error"}
 
 

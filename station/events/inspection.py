@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from station.events import passfile
+from station.events.source import public_header
 
 _PS_PER_S = 1e12
 
@@ -104,7 +105,9 @@ def inspect_pass_file(path: Path | str, *, max_listed: int = 50) -> dict[str, An
     return {
         "path": str(path),
         "pass_id": header.get("stream_pass_id", path.stem),
-        "header": {k: v for k, v in header.items() if k not in ("qkd.header", "elements")},
+        # Never the simulator's seed (files from before issue 11 carry one).
+        "header": {k: v for k, v in public_header(header).items()
+                   if k not in ("qkd.header", "elements")},
         "integrity": {
             "complete": stop.complete, "reason": stop.reason, "file_size_bytes": stop.file_size_bytes,
             "last_good_offset_bytes": stop.last_good_offset_bytes,

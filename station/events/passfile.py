@@ -29,9 +29,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from drivers.timetagger.base import EVENT_DTYPE, BatchInfo
+from station.files import open_file
 
 FORMAT_NAME = "qkd-station-passfile"
 FORMAT_VERSION = 1
@@ -68,8 +69,16 @@ class PassHeader(BaseModel):
     tagger_model: str = Field("", description="Time tagger model.")
     tagger_resolution_ps: float = Field(1.0, gt=0, description="Tagger timestamp resolution.")
     clock_source: str = Field("", description="Station clock source (real, simulated ...).")
-    simulator_seed: int | None = Field(None, description="Simulator seed when simulated.")
     software_version: str = Field("", description="qkd-station version that wrote the file.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_simulator_seed(cls, data: Any) -> Any:
+        # Files written before issue 11 carried the simulator's seed, the simulated
+        # satellite's secret; read them, but never carry the seed forward.
+        if isinstance(data, dict) and "simulator_seed" in data:
+            data = {k: v for k, v in data.items() if k != "simulator_seed"}
+        return data
 
     @property
     def stem(self) -> str:
@@ -218,7 +227,7 @@ class PassFileWriter:
                 self._write_all([self.schema.serialize()])
         else:
             self.batches = 0
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.fd = open_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             self.offset = 0
             self._write_all([self.schema.serialize()])
 
@@ -341,7 +350,7 @@ def reserve_space(path: Path, size: int = CLOSE_RESERVE_BYTES) -> bool:
     """Allocate ``size`` bytes in ``path`` (really allocated, not a sparse hole) so that
     deleting it later frees room to finish a file on a full disk. False if it cannot."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     except OSError:
         return False
     try:
@@ -536,7 +545,7 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     """Temporary file, fsync, rename, fsync of the directory: all or nothing after a crash."""
     tmp = path.with_name(f".{path.name}.tmp")
     data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)

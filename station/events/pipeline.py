@@ -38,6 +38,7 @@ from station.events.passfile import PassHeader
 from station.events.protocol import Lost
 from station.events.source import Entry, PassSource, build_pass_end, channel_counts
 from station.events.stream_server import StreamServer, lower_priority
+from station.files import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -490,10 +491,12 @@ class EventPipeline:
         """Create the passes directory and start serving the stream (raises if the
         endpoint cannot be bound)."""
         cfg = self.events_cfg
-        await asyncio.to_thread(self.passes_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(make_dirs, self.passes_dir)
         server = StreamServer(cfg.stream_endpoint, self.passes_dir,
                               max_window_batches=cfg.stream_max_window_batches,
-                              consumer_timeout_s=cfg.consumer_timeout_s)
+                              consumer_timeout_s=cfg.consumer_timeout_s,
+                              curve_secret_key_file=cfg.curve_secret_key_file,
+                              curve_consumer_key_files=cfg.curve_consumer_key_files)
         await asyncio.to_thread(server.start)
         self.server = server
         log.info("event stream served on %s; pass files in %s", server.bound_endpoint,
@@ -536,11 +539,21 @@ class EventPipeline:
             raise ValueError(f"pass {header.stem} is already being recorded")
         if path.exists():
             raise ValueError(f"{path} exists already; pass files are never overwritten")
-        self.passes_dir.mkdir(parents=True, exist_ok=True)
-        rec = PassRecorder(self, header, path, on_loss)
+        make_dirs(self.passes_dir)
+        server = self.server
+        if server is not None:
+            # Named as recording before its file exists: a consumer never sees it as a
+            # finished, empty file (the pass-open race, issue 12).
+            server.reserve(header.stem)
+        try:
+            rec = PassRecorder(self, header, path, on_loss)
+        except BaseException:
+            if server is not None:
+                server.unreserve(header.stem)
+            raise
         self.recorders[header.stem] = rec
-        if self.server is not None:
-            self.server.register(rec.source)
+        if server is not None:
+            server.register(rec.source)
         return rec
 
     def server_notify(self) -> None:

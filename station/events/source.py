@@ -8,6 +8,7 @@ file, which is the buffer: nothing is ever discarded for want of a consumer.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -45,6 +46,25 @@ class Entry:
             missed_events=int(md.get("missed_events", 0)))
 
 
+_SECRET_KEYS = ("simulator_seed",)
+
+
+def public_header(md: dict[str, str]) -> dict[str, str]:
+    """``md`` without the keys the ground side must never see (also inside ``qkd.header``)."""
+    out = {k: v for k, v in md.items() if k not in _SECRET_KEYS}
+    text = out.get("qkd.header")
+    if text and any(k in text for k in _SECRET_KEYS):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            out["qkd.header"] = json.dumps({k: v for k, v in obj.items() if k not in _SECRET_KEYS})
+        else:
+            del out["qkd.header"]  # unreadable and possibly secret: not served
+    return out
+
+
 def channel_counts(ch: np.ndarray) -> dict[str, int]:
     counts = np.bincount(ch, minlength=1) if len(ch) else np.zeros(0, np.int64)
     return {str(c): int(n) for c, n in enumerate(counts) if n}
@@ -68,7 +88,9 @@ class PassSource:
 
     @property
     def header(self) -> dict[str, str]:
-        return passfile._meta(self.schema.metadata)
+        """The pass file's header as served on the stream, without any simulator seed
+        (files written before issue 11 carry one; it is the simulated satellite's secret)."""
+        return public_header(passfile._meta(self.schema.metadata))
 
     def append(self, entry: Entry, ts: np.ndarray, ch: np.ndarray) -> None:
         """Writer side: the batch is in the file now."""
@@ -121,9 +143,17 @@ class PassSource:
         side = passfile.read_sidecar(path) or {}
         totals = side.get("totals") or {}
         lost = [Lost.model_validate(x) for x in totals.get("lost_batches", [])]
-        src.end = build_pass_end(stem, src.entries, lost, outcome=totals.get("outcome", side.get("state", "")),
-                                 reason=totals.get("reason", ""),
-                                 complete=scan.stop.complete and side.get("state") != "interrupted")
+        complete = scan.stop.complete and side.get("state") != "interrupted"
+        # Never an empty outcome: a cut file is "interrupted" (with why), a whole file the
+        # sidecar says nothing about is "unknown".
+        outcome = str(totals.get("outcome") or "") or ("unknown" if complete else "interrupted")
+        reason = str(totals.get("reason") or "")
+        if not complete and not reason:
+            reason = f"the file was cut (station crash): {scan.stop.reason}"
+        if not complete:
+            outcome = "interrupted"
+        src.end = build_pass_end(stem, src.entries, lost, outcome=outcome, reason=reason,
+                                 complete=complete)
         return src
 
 

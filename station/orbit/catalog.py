@@ -8,7 +8,10 @@ Sources are files or directories of files in any of:
 
 Every record is validated (TLE line lengths, checksums and field formats; OMM required
 fields and ranges; and an SGP4 propagation at the epoch). A bad record is rejected with
-``file:line: reason`` and the rest still load. When a satellite appears more than once,
+``file:line: reason`` and the rest still load. Parsing never raises: a hostile file (JSON
+nested 10,000 levels deep, a number with 5,000 digits, a binary blob, /etc/shadow behind a
+symlink) is one or a few bounded problems that quote no more than a short snippet of it.
+When a satellite appears more than once,
 the element set with the newest epoch wins. Ages are measured against the station's
 clock (real or simulated), never the computer's wall clock.
 
@@ -54,6 +57,17 @@ ELEMENT_SUFFIXES = {".tle", ".txt", ".2le", ".3le", ".json", ".xml", ".kvn", ".o
 
 _UNIX_EPOCH_JD = 2440587.5
 _MAX_SATNUM_SGP4 = 339_999  # the largest Alpha-5 catalog number sgp4 can carry
+#: An OMM JSON file is a list of flat objects (depth 2); anything much deeper is not one.
+MAX_JSON_DEPTH = 32
+#: Longest numeric field text accepted (a double needs ~25 characters).
+_MAX_NUMBER_CHARS = 40
+#: Longest satellite name (TLE name lines are 24 characters; OMM OBJECT_NAME a bit more).
+MAX_NAME_CHARS = 64
+#: Problems reported per file; the rest are counted in one last line.
+MAX_PROBLEMS_PER_FILE = 50
+#: Element epochs outside these years are not real element sets (sgp4 and datetime
+#: also misbehave far outside them).
+_EPOCH_YEARS = (1957, 2100)
 
 
 class _NowSource(Protocol):
@@ -147,9 +161,34 @@ class LoadReport:
             parts.append(f"{len(self.kept)} previous element set(s) kept from broken files")
         return ", ".join(parts)
 
+    def alarm_text(self) -> str | None:
+        """The daemon's alarm for this load (None when every file loaded cleanly): what
+        failed, where first, and that the previous elements of broken files are kept."""
+        if not self.problems:
+            return None
+        text = f"element files with problems: {self.summary()}; first: {self.problems[0]}"
+        return text if len(text) <= 400 else text[:399] + "…"
+
 
 class ElementError(ValueError):
     """One record could not be used; the message is ``file:line: reason``."""
+
+
+def _shown(value: object, limit: int = 32) -> str:
+    """``repr`` of a value from a file, cut short: an error never echoes a large input."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a satellite name (it goes to logs, MQTT and terminals)."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+    if any(not ch.isprintable() for ch in name):
+        return "contains control characters"
+    return None
 
 
 # --------------------------------------------------------------------------- TLE
@@ -247,6 +286,8 @@ def _tle_record(name: str | None, l1: str, l2: str, where: str) -> ElementSet:
         raise ValueError(f"SGP4 cannot propagate these elements: {problem}")
     norad = _alpha5_to_int(l1[2:7])
     name = (name or "").strip() or str(norad)
+    if (why := _name_problem(name)) is not None:
+        raise ValueError(f"the name line {why}")
     sat = EarthSatellite.from_satrec(satrec, load_timescale())
     sat.name = name
     text = "\n".join(([name] if name else []) + [l1, l2])
@@ -256,10 +297,24 @@ def _tle_record(name: str | None, l1: str, l2: str, where: str) -> ElementSet:
     )
 
 
+def _orphan_name(path: str, index: int, name: str) -> str:
+    if _name_problem(name.strip()) is None:
+        return f"{path}:{index + 1}: name line {name.strip()!r} is not followed by a TLE"
+    return f"{path}:{index + 1}: a line that is neither a TLE line nor a satellite name"
+
+
 def _parse_tle_text(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    if not any(ln.startswith(("1 ", "2 ")) for ln in lines):
+        # Not a TLE file at all (a config, /etc/passwd behind a symlink, an HTML page):
+        # one problem, quoting none of its lines.
+        content = [i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
+        if not content:
+            return [], []
+        return [], [f"{path}:{content[0] + 1}: no TLE lines (lines starting '1 ' and '2 ') in "
+                    f"{len(content)} line(s) of text; is this an element file?"]
     sets: list[ElementSet] = []
     problems: list[str] = []
-    lines = [ln.rstrip() for ln in text.splitlines()]
     name: tuple[int, str] | None = None  # (line index, text) of a name line awaiting its TLE
     i = 0
     while i < len(lines):
@@ -279,8 +334,8 @@ def _parse_tle_text(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
                 sets.append(_tle_record(name[1] if name else None, line, lines[i + 1], where))
             except _TleLineError as exc:
                 problems.append(f"{path}:{i + exc.number}: {exc}")
-            except ValueError as exc:
-                problems.append(f"{where}: {exc}")
+            except Exception as exc:  # one record never spoils the file
+                problems.append(f"{where}: {_record_error(exc)}")
             name = None
             i += 2
             continue
@@ -288,11 +343,11 @@ def _parse_tle_text(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
             problems.append(f"{path}:{i + 1}: TLE line 2 without a line 1 before it")
         else:
             if name is not None:
-                problems.append(f"{path}:{name[0] + 1}: name line {name[1].strip()!r} is not followed by a TLE")
+                problems.append(_orphan_name(path, *name))
             name = (i, line[2:] if line.startswith("0 ") else line)
         i += 1
     if name is not None:
-        problems.append(f"{path}:{name[0] + 1}: name line {name[1].strip()!r} is not followed by a TLE")
+        problems.append(_orphan_name(path, *name))
     return sets, problems
 
 
@@ -309,23 +364,34 @@ _OMM_DEFAULTS = {
 
 
 def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> ElementSet:
-    clean = {k.strip().upper(): str(v).strip() for k, v in fields.items() if v is not None}
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            raise ValueError(f"{_shown(key)} holds a {type(value).__name__}, not a value")
+        clean[str(key).strip().upper()] = str(value).strip()
     missing = [k for k in _OMM_REQUIRED if not clean.get(k)]
     if missing:
         raise ValueError(f"OMM record lacks {', '.join(missing)}")
-    try:
-        norad = int(clean["NORAD_CAT_ID"])
-    except ValueError:
-        raise ValueError(f"NORAD_CAT_ID {clean['NORAD_CAT_ID']!r} is not an integer") from None
+    raw_norad = clean["NORAD_CAT_ID"]
+    if len(raw_norad) > 12 or not raw_norad.isdigit():
+        raise ValueError(f"NORAD_CAT_ID {_shown(raw_norad)} is not an integer")
+    norad = int(raw_norad)
     if not 1 <= norad <= 999_999_999:
         raise ValueError(f"NORAD_CAT_ID {norad} is outside 1..999999999")
     numbers: dict[str, float] = {}
     for key in ("MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE",
                 "ARG_OF_PERICENTER", "MEAN_ANOMALY", "BSTAR"):
+        text = clean[key]
         try:
-            numbers[key] = float(clean[key])
+            if len(text) > _MAX_NUMBER_CHARS:
+                raise ValueError
+            numbers[key] = float(text)
         except ValueError:
-            raise ValueError(f"{key} {clean[key]!r} is not a number") from None
+            raise ValueError(f"{key} {_shown(text)} is not a number") from None
+        if not math.isfinite(numbers[key]):
+            raise ValueError(f"{key} {_shown(text)} is not a finite number")
     if numbers["MEAN_MOTION"] <= 0:
         raise ValueError(f"MEAN_MOTION {numbers['MEAN_MOTION']} rev/day must be positive")
     if not 0 <= numbers["ECCENTRICITY"] < 1:
@@ -333,9 +399,17 @@ def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> El
     if not 0 <= numbers["INCLINATION"] <= 180:
         raise ValueError(f"INCLINATION {numbers['INCLINATION']}° is outside 0..180°")
     try:
+        if len(clean["EPOCH"]) > _MAX_NUMBER_CHARS:
+            raise ValueError
         epoch = datetime.fromisoformat(clean["EPOCH"].removesuffix("Z"))
     except ValueError:
-        raise ValueError(f"EPOCH {clean['EPOCH']!r} is not an ISO 8601 date and time") from None
+        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is not an ISO 8601 date and time") from None
+    if not _EPOCH_YEARS[0] <= epoch.year <= _EPOCH_YEARS[1]:
+        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is outside the years "
+                         f"{_EPOCH_YEARS[0]}..{_EPOCH_YEARS[1]}")
+    for key in ("MEAN_MOTION_DOT", "MEAN_MOTION_DDOT", "REV_AT_EPOCH", "ELEMENT_SET_NO"):
+        if len(clean.get(key, "")) > _MAX_NUMBER_CHARS:
+            raise ValueError(f"{key} {_shown(clean[key])} is not a number")
     init = {**_OMM_DEFAULTS, **clean, "EPOCH": epoch.strftime("%Y-%m-%dT%H:%M:%S.%f")}
     # sgp4 carries catalog numbers in Alpha-5 (<= 339999); larger OMM-only numbers are
     # propagated under a placeholder and kept here in norad_id.
@@ -346,12 +420,14 @@ def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> El
     satrec = Satrec()
     try:
         sgp4_omm.initialize(satrec, init)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"OMM record cannot be used: {exc}") from None
+    except (KeyError, ValueError, ArithmeticError) as exc:
+        raise ValueError(f"OMM record cannot be used: {_shown(exc, 80)}") from None
     problem = _satrec_problem(satrec)
     if problem:
         raise ValueError(f"SGP4 cannot propagate these elements: {problem}")
     name = clean.get("OBJECT_NAME") or str(norad)
+    if (why := _name_problem(name)) is not None:
+        raise ValueError(f"OBJECT_NAME {why}")
     sat = EarthSatellite.from_satrec(satrec, load_timescale())
     sat.name = name
     return ElementSet(
@@ -360,14 +436,63 @@ def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> El
     )
 
 
+def _record_error(exc: Exception) -> str:
+    """The reason of a rejected record: our own message, or a bounded one for the rest."""
+    if type(exc) in (ValueError, json.JSONDecodeError):
+        return str(exc)
+    return f"cannot be used ({type(exc).__name__}: {_shown(exc, 80)})"
+
+
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
+
+
+#: Numbers stay text: the record check bounds and converts them (``int()`` of 5,000 digits
+#: raises a ValueError that ``raw_decode`` would not place in the file).
+class _Number(str):
+    """A JSON number kept as its text."""
+
+
+_DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_Number)
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep_line(text: str, start: int = 0) -> int | None:
+    """Line where JSON from ``start`` nests deeper than :data:`MAX_JSON_DEPTH`, if it does.
+
+    Iterative (the regex skips strings), so it works where the recursive decoder gives up.
+    """
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text, start):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return _line_of(text, match.start())
+        elif token in "]}":
+            depth -= 1
+            if depth <= 0:
+                return None
+    return None
+
+
+def _decode_one(text: str, pos: int) -> tuple[object, int]:
+    """One JSON value at ``pos``; deep nesting is a JSONDecodeError with its line, like any
+    other syntax problem, never a RecursionError."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except RecursionError:
+        pass  # leave the except block: its traceback holds ~1000 frames
+    exc = json.JSONDecodeError(
+        f"nested deeper than {MAX_JSON_DEPTH} levels (an OMM file is a list of flat objects)",
+        text, pos)
+    exc.lineno = _too_deep_line(text, pos) or _line_of(text, pos)
+    raise exc
 
 
 def _parse_omm_json(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
     sets: list[ElementSet] = []
     problems: list[str] = []
-    decoder = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     # Walk the top-level array object by object, so each record keeps its line number
     # and one broken object does not hide the others.
@@ -380,23 +505,24 @@ def _parse_omm_json(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
                     pos += 1
                 if pos >= len(text) or text[pos] == "]":
                     break
-                obj, end = decoder.raw_decode(text, pos)
+                obj, end = _decode_one(text, pos)
                 records.append((_line_of(text, pos), obj))
                 pos = end
         else:
-            obj, _ = decoder.raw_decode(text, pos)
+            obj, _ = _decode_one(text, pos)
             records.append((_line_of(text, pos), obj))
     except json.JSONDecodeError as exc:
         problems.append(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (the rest of the file is skipped)")
     for line, obj in records:
         where = f"{path}:{line}"
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected an OMM object, got {type(obj).__name__}")
+            what = "number" if isinstance(obj, _Number) else type(obj).__name__
+            problems.append(f"{where}: expected an OMM object, got {what}")
             continue
         try:
             sets.append(_omm_record(obj, where, "omm-json"))
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+        except Exception as exc:  # one record never spoils the file
+            problems.append(f"{where}: {_record_error(exc)}")
     return sets, problems
 
 
@@ -438,28 +564,42 @@ def _parse_omm_xml(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]
         where = f"{path}:{line}"
         try:
             sets.append(_omm_record(fields, where, "omm-xml"))
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+        except Exception as exc:  # one record never spoils the file
+            problems.append(f"{where}: {_record_error(exc)}")
     return sets, problems
 
 
-_KVN_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s*=\s*(.*?)\s*$")
-_KVN_UNITS = re.compile(r"\s*\[[^\]]*\]\s*$")
+# Linear-time patterns only: a lazy `(.*?)\s*$` or a units pattern anchored at `$` after
+# `\s*` backtracks quadratically, and one 1 MB line would hold a reload for hours.
+_KVN_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s*=(.*)$")
+
+
+def _kvn_value(raw: str) -> str:
+    """The value of a KVN line without its trailing ``[units]``."""
+    value = raw.strip()
+    if value.endswith("]"):
+        start = value.rfind("[")
+        if start >= 0:
+            value = value[:start].rstrip()
+    return value
 
 
 def _parse_omm_kvn(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
     sets: list[ElementSet] = []
     problems: list[str] = []
     records: list[tuple[int, dict[str, object]]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    if not any(_KVN_LINE.match(line) for line in lines):
+        return [], [f"{path}:1: no KVN 'KEY = value' lines in it; is this an element file?"]
+    for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("COMMENT"):
             continue
         match = _KVN_LINE.match(line)
         if not match:
-            problems.append(f"{path}:{number}: not a KVN 'KEY = value' line: {line[:40]!r}")
+            problems.append(f"{path}:{number}: not a KVN 'KEY = value' line: {_shown(line, 24)}")
             continue
-        key, value = match.group(1), _KVN_UNITS.sub("", match.group(2))
+        key, value = match.group(1), _kvn_value(match.group(2))
         if key == "CCSDS_OMM_VERS" or not records:
             records.append((number, {}))
         records[-1][1][key] = value
@@ -467,8 +607,8 @@ def _parse_omm_kvn(text: str, path: str) -> tuple[list[ElementSet], list[str]]:
         where = f"{path}:{line}"
         try:
             sets.append(_omm_record(fields, where, "omm-kvn"))
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+        except Exception as exc:  # one record never spoils the file
+            problems.append(f"{where}: {_record_error(exc)}")
     return sets, problems
 
 
@@ -494,7 +634,23 @@ def sniff_format(data: bytes, suffix: str = "") -> ElementFormat:
 
 
 def parse_elements(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]:
-    """Parse one file's bytes: ``(element sets, problems as 'file:line: reason')``."""
+    """Parse one file's bytes: ``(element sets, problems as 'file:line: reason')``.
+
+    Never raises: whatever the bytes, a problem the parsers did not foresee is reported as
+    one more ``file:line: reason`` (the daemon keeps running on its last good catalog), and
+    at most :data:`MAX_PROBLEMS_PER_FILE` problems are listed.
+    """
+    try:
+        sets, problems = _parse_elements(data, path)
+    except Exception as exc:  # a file must never take the daemon down
+        sets, problems = [], [f"{path}:1: cannot parse ({type(exc).__name__}: {_shown(exc, 80)})"]
+    if len(problems) > MAX_PROBLEMS_PER_FILE:
+        more = len(problems) - MAX_PROBLEMS_PER_FILE
+        problems = problems[:MAX_PROBLEMS_PER_FILE] + [f"{path}:0: ... and {more} more problem(s)"]
+    return sets, problems
+
+
+def _parse_elements(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]:
     fmt = sniff_format(data, Path(path).suffix.lower())
     if fmt == "omm-xml":
         return _parse_omm_xml(data, path)
@@ -513,12 +669,19 @@ def parse_elements(data: bytes, path: str) -> tuple[list[ElementSet], list[str]]
     return sets, problems
 
 
+#: Larger files are refused unread (a whole-catalog CelesTrak OMM JSON is ~15 MB).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
 def parse_file(path: Path) -> tuple[list[ElementSet], list[str]]:
     """Parse one element file; an unreadable file is one problem, not an exception."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return [], [f"{path}:0: cannot read: {exc.strerror or exc}"]
+    if len(data) > MAX_FILE_BYTES:
+        return [], [f"{path}:0: larger than {MAX_FILE_BYTES // 2**20} MiB; not an element file?"]
     return parse_elements(data, str(path))
 
 
@@ -527,8 +690,13 @@ def satellite_from_text(text: str, fmt: ElementFormat = "tle") -> EarthSatellite
     if fmt == "tle":
         sets, problems = _parse_tle_text(text, "(elements)")
     else:
-        fields = json.loads(text)
-        sets, problems = [_omm_record(fields, "(elements)", fmt)], []
+        try:
+            fields, _ = _decode_one(text, 0)
+            if not isinstance(fields, dict):
+                raise ValueError(f"expected an OMM object, got {type(fields).__name__}")
+            sets, problems = [_omm_record(fields, "(elements)", fmt)], []
+        except Exception as exc:  # a pass file's header is input too
+            sets, problems = [], [f"(elements): {_record_error(exc)}"]
     if problems or len(sets) != 1:
         raise ElementError("; ".join(problems) or "the text holds no single element set")
     return sets[0].satellite
@@ -539,7 +707,12 @@ def _expand(sources: Iterable[Path], report: LoadReport) -> list[Path]:
     for source in sources:
         source = Path(source)
         if source.is_dir():
-            for child in sorted(source.iterdir()):
+            try:
+                children = sorted(source.iterdir())
+            except OSError as exc:
+                report.problems.append(f"{source}:0: cannot list the directory: {exc.strerror or exc}")
+                continue
+            for child in children:
                 if child.name.startswith(".") or not child.is_file():
                     continue  # hidden and temporary files (e.g. a `tle update` in progress)
                 if child.suffix.lower() in ELEMENT_SUFFIXES:

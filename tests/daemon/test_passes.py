@@ -85,6 +85,12 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     _, rx_batches, _ = read_pass_file(got.path)
     rx = np.concatenate([b.events for b in rx_batches])
     assert np.array_equal(rx, events)
+    # The simulator's seed is the simulated satellite's secret: in neither the pass file's
+    # header nor the stream's (the consumer's copy holds the header it was sent).
+    rx_header, _, _ = read_pass_file(got.path)
+    for hd in (header, rx_header):
+        assert "simulator_seed" not in hd
+        assert "simulator_seed" not in json.loads(hd["qkd.header"])
     health = st_log.json_on("health")
     assert health and health[-1]["time_reference_locked"] is True and health[-1]["ok"]
     progress = st_log.json_on("pass")

@@ -42,7 +42,7 @@ def header(pass_id: str = "41731-20161219T164812Z", segment: int = 1) -> PassHea
                       norad_id=41731, channel_map={"1": "H", "2": "V", "3": "D", "4": "A",
                                                    "5": "SYNC", "6": "PPS"},
                       tagger_model="synthetic", tagger_resolution_ps=1.0, clock_source="simulated",
-                      simulator_seed=7, software_version="test")
+                      software_version="test")
 
 
 def same_events(a: np.ndarray, b: np.ndarray) -> bool:

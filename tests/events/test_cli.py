@@ -79,3 +79,35 @@ async def test_receive_an_unknown_pass_says_so(pipeline: EventPipeline, tmp_path
     code, _, stderr = await cli("receive", "--connect", pipeline.endpoint, "--out",
                                 str(tmp_path / "rx"), "--pass", "no-such-pass")
     assert code == 1 and "unknown_pass" in stderr and "no-such-pass" in stderr
+
+
+async def test_keygen_then_receive_over_curve(tmp_path: Path) -> None:
+    """The operator's path: keygen on both sides, the station's config names the keys,
+    `receive --server-key --key` gets the pass; without the keys it gets nothing."""
+    from station.config.events import EventsConfig
+
+    keys = tmp_path / "keys"
+    for name, folder in (("station", keys), ("ppcore", keys / "consumers")):
+        code, stdout, stderr = await cli("keygen", "--name", name, "--dir", str(folder))
+        assert code == 0 and "0600" in stdout, stderr
+    cfg = EventsConfig(stream_endpoint="tcp://127.0.0.1:*",
+                       curve_secret_key_file=keys / "station.key_secret",
+                       curve_consumer_key_files=[keys / "consumers"])
+    pipeline = EventPipeline(cfg, state_dir=tmp_path / "state")
+    await pipeline.start()
+    try:
+        rec = pipeline.open_pass(header())
+        for b in make_batches(6, seed=3):
+            await rec.push(b)
+        await rec.close("completed")
+        code, stdout, stderr = await cli(
+            "receive", "--connect", pipeline.endpoint, "--out", str(tmp_path / "rx"),
+            "--pass", header().stem, "--server-key", str(keys / "station.key"),
+            "--key", str(keys / "consumers" / "ppcore.key_secret"))
+        assert code == 0 and "verified" in stdout, stderr
+        code, _, stderr = await cli("receive", "--connect", pipeline.endpoint, "--out",
+                                    str(tmp_path / "rx2"), "--server-key",
+                                    str(keys / "station.key"))
+        assert code == 2 and "both --server-key and --key" in stderr
+    finally:
+        await pipeline.stop()

@@ -140,3 +140,35 @@ async def test_fsync_at_least_every_flush_interval_of_tagger_time(pipeline) -> N
 def test_recovering_a_missing_file_reports_instead_of_raising(tmp_path: Path) -> None:
     info = recover_interrupted(tmp_path / "gone.arrows")
     assert info.batches == 0 and "cannot read" in info.reason
+
+
+def test_the_simulator_seed_is_in_neither_the_header_nor_the_stream_header(tmp_path: Path) -> None:
+    """The seed determines every basis and bit the simulated satellite sent: its secret."""
+    assert "simulator_seed" not in PassHeader.model_fields
+    assert "simulator_seed" not in header().schema_metadata()
+    # A file from before the rule still reads, and is served without its seed.
+    from station.events.source import PassSource
+
+    md = header().schema_metadata()
+    legacy = {**md, "simulator_seed": "424242",
+              "qkd.header": json.dumps({**json.loads(md["qkd.header"]), "simulator_seed": 424242})}
+    path = tmp_path / "legacy.arrows"
+    w = PassFileWriter(path, legacy, compression="lz4")
+    ts, ch = columns_of(make_batches(1)[0].events)
+    w.write(ts, ch, batch_metadata(make_batches(1)[0].info))
+    w.close()
+    hd, _, _ = read_pass_file(path)
+    assert hd["simulator_seed"] == "424242"  # really a legacy file
+    served = PassSource.from_file(path).header
+    assert "424242" not in json.dumps(served)
+    assert PassHeader.model_validate_json(served["qkd.header"]) == header()
+
+
+def test_inspect_never_shows_a_legacy_seed(tmp_path: Path) -> None:
+    from station.events.inspection import inspect_pass_file
+
+    md = {**header().schema_metadata(), "simulator_seed": "424242"}
+    path = tmp_path / "legacy.arrows"
+    w = PassFileWriter(path, md, compression="lz4")
+    w.close()
+    assert "424242" not in json.dumps(inspect_pass_file(path))

@@ -258,3 +258,53 @@ async def test_bounded_queue_pushes_wait_and_nothing_is_dropped(tmp_path: Path) 
     assert max(depths) <= 2
     assert totals.batches_recorded == 200 and totals.events_lost == 0
     assert_same_batches(totals.path, batches)
+
+
+async def test_receiving_a_pass_held_complete_again_checks_it_again(
+        pipeline: EventPipeline, tmp_path: Path) -> None:
+    batches = make_batches(6, seed=12)
+    rec = pipeline.open_pass(header())
+    for b in batches:
+        await rec.push(b)
+    await rec.close("completed")
+    for _ in range(2):
+        client = StreamClient(pipeline.endpoint, tmp_path / "rx", window=2)
+        try:
+            rp = await asyncio.wait_for(asyncio.to_thread(client.receive_pass, header().stem), 60)
+        finally:
+            client.close()
+        assert rp.ok and rp.batches == 6
+
+
+async def test_reference_client_follow_catches_up_on_passes_missed_while_away(
+        pipeline: EventPipeline, tmp_path: Path) -> None:
+    out = tmp_path / "rx"
+
+    async def follow(n: int) -> list:
+        client = StreamClient(pipeline.endpoint, out, window=3, consumer="ref")
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(client.follow, max_passes=n), 60)
+        finally:
+            client.close()
+
+    job = asyncio.create_task(follow(1))
+    for _ in range(2000):  # until its follow session is open
+        if pipeline.consumer_connected:
+            break
+        await asyncio.sleep(0.005)
+    sets = {pid: make_batches(9, seed=20 + k) for k, pid in enumerate(["4-a", "4-b", "4-c"])}
+    rec = pipeline.open_pass(header("4-a"))
+    for b in sets["4-a"]:
+        await rec.push(b)
+    await rec.close("completed")
+    assert [rp.pass_id for rp in await job] == ["4-a"]
+    for pid in ("4-b", "4-c"):  # while it is away
+        rec = pipeline.open_pass(header(pid))
+        for b in sets[pid]:
+            await rec.push(b)
+        await rec.close("completed")
+    got = await follow(2)
+    assert sorted(rp.pass_id for rp in got) == ["4-b", "4-c"] and all(rp.ok for rp in got)
+    for pid, batches in sets.items():
+        assert_same_batches(out / f"{pid}.arrows", batches)
