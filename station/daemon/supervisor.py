@@ -478,6 +478,10 @@ class Supervisor:
             cur.pass_id, name, cur.norad_id, cur.aos, cur.los, window, segments))
 
     def _satellite_name(self, norad_id: int) -> str:
+        """The name passes carry: the config's, else the element set's, else the number."""
+        for sat in self.ctx.cfg.orbit.satellites:
+            if sat.norad_id == norad_id and sat.name:
+                return sat.name
         for age in self.ctx.catalog.ages(self.ctx.clock.now_s()):
             if age.norad_id == norad_id:
                 return age.name

@@ -243,3 +243,33 @@ def test_a_valid_but_strained_rehearsal_explains_its_tracking_error() -> None:
     text = _summary(report)
     assert "INVALID" not in text
     assert "3000 of 7000 tracking ticks skipped" in text and "not the mount" in text
+
+
+async def test_a_second_crash_keeps_the_first_segment_in_the_record(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    from station.daemon.record import SegmentState
+
+    # The daemon died in segment 2 (before its file opened), segment 1 having been
+    # interrupted earlier; the restart comes after the window.
+    seg1 = SegmentState(segment=1, stream_pass_id=MICIUS, outcome=Outcome.INTERRUPTED,
+                        reason="the daemon stopped during track", started_at="2016-12-19T16:46:43Z",
+                        ended_at="2016-12-19T16:50:47Z", events_recorded=754_679,
+                        counts_by_channel={"SYNC": 499_010, "PPS": 50},
+                        good_s=[(1482166197.5, 1482166247.5)])
+    StateFile(tmp_path / "state").save(StationState.model_validate({
+        "mode": "auto", "phase": "prepare", "updated": "2016-12-19T16:51:40Z",
+        "current_pass": PassState.model_validate({
+            "pass_id": MICIUS, "norad_id": 41731, "segment": 2, "aos": AOS, "los": LOS,
+            "qkd_start": QKD_START, "qkd_end": QKD_END,
+            "phase_times": {"prepare": "2016-12-19T16:51:40Z"},
+            "earlier_segments": [seg1.model_dump(mode="json")]})}))
+    cfg = sim_config(tmp_path, mosquitto.port, clock={"start": "2016-12-19T17:05:00Z"})
+    async with running_station(cfg) as st:
+        whole = await st.mqtt_log.wait_json(f"passes/{MICIUS}/summary", lambda m: True)
+        seg2 = await st.mqtt_log.wait_json(f"passes/{MICIUS}-s2/summary", lambda m: True)
+    assert [s["segment"] for s in whole["segments"]] == [1, 2]
+    assert whole["outcome"] == "interrupted" and whole["events_recorded"] == 754_679
+    assert whole["satellite"] == "MICIUS"
+    assert seg2["outcome"] == "interrupted" and "no pass file was open yet" in seg2["reason"]
+    assert 0.8 < whole["window_lost_fraction"] < 0.85  # 50 s of 272.5 s recorded
+    assert st.ctx.alarms.is_active("pass.interrupted")
