@@ -66,7 +66,14 @@ def _text(r: dict[str, Any]) -> str:
                  + "".join(f"\n            seq {p['first_seq']}..{p['last_seq']}: "
                            f"{p['duration_s']:.6f} s, {p['missed_events']:,} missed"
                            for p in ovf["periods"][:10]))
-    if r["lost_batches"]:
+    loss = r.get("loss_record")
+    if loss:
+        lines.append(f"not recorded {loss['batches']:,} batches, {loss['events']:,} events "
+                     "(loss record in the file)"
+                     + "".join(f"\n            seq {x['first_seq']}..{x['last_seq']}: "
+                               f"{x['batches']:,} batches, {x['events']:,} events, {x['reason']}"
+                               for x in loss["ranges"][:10]))
+    elif r["lost_batches"]:
         lines.append(f"not recorded {len(r['lost_batches'])} batches"
                      + "".join(f"\n            seq {x['tagger_seq']}: {x['n_events']:,} events, "
                                f"{x['reason']}" for x in r["lost_batches"][:10]))

@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     report = asyncio.run(rehearse(cfg, pass_id=args.pass_id, speed=speed, hours=args.hours))
     if report is None:
         return 1
+    if report.clock_lateness is not None and not report.clock_lateness.valid:
+        print(f"rehearsal INVALID: {report.clock_lateness.reason}", file=sys.stderr)
     text = json.dumps(report.model_dump(mode="json"), indent=2)
     if args.report:
         Path(args.report).write_text(text + "\n")
@@ -70,10 +72,14 @@ def run(args: argparse.Namespace) -> int:
 async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
                    hours: float = 24.0, measure_qber: bool = True) -> PassReport | None:
     """Run one pass on a simulated clock; returns its :class:`PassReport` (None: no pass)."""
+    from drivers.errors import DriverError
     from station.clock import SimClock, from_epoch_s
     from station.daemon.alarms import AlarmBook
     from station.daemon.context import StationContext
+    from station.daemon.lateness import LatenessMonitor, tolerated_lateness_s
+    from station.daemon.modes import Outcome, Phase
     from station.daemon.pass_runner import PassRunner
+    from station.daemon.record import DEGRADED_WINDOW_LOSS_FRACTION
     from station.orbit.catalog import Catalog, fixed_clock
     from station.schedule import parse_pass_id, plan
 
@@ -110,13 +116,48 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
         await ctx.connect_all()
         await clock.sleep_until(entry.aos - timedelta(seconds=entry.lead_time_s))
         runner = PassRunner(ctx, entry)
-        report = await runner.run()
-        if measure_qber and report.pass_file and hasattr(ctx.tagger, "tagger_epoch_utc_ps"):
-            await asyncio.to_thread(_measure_qber, ctx, entry, report)
+        # A clock faster than this host can follow makes a meaningless pass: watch the
+        # loop's lateness and end the run as invalid the moment it is sustained.
+        monitor = LatenessMonitor(
+            clock, limit_s=tolerated_lateness_s(cfg.tracking.rate_hz),
+            on_invalid=lambda why: runner.request_abort(f"invalid run: {why}"),
+            counts=lambda: runner.phase in (Phase.PREPARE, Phase.TRACK))
+        watcher = asyncio.create_task(monitor.run(), name="lateness-monitor")
+        try:
+            report = await runner.run()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if monitor.active:
+            if report.tracking is not None:
+                t = report.tracking
+                monitor.judge_tracking(t.ticks, t.skipped_ticks, t.max_lateness_s)
+            monitor.judge_loss(report.window_lost_fraction, DEGRADED_WINDOW_LOSS_FRACTION)
+            report.clock_lateness = monitor.finish()
+            if not report.clock_lateness.valid and report.outcome != Outcome.ABORTED:
+                # Found too late to stop the pass (a stall that outlasted it): the run
+                # is no rehearsal of the station all the same.
+                report.outcome = Outcome.ABORTED
+                report.reason = f"invalid run: {report.clock_lateness.reason}"
+        if measure_qber and report.pass_file and report.events_recorded and _tagger_started(ctx):
+            try:
+                await asyncio.to_thread(_measure_qber, ctx, entry, report)
+            except DriverError as exc:
+                log.error("QBER not measured: %s", exc)
         return report
     finally:
         await ctx.pipeline.stop()
         await ctx.close()
+
+
+def _tagger_started(ctx: StationContext) -> bool:
+    """Whether the simulated tagger ran (its epoch exists); False for other taggers."""
+    from drivers.errors import DriverError
+
+    try:
+        return getattr(ctx.tagger, "tagger_epoch_utc_ps", None) is not None
+    except DriverError:
+        return False  # never started: the pass recorded nothing
 
 
 def _measure_qber(ctx: StationContext, entry: PlannedPass, report: PassReport) -> None:
@@ -165,6 +206,23 @@ def _summary(r: PassReport) -> str:
         t = r.tracking
         lines.append(f"  tracking  RMS {t.rms_sky_error_arcsec:.1f}\", max {t.max_error_arcsec:.1f}\" "
                      f"after acquisition ({t.samples_after_acquisition} samples)")
+    late = r.clock_lateness
+    if late is not None:
+        lines.append(f"  clock     ×{late.speed:g}: the event loop ran a median {late.median_s:.3f} s, "
+                     f"p95 {late.p95_s:.3f} s, max {late.max_s:.3f} s (clock) behind "
+                     f"(tolerated {late.limit_s:g} s)")
+        if not late.valid:
+            lines.append(f"  INVALID   {late.reason}")
+        elif r.tracking is not None and (r.tracking.skipped_ticks or late.p95_s > 0.2 * late.limit_s):
+            t = r.tracking
+            lines.append(
+                f"  note      at ×{late.speed:g} the host is near its limit: {t.skipped_ticks} of "
+                f"{t.ticks + t.skipped_ticks} tracking ticks skipped, commands up to "
+                f"{t.max_lateness_s:.2f} s late; that, not the mount, explains the tracking "
+                "error above (a lower --speed or 'max' tracks as the station would)")
+    if r.window_s:
+        lines.append(f"  window    {r.window_s:.1f} s of QKD window, {r.window_lost_s:.1f} s "
+                     f"({100 * r.window_lost_fraction:.1f} %) without usable recording")
     counts = ", ".join(f"{k} {v:,}" for k, v in r.counts_by_channel.items())
     lines.append(f"  events    {r.events_recorded:,} recorded, {r.events_streamed:,} streamed, "
                  f"{r.events_lost:,} lost ({counts})")

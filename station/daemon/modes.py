@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     """How a pass ended."""
 
     COMPLETED = "completed"
+    DEGRADED = "degraded"           # ran to the end but lost a stated share of its window
     SKIPPED = "skipped"             # readiness failed or operator skip, nothing moved
     ABORTED = "aborted"             # stopped part-way by a fault or an operator
     INTERRUPTED = "interrupted"     # the daemon died mid-pass (found at start-up)

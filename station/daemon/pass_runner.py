@@ -26,8 +26,21 @@ from drivers.timetagger.base import Batch
 from station import __version__
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
+from station.daemon.lateness import LatenessMonitor, LatenessStats, tolerated_lateness_s
 from station.daemon.modes import Outcome, Phase
 from station.daemon.readiness import CheckResult, blocking_failures, run_checks
+from station.daemon.record import (
+    Cause,
+    SegmentState,
+    Span,
+    clip,
+    degraded,
+    merge,
+    pass_summary,
+    segment_summary,
+    subtract,
+    total_s,
+)
 from station.events import PassHeader
 from station.mqtt.messages import (
     MountTelemetry,
@@ -46,6 +59,12 @@ log = logging.getLogger("station.pass")
 ARCSEC_TO_URAD = math.pi / (180 * 3600) * 1e6
 #: How often (clock seconds) a pass in progress writes a line to the log.
 PROGRESS_LOG_S = 30.0
+#: A pass (segment) is started only if at least this much QKD window is left once the
+#: mount can be on the track.
+MIN_USEFUL_WINDOW_S = 10.0
+#: Head start over the slew estimate when joining a track already under way: the
+#: mount's settling and the tracker's capture.
+JOIN_SETTLE_S = 3.0
 
 
 class Publisher(Protocol):
@@ -112,6 +131,18 @@ class PassReport(BaseModel):
         None, description="Simulator only: QBER over signal, decoy and vacuum states.")
     sifted_bits: int | None = Field(None, description="Simulator only: sifted key length.")
     alarms_raised: int = 0
+    window_s: float = Field(0.0, description="This segment's part of the QKD window (s).")
+    window_lost_s: float = Field(0.0, description="Of it, seconds with no usable recording.")
+    window_lost_fraction: float = 0.0
+    join_delay_s: float | None = Field(
+        None, description="A segment joining a track under way: seconds from the start of "
+        "the segment until the mount was on the track.")
+    events_after_window: int = Field(
+        0, description="Events the tagger delivered after the end of the QKD window: not "
+        "recorded (the window is over), counted here.")
+    segment_state: SegmentState | None = None
+    clock_lateness: LatenessStats | None = Field(
+        None, description="Rehearsals on a scaled clock: how late the event loop ran.")
 
 
 def channel_names(ctx: StationContext) -> dict[int, str]:
@@ -130,10 +161,20 @@ class PassRunner:
     def __init__(self, ctx: StationContext, entry: PassInfo, *, segment: int = 1,
                  on_phase: Callable[[Phase, PassRunner], None] | None = None,
                  publisher: Publisher | None = None,
-                 on_file_opened: Callable[[str], None] | None = None):
+                 on_file_opened: Callable[[str], None] | None = None,
+                 earlier_segments: list[SegmentState] | None = None):
         self.ctx = ctx
         self.entry = entry
         self.segment = segment
+        #: Segments of this pass recorded before (a resume): the whole-pass summary adds
+        #: them up with this one.
+        self.earlier_segments = list(earlier_segments or [])
+        #: Clock spans recorded (batches in the file) with their events, and spans known
+        #: to be useless.
+        self._covered: list[Span] = []
+        self._covered_events: list[int] = []
+        self._causes: list[Cause] = []
+        self._epoch_s: float | None = None
         self.phase = Phase.IDLE
         self._on_phase = on_phase or (lambda phase, runner: None)
         self._on_file_opened = on_file_opened or (lambda path: None)
@@ -229,6 +270,8 @@ class PassRunner:
     # -- prepare ---------------------------------------------------------------------------
     async def _prepare(self) -> bool:
         ctx, entry = self.ctx, self.entry
+        # The segment is settled before the first transition names it.
+        self._settle_segment()
         self._set_phase(Phase.PREPARE)
         results = await run_checks(ctx, entry)
         self.report.readiness = results
@@ -250,39 +293,102 @@ class PassRunner:
         satellite = entry.earth_satellite()
         plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, aos=entry.aos, los=entry.los,
                                    pass_id=entry.pass_id)
-        if now_s > plan.aos_s:
-            # A resumed segment: join the track where the satellite will be once we get there.
-            pos = await ctx.mount.position()
-            join_s = now_s + ctx.tracker.estimate_slew_s(plan, pos) + ctx.cfg.tracking.preposition_margin_s
-            plan = plan.window(join_s, plan.los_s)
-            log.info("pass %s: joining the track at %s", entry.pass_id, _hms(_dt(join_s)))
-        self.plan = plan
-        try:
-            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
-        except PrepositionTimeout as exc:
-            raise PassAborted(f"not at the rise point in time: {exc}") from exc
-        except MountError as exc:
-            await self._mount_fault(exc)  # raises unless the link came back
-            await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+        full_plan = plan
+        # A track under way (a resumed segment): join it where the satellite will be as
+        # soon as the mount can be there, not after a full slew plus margin. A slew that
+        # takes longer than estimated (a detour around the Sun or the horizon mask) joins
+        # again further on, twice at most.
+        joining = now_s > plan.aos_s
+        for attempt in range(3):
+            if joining:
+                joined = await self._join(full_plan)
+                if joined is None:
+                    return False
+                plan = joined
+            self.plan = plan
+            try:
+                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+                break
+            except PrepositionTimeout as exc:
+                if not joining or attempt == 2:
+                    raise PassAborted(f"not at the rise point in time: {exc}") from exc
+                log.warning("pass %s: not on the track in time (%s); joining further on",
+                            entry.pass_id, exc)
+            except MountError as exc:
+                await self._mount_fault(exc)  # raises unless the link came back
+                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
+                break
 
         await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
         set_link = getattr(ctx.tagger, "set_link", None)
         if set_link is not None:  # a simulated downlink follows the real pass geometry
             set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
+        self._settle_segment()  # a file may have appeared since (never overwritten)
         header = self._header(satellite)
-        while ctx.pipeline.path_for(header).exists():
-            # This pass was recorded before (a rerun of a simulated night, or a crash that
-            # left its file): pass files are never overwritten, so record a new segment.
-            header = header.model_copy(update={"segment": header.segment + 1})
-        if header.segment != self.segment:
-            log.warning("pass %s: %s exists; recording as segment %d", entry.pass_id,
-                        ctx.pipeline.path_for(header.model_copy(update={"segment": self.segment})),
-                        header.segment)
-            self.segment = self.report.segment = header.segment
-        self.recorder = ctx.pipeline.open_pass(header)
+        self.recorder = ctx.pipeline.open_pass(header, on_loss=self._disk_loss)
         self.report.pass_file = str(self.recorder.path)
         self._on_file_opened(str(self.recorder.path))
         return True
+
+    async def _join(self, plan: Any) -> Any | None:
+        """The part of ``plan`` the mount can join from where it is now, or None (outcome
+        ``skipped``) when less than :data:`MIN_USEFUL_WINDOW_S` of QKD window would be left."""
+        ctx, entry = self.ctx, self.entry
+        pos = await ctx.mount.position()
+        now_s = ctx.clock.now_s()
+        join_s = self._join_time(plan, pos, now_s)
+        qkd_end_s = (entry.qkd_end or entry.los).timestamp()
+        qkd_start_s = (entry.qkd_start or entry.aos).timestamp()
+        left_s = qkd_end_s - max(join_s, qkd_start_s) if join_s is not None else 0.0
+        if join_s is None or left_s < MIN_USEFUL_WINDOW_S:
+            reason = (f"too little QKD window left: the mount could be on the track at "
+                      f"{_hms(_dt(join_s)) if join_s is not None else 'no time before LOS'}"
+                      f", leaving {max(0.0, left_s):.1f} s (at least "
+                      f"{MIN_USEFUL_WINDOW_S:g} s needed)")
+            self._set_outcome(Outcome.SKIPPED, reason)
+            log.warning("pass %s segment %d skipped: %s", entry.pass_id, self.segment, reason)
+            return None
+        started_s = self.started_s
+        self.report.join_delay_s = round(join_s - started_s, 3)
+        self._causes = [c for c in self._causes if not c.cause.startswith("joining")]
+        self._causes.append(Cause(start_s=started_s, end_s=join_s, cause=(
+            f"joining the track in segment {self.segment} ({join_s - now_s:.1f} s slew "
+            "and settle)")))
+        log.info("pass %s: joining the track at %s, %.1f s after the segment started "
+                 "(%.1f s of QKD window left)", entry.pass_id, _hms(_dt(join_s)),
+                 join_s - started_s, left_s)
+        return plan.window(join_s, plan.los_s)
+
+    def _join_time(self, plan: Any, pos: Any, now_s: float) -> float | None:
+        """The earliest plan sample the mount can reach from ``pos`` in time (slew
+        estimate plus :data:`JOIN_SETTLE_S`), or None if none before LOS."""
+        times = plan.time_s
+        for i in range(int(times.searchsorted(now_s)), len(times) - 1):
+            t = float(times[i])
+            slew_s = self.ctx.tracker.estimate_slew_s(plan.window(t, plan.los_s), pos)
+            if now_s + slew_s + JOIN_SETTLE_S <= t:
+                return t
+        return None
+
+    def _settle_segment(self) -> None:
+        """The first segment number from ``self.segment`` up whose pass file does not
+        exist yet: a pass recorded before (a rerun of a simulated night, or a crash that
+        left its file) is never overwritten, it gets a new segment."""
+        entry = self.entry
+        probe = PassHeader(pass_id=entry.pass_id, segment=self.segment)
+        while self.ctx.pipeline.path_for(probe).exists():
+            probe = probe.model_copy(update={"segment": probe.segment + 1})
+        if probe.segment != self.segment:
+            log.warning("pass %s: %s exists; recording as segment %d", entry.pass_id,
+                        self.ctx.pipeline.path_for(PassHeader(pass_id=entry.pass_id,
+                                                              segment=self.segment)),
+                        probe.segment)
+            self.segment = self.report.segment = probe.segment
+
+    def _disk_loss(self, message: str) -> None:
+        """The pipeline says the disk refused a write: alarm now, not at the end."""
+        self.ctx.alarms.raise_("disk.write", Severity.CRITICAL, message,
+                               pass_id=self.entry.pass_id)
 
     def _header(self, satellite: Any) -> PassHeader:
         ctx, entry = self.ctx, self.entry
@@ -305,6 +411,14 @@ class PassRunner:
         self._set_phase(Phase.TRACK)
         await self._beacon(on=True)
         telemetry = ctx.tracker.subscribe()
+        # A loop far behind its clock (an overloaded host, a clock faster than it can
+        # follow, a stopped process) is said when it happens; its effect on the pointing
+        # is judged from the telemetry.
+        self.lateness = LatenessMonitor(
+            ctx.clock, limit_s=tolerated_lateness_s(ctx.cfg.tracking.rate_hz),
+            on_invalid=lambda why: ctx.alarms.raise_("clock.lateness", Severity.WARNING, why,
+                                                     pass_id=entry.pass_id))
+        watcher = asyncio.create_task(self.lateness.run(), name=f"lateness-{entry.pass_id}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._acquire(), name=f"acquire-{entry.pass_id}")
@@ -316,6 +430,8 @@ class PassRunner:
                 self._tracking_done = True
                 telemetry.close()
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             ctx.tracker.unsubscribe(telemetry)
 
     async def _follow(self) -> None:
@@ -372,9 +488,25 @@ class PassRunner:
             await ctx.tagger.stop()
 
         stopper = asyncio.create_task(stop_at_end(), name=f"acq-stop-{entry.pass_id}")
+        batches = ctx.tagger.batches()
         try:
-            async for batch in ctx.tagger.batches():
+            async for batch in batches:
+                info = batch.info
+                if info.start_time_s is not None and info.start_time_s >= end_s:
+                    # The window is over whatever happened (a stalled station catching up
+                    # delivers batches past it): stop here, count what came after.
+                    self.report.events_after_window += len(batch)
+                    log.warning("pass %s: tagger batch %d starts %.1f s after the end of the "
+                                "QKD window: acquisition stops", entry.pass_id, info.seq,
+                                info.start_time_s - end_s)
+                    break
                 await rec.push(batch)
+                if info.start_time_s is not None:
+                    if self._epoch_s is None:
+                        self._epoch_s = info.start_time_s - info.start_ps / 1e12
+                    self._covered.append(
+                        (info.start_time_s, info.start_time_s + (info.end_ps - info.start_ps) / 1e12))
+                    self._covered_events.append(len(batch))
                 self._check_batch(batch)
         finally:
             if not stopper.done():
@@ -383,6 +515,10 @@ class PassRunner:
                     await stopper
                 with contextlib.suppress(DriverError):
                     await ctx.tagger.stop()
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:  # left early (end of window): end the generator now
+                with contextlib.suppress(DriverError):
+                    await aclose()
             self._acquiring = False
         log.info("pass %s: acquisition stopped", entry.pass_id)
 
@@ -400,20 +536,34 @@ class PassRunner:
         when the subscription is closed at LOS."""
         ctx = self.ctx
         faults = ctx.cfg.operations.faults
+        limit = faults.tracking_error_limit_arcsec
         over_since: float | None = None
+        last_s: float | None = None  # the previous sample's time
         set_pointing = getattr(ctx.tagger, "set_pointing_error_urad", None)
         async for sample in telemetry:
             self._publish_mount(sample)
             if set_pointing is not None and sample.phase == "tracking":
                 set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
+            prev_s, last_s = last_s, sample.time_s
             if not sample.acquired:
                 continue
-            if sample.sky_error_arcsec > faults.tracking_error_limit_arcsec:
-                over_since = sample.time_s if over_since is None else over_since
+            if sample.sky_error_arcsec > limit:
+                # Off since the last sample seen within the limit: after a stall (a hung
+                # process, a loop far behind its clock) that is the whole unobserved time.
+                unseen_s = sample.time_s - prev_s if prev_s is not None else 0.0
+                start_s = prev_s if prev_s is not None else sample.time_s
+                stalled = unseen_s > faults.tracking_error_duration_s
+                self._causes.append(Cause(
+                    start_s=start_s, end_s=sample.time_s,
+                    cause=(f"the station stalled for {unseen_s:.0f} s and the pointing was "
+                           "off when it resumed" if stalled else
+                           f"tracking error above the {limit:g}\" limit")))
+                over_since = start_s if over_since is None else over_since
                 if sample.time_s - over_since >= faults.tracking_error_duration_s:
                     msg = (f"tracking error {sample.sky_error_arcsec:.0f}\" above "
-                           f"{faults.tracking_error_limit_arcsec:g}\" for "
-                           f"{sample.time_s - over_since:.1f} s")
+                           f"{limit:g}\" for {sample.time_s - over_since:.1f} s"
+                           + (f" (no tracking sample for {unseen_s:.1f} s before: the "
+                              "station stalled)" if stalled else ""))
                     ctx.alarms.raise_("tracking.error", Severity.WARNING, msg,
                                       pass_id=self.entry.pass_id)
                     if faults.abort_on_tracking_error:
@@ -516,26 +666,82 @@ class PassRunner:
             r.events_streamed = totals.events_streamed
             r.events_lost = totals.events_lost
             r.pass_file = str(totals.path)
+            if totals.lost_batches and self._epoch_s is not None:
+                for x in totals.lost_batches:
+                    self._causes.append(Cause(
+                        start_s=self._epoch_s + x.start_ps / 1e12,
+                        end_s=self._epoch_s + x.end_ps / 1e12,
+                        cause=f"batches not recorded ({x.reason.removeprefix('not recorded: ')})"))
+        self._account()
         ctx.alarms.clear("timetagger.overflow", "pass over")
         ctx.alarms.clear("tracking.error", "pass over")
+        ctx.alarms.clear("clock.lateness", "pass over")
+        # A disk that refused writes stays alarmed (disk.write) until the supervisor's
+        # health check measures enough free space again.
         self._summary()
 
-    def _summary(self) -> None:
+    def _window(self) -> Span:
+        entry = self.entry
+        start = (entry.qkd_start or entry.aos).timestamp()
+        end = (entry.qkd_end or entry.los).timestamp()
+        if entry.qkd_start is None or entry.qkd_end is None:
+            end = start  # no QKD window: nothing to lose
+        return start, end
+
+    def _account(self) -> None:
+        """This segment's record: what of its part of the window it recorded usefully;
+        ``completed`` becomes ``degraded`` past the stated share lost."""
         r = self.report
+        lo, hi = self._window()
+        own = (min(max(lo, self.started_s), hi), hi)
+        bad = [(c.start_s, c.end_s) for c in self._causes]
+        good = subtract(clip(merge(self._covered), *own), bad)
+        good_events = _events_within(self._covered, self._covered_events, good)
+        window_s = own[1] - own[0]
+        r.window_s = round(window_s, 3)
+        r.window_lost_s = round(max(0.0, window_s - total_s(good)), 3)
+        r.window_lost_fraction = round(r.window_lost_s / window_s, 4) if window_s > 0 else 0.0
         tr = r.tracking
-        self.publisher.publish_summary(PassSummary(
-            pass_id=r.pass_id, satellite=r.satellite, norad_id=r.norad_id,
-            outcome=r.outcome, reason=r.reason, planned_aos=r.planned_aos,
-            planned_los=r.planned_los,
-            started_at=r.phase_times.get(Phase.PREPARE.value),
-            ended_at=self.ctx.clock.now(), max_el_deg=self.entry.max_el_deg,
-            counts_by_channel=r.counts_by_channel, events_recorded=r.events_recorded,
-            events_streamed=r.events_streamed, events_lost=r.events_lost,
-            tracking_error=TrackingErrorStats(
+        seg = SegmentState(
+            segment=self.segment, stream_pass_id=self.recorder.pass_id if self.recorder else
+            (self.entry.pass_id if self.segment == 1 else f"{self.entry.pass_id}-s{self.segment}"),
+            outcome=r.outcome, reason=r.reason, started_at=r.phase_times.get(Phase.PREPARE.value),
+            ended_at=self.ctx.clock.now(), events_recorded=r.events_recorded,
+            events_lost=r.events_lost, counts_by_channel=r.counts_by_channel,
+            file_path=r.pass_file, max_el_deg=self.entry.max_el_deg,
+            alarms_raised=self.ctx.alarms.raised_since(self._alarm_mark),
+            tracking=TrackingErrorStats(
                 rms_arcsec=tr.rms_sky_error_arcsec, p95_arcsec=tr.p95_error_arcsec,
                 max_arcsec=tr.max_error_arcsec, samples=tr.samples_after_acquisition)
             if tr is not None else None,
-            file_path=r.pass_file, alarms_raised=self.ctx.alarms.raised_since(self._alarm_mark)))
+            good_s=good, good_events=good_events, causes=merge_causes(self._causes))
+        outcome, reason = degraded(r.outcome, r.reason, own, [seg])
+        if outcome != r.outcome:
+            log.warning("pass %s segment %d degraded: %s", self.entry.pass_id, self.segment, reason)
+        r.outcome, r.reason = outcome, reason
+        seg.outcome, seg.reason = outcome, reason
+        r.segment_state = seg
+
+    def _summary(self) -> None:
+        """Publish the segment's summary (a resumed pass) and the whole pass's."""
+        r = self.report
+        if r.segment_state is None:
+            self._account()
+        seg = r.segment_state
+        assert seg is not None
+        entry = self.entry
+        segments = [*self.earlier_segments, seg]
+        window = self._window()
+        if len(segments) > 1:
+            own = segment_summary(entry.pass_id, entry.satellite, entry.norad_id, entry.aos,
+                                  entry.los, window, seg)
+            self.publisher.publish_summary(own.model_copy(update={
+                "events_streamed": r.events_streamed}))
+        whole = pass_summary(entry.pass_id, entry.satellite, entry.norad_id, entry.aos,
+                             entry.los, window, segments)
+        if len(segments) == 1:
+            whole = whole.model_copy(update={"events_streamed": r.events_streamed})
+        self.publisher.publish_summary(whole)
         log.info("pass %s %s%s: %d events recorded, %d streamed, %d lost; file %s",
                  r.pass_id, r.outcome.value, f" ({r.reason})" if r.reason else "",
                  r.events_recorded, r.events_streamed, r.events_lost, r.pass_file)
@@ -559,6 +765,32 @@ class PassRunner:
             self.report.go_safe = True
         else:
             ctx.alarms.clear("mount.park", "parked")
+
+
+def _events_within(spans: list[Span], events: list[int], good: list[Span]) -> int:
+    """Events of the batches (``spans``, ``events``) lying mostly inside ``good``."""
+    import numpy as np
+
+    if not spans or not good:
+        return 0
+    t0 = np.array([a for a, _ in spans])
+    t1 = np.array([b for _, b in spans])
+    inside = np.zeros(len(spans))
+    for a, b in good:
+        inside += np.clip(np.minimum(t1, b) - np.maximum(t0, a), 0.0, None)
+    mostly = inside >= 0.5 * np.maximum(t1 - t0, 1e-12)
+    return int(np.asarray(events)[mostly].sum())
+
+
+def merge_causes(causes: list[Cause]) -> list[Cause]:
+    """Overlapping spans of one cause joined (a stall is one span, not 2,000)."""
+    out: list[Cause] = []
+    for c in sorted(causes, key=lambda c: (c.cause, c.start_s)):
+        if out and out[-1].cause == c.cause and c.start_s <= out[-1].end_s + 1.0:
+            out[-1].end_s = max(out[-1].end_s, c.end_s)
+        else:
+            out.append(c.model_copy())
+    return sorted(out, key=lambda c: c.start_s)
 
 
 def _dt(time_s: float) -> datetime:

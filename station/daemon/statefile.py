@@ -6,6 +6,7 @@ or power cut the daemon knows whether a pass was in progress and which file it w
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from station.daemon.modes import Mode, Phase
+from station.daemon.record import SegmentState
+from station.events.passfile import reserve_space
 from station.files import make_dirs, open_file
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ class PassState(BaseModel):
     qkd_end: AwareDatetime
     pass_file: str | None = None
     phase_times: dict[str, AwareDatetime] = Field(default_factory=dict)
+    #: The earlier segments of this pass (after a resume), for the whole-pass summary.
+    earlier_segments: list[SegmentState] = Field(default_factory=list)
 
 
 class StationState(BaseModel):
@@ -50,11 +55,21 @@ class StationState(BaseModel):
     clean_shutdown: bool = False
 
 
+#: Space held next to the state file so that it can still be written on a full disk.
+RESERVE_BYTES = 256 * 1024
+
+
 class StateFile:
-    """Load and atomically save :class:`StationState`."""
+    """Load and atomically save :class:`StationState`.
+
+    A reserve file (``.state.reserve``) holds :data:`RESERVE_BYTES` of the disk: when a
+    save finds the disk full, the reserve is given up and the save tried again, so the
+    record of where the station is stays true; the reserve is taken back when it can be.
+    """
 
     def __init__(self, state_dir: Path):
         self.path = Path(state_dir) / "state.json"
+        self.reserve = Path(state_dir) / ".state.reserve"
 
     def load(self) -> StationState | None:
         """The saved state, or None when there is none or it cannot be read (logged)."""
@@ -73,6 +88,19 @@ class StateFile:
             return None
 
     def save(self, state: StationState) -> None:
+        try:
+            self._save(state)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.reserve.exists():
+                raise
+            log.error("disk full writing %s: releasing the state file's reserve", self.path)
+            self.reserve.unlink(missing_ok=True)
+            self._save(state)
+            return
+        if not self.reserve.exists():
+            reserve_space(self.reserve, RESERVE_BYTES)
+
+    def _save(self, state: StationState) -> None:
         make_dirs(self.path.parent)
         tmp = self.path.with_suffix(".json.tmp")
         data = json.dumps(state.model_dump(mode="json"), indent=2).encode()

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from station import __version__
@@ -21,10 +22,18 @@ from station.clock import from_epoch_s
 from station.daemon.alarms import Severity
 from station.daemon.context import ELEMENTS_ALARM, StationContext, note_element_load
 from station.daemon.modes import Mode, Outcome, Phase
-from station.daemon.pass_runner import NullPublisher, PassReport, PassRunner
+from station.daemon.pass_runner import MIN_USEFUL_WINDOW_S, NullPublisher, PassReport, PassRunner
 from station.daemon.readiness import expected_pass_bytes, free_disk_bytes
+from station.daemon.record import (
+    Cause,
+    SegmentState,
+    pass_summary,
+    segment_from_file,
+    segment_summary,
+)
 from station.daemon.statefile import PassState, StateFile, StationState, stamp
 from station.daemon.watchdog import Heartbeat
+from station.events import passfile
 from station.mqtt.commands import CommandRefused
 from station.mqtt.messages import (
     ConfigSummary,
@@ -45,9 +54,6 @@ from station.schedule import PlannedPass, Schedule, plan
 from station.tracking import CommandRefused as GateRefused
 
 log = logging.getLogger("station.supervisor")
-
-#: A pass already under way is still started if at least this much QKD window is left.
-MIN_USEFUL_WINDOW_S = 10.0
 
 
 class Supervisor:
@@ -81,6 +87,7 @@ class Supervisor:
         self._pending_resume: tuple[PassState, int] | None = None
         self._disk_full = False
         self._timeref_locked: bool | None = None
+        self._satellite_names: dict[str, str] = {}
         #: Set each time a pass ends (tests and rehearsals wait on it).
         self.pass_finished = asyncio.Event()
         ctx.alarms.set_sink(getattr(self.publisher, "publish_alarm", None))
@@ -235,9 +242,11 @@ class Supervisor:
         return p
 
     # == passes =============================================================================
-    def _start_pass(self, entry: PlannedPass, segment: int = 1) -> None:
+    def _start_pass(self, entry: PlannedPass, segment: int = 1,
+                    earlier: list[SegmentState] | None = None) -> None:
         self.runner = PassRunner(self.ctx, entry, segment=segment, on_phase=self._on_phase,
-                                 publisher=self.publisher, on_file_opened=self._on_file_opened)
+                                 publisher=self.publisher, on_file_opened=self._on_file_opened,
+                                 earlier_segments=earlier)
         self.pass_task = asyncio.create_task(self.runner.run(), name=f"pass-{entry.pass_id}")
 
     async def _pass_finished(self, task: asyncio.Task[PassReport]) -> None:
@@ -276,7 +285,8 @@ class Supervisor:
                 qkd_end=entry.qkd_end or entry.los,
                 pass_file=prev.pass_file if prev and prev.pass_id == entry.pass_id else None,
                 phase_times={**(prev.phase_times if prev and prev.pass_id == entry.pass_id else {}),
-                             phase.value: now})
+                             phase.value: now},
+                earlier_segments=runner.earlier_segments)
         self._state = stamp(self._state, now, phase=phase, current_pass=current)
         self._save_state()
         log.info("pass %s: phase %s", entry.pass_id, phase.value)
@@ -379,20 +389,27 @@ class Supervisor:
                                 phase=Phase.IDLE, current_pass=None)
             self._save_state()
             return
+        side = passfile.read_sidecar(Path(cur.pass_file)) if cur.pass_file else None
+        if side is not None and side.get("state") == "closed":
+            # The pass did end (its file is closed, its summary went out) and only the
+            # state file missed the news, e.g. on a full disk: not an interruption.
+            outcome = (side.get("totals") or {}).get("outcome") or Outcome.COMPLETED.value
+            log.warning("state file says %s of pass %s, but its file %s was closed (%s): "
+                        "the pass had ended", saved.phase.value, cur.pass_id, cur.pass_file,
+                        outcome)
+            try:
+                self.done[cur.pass_id] = Outcome(outcome)
+            except ValueError:
+                self.done[cur.pass_id] = Outcome.ABORTED
+            self._state = stamp(saved, ctx.clock.now(), clean_shutdown=False, mode=self.mode,
+                                phase=Phase.IDLE, current_pass=None)
+            self._save_state()
+            return
         # The daemon died in the middle of a pass.
         detail = f"the daemon stopped during {saved.phase.value} of pass {cur.pass_id}"
-        info = None
-        if cur.pass_file:
-            info = await asyncio.to_thread(ctx.pipeline.recover_interrupted, cur.pass_file)
-            detail += f"; pass file {cur.pass_file}: {info}"
+        seg = await self._interrupted_segment(cur, saved.updated, detail)
+        detail = seg.reason
         ctx.alarms.raise_("pass.interrupted", Severity.WARNING, detail, pass_id=cur.pass_id)
-        self.publisher_call("publish_summary", PassSummary(
-            pass_id=cur.pass_id if cur.segment == 1 else f"{cur.pass_id}-s{cur.segment}",
-            satellite=str(cur.norad_id), norad_id=cur.norad_id, outcome=Outcome.INTERRUPTED,
-            reason=detail, planned_aos=cur.aos, planned_los=cur.los,
-            started_at=cur.phase_times.get(Phase.PREPARE.value),
-            ended_at=saved.updated, file_path=cur.pass_file,
-            events_recorded=getattr(info, "events", 0) or 0))
         now_s = ctx.clock.now_s()
         if now_s < saved.updated.timestamp():
             # The clock is before the state file's last entry: a simulated night started
@@ -401,12 +418,15 @@ class Supervisor:
                         "afresh when it comes", detail, _hms(ctx.clock.now()))
         elif (ctx.cfg.operations.resume_after_crash and self.mode == Mode.AUTO
                 and cur.qkd_end.timestamp() - MIN_USEFUL_WINDOW_S > now_s):
+            # The runner checks again once it knows how long joining the track takes.
             self._pending_resume = (cur, cur.segment + 1)
             log.warning("%s; resuming in segment %d while the QKD window is open",
                         detail, cur.segment + 1)
         else:
             self.done[cur.pass_id] = Outcome.INTERRUPTED
             log.warning("%s; the QKD window is over, not resuming", detail)
+        self._publish_recovered(cur, [*cur.earlier_segments, seg],
+                                resuming=self._pending_resume is not None)
         self._state = stamp(saved, ctx.clock.now(), clean_shutdown=False, mode=self.mode,
                             phase=Phase.IDLE, current_pass=None)
         self._save_state()
@@ -420,7 +440,52 @@ class Supervisor:
                 self.done[cur.pass_id] = Outcome.INTERRUPTED
             else:
                 await ctx.connect_all()
-                self._start_pass(entry, segment=segment)
+                self._start_pass(entry, segment=segment, earlier=[*cur.earlier_segments, seg])
+
+    async def _interrupted_segment(self, cur: PassState, last_saved: datetime,
+                                   detail: str) -> SegmentState:
+        """Close the interrupted segment's file and say what it holds, from the file."""
+        ctx = self.ctx
+        started = cur.phase_times.get(Phase.PREPARE.value)
+        if not cur.pass_file:
+            return SegmentState(
+                segment=cur.segment, stream_pass_id=_stem(cur.pass_id, cur.segment),
+                outcome=Outcome.INTERRUPTED, reason=f"{detail}; no pass file was open yet",
+                started_at=started, ended_at=last_saved)
+        info = await asyncio.to_thread(ctx.pipeline.recover_interrupted, cur.pass_file)
+        seg, satellite = await asyncio.to_thread(
+            segment_from_file, cur.pass_file, segment=cur.segment, outcome=Outcome.INTERRUPTED,
+            reason=f"{detail}; pass file {cur.pass_file}: {info}", started_at=started,
+            fallback_end=last_saved, site=ctx.cfg.site)
+        self._satellite_names[cur.pass_id] = satellite
+        # The window from the last batch on disk to now went unrecorded: the daemon was down.
+        end_s = seg.ended_at.timestamp() if seg.ended_at else last_saved.timestamp()
+        seg.causes.append(Cause(start_s=end_s, end_s=max(end_s, ctx.clock.now_s()), cause=(
+            f"the daemon stopped during segment {cur.segment} (last batch on disk "
+            f"{_hms(seg.ended_at)}) and was restarted at {_hms(ctx.clock.now())}")))
+        return seg
+
+    def _publish_recovered(self, cur: PassState, segments: list[SegmentState], *,
+                           resuming: bool) -> None:
+        """The interrupted segment's summary (if the pass has or will have several) and the
+        whole pass's, as known now (replaced when a resumed segment ends)."""
+        name = self._satellite_names.get(cur.pass_id) or self._satellite_name(cur.norad_id)
+        window = (cur.qkd_start.timestamp(), cur.qkd_end.timestamp())
+        if resuming or len(segments) > 1:
+            self.publisher_call("publish_summary", segment_summary(
+                cur.pass_id, name, cur.norad_id, cur.aos, cur.los, window, segments[-1]))
+        self.publisher_call("publish_summary", pass_summary(
+            cur.pass_id, name, cur.norad_id, cur.aos, cur.los, window, segments))
+
+    def _satellite_name(self, norad_id: int) -> str:
+        """The name passes carry: the config's, else the element set's, else the number."""
+        for sat in self.ctx.cfg.orbit.satellites:
+            if sat.norad_id == norad_id and sat.name:
+                return sat.name
+        for age in self.ctx.catalog.ages(self.ctx.clock.now_s()):
+            if age.norad_id == norad_id:
+                return age.name
+        return str(norad_id)
 
     # == publishing ===========================================================================
     def publisher_call(self, name: str, payload: Any) -> None:
@@ -486,20 +551,28 @@ class Supervisor:
                                age_days=a.age_days) for a in ctx.catalog.ages(now_s)]
         try:
             free = free_disk_bytes(ctx)
-        except OSError:
-            free = None
+            disk_error = None
+        except OSError as exc:
+            free, disk_error = None, exc
         upcoming = self._upcoming()
         expected = expected_pass_bytes(ctx, upcoming.qkd_duration_s) if upcoming else None
         reserve = int(ctx.cfg.operations.faults.min_free_disk_mb * 1e6)
-        self._disk_full = free is not None and free < reserve
-        if self._disk_full:
+        if free is None:
+            # An unknown value never clears an alarm: the disk.full state (and the refusal
+            # of new passes) stays as it was until a measurement says otherwise.
+            log.warning("cannot measure free disk in %s: %s", ctx.cfg.state_dir, disk_error)
+        elif free < reserve:
+            self._disk_full = True
             ctx.alarms.raise_("disk.full", Severity.CRITICAL,
                               f"only {free / 1e6:.0f} MB free in {ctx.cfg.state_dir} "
                               f"(reserve {reserve / 1e6:.0f} MB): no new passes accepted")
         else:
+            self._disk_full = False
             ctx.alarms.clear("disk.full", "enough free disk again")
+            if self.pass_task is None:
+                ctx.alarms.clear("disk.write", "enough free disk again")
         ok = (all(k.connected for k in ctx.links.values()) and not self._disk_full
-              and self._timeref_locked is not False)
+              and free is not None and self._timeref_locked is not False)
         return HealthMessage(
             time=ctx.clock.now(), drivers=drivers, elements=elements, disk_free_bytes=free,
             expected_pass_bytes=expected, time_reference_locked=self._timeref_locked,
@@ -681,6 +754,10 @@ class Supervisor:
             return LoadReport(loaded=len(self.ctx.catalog), problems=[f"(reload): {type(exc).__name__}"])
         note_element_load(self.ctx.alarms, report)
         return report
+
+
+def _stem(pass_id: str, segment: int) -> str:
+    return pass_id if segment == 1 else f"{pass_id}-s{segment}"
 
 
 def _hms(value: datetime | None) -> str:

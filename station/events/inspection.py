@@ -31,9 +31,14 @@ def inspect_pass_file(path: Path | str, *, max_listed: int = 50) -> dict[str, An
     first_time_s = first_seq = None
     prev_end = prev_seq = None
     open_ovf: dict[str, Any] | None = None
+    loss_record: passfile.LossRecord | None = None
     with passfile.PassFileReader(path) as reader:
         header = reader.header
         for b in reader:
+            if passfile.is_loss_record(b.metadata):
+                # The file's own account of what the disk refused; not tagger data.
+                loss_record = passfile.LossRecord.model_validate_json(b.metadata[passfile.LOSS_KEY])
+                continue
             info = b.info
             ts, ch = b.timestamp_ps, b.channel
             if b.metadata.get("stream_seq") not in (None, str(b.index)):
@@ -76,6 +81,11 @@ def inspect_pass_file(path: Path | str, *, max_listed: int = 50) -> dict[str, An
     side = passfile.read_sidecar(path) or {}
     totals = side.get("totals") or {}
     lost = totals.get("lost_batches", [])
+    # The loss record in the file is the authority (the sidecar may be missing or stale);
+    # the sidecar's per-batch list is kept for detail.
+    lost_events = (loss_record.events if loss_record is not None
+                   else sum(x["n_events"] for x in lost))
+    lost_count = loss_record.batches if loss_record is not None else len(lost)
     problems = []
     if not stop.complete:
         problems.append(stop.reason)
@@ -83,9 +93,9 @@ def inspect_pass_file(path: Path | str, *, max_listed: int = 50) -> dict[str, An
         problems.append(f"{len(seq_jumps)} jumps in the tagger batch sequence")
     if stream_seq_errors:
         problems.append(f"{stream_seq_errors} batches out of stream order")
-    if lost:
-        problems.append(f"{len(lost)} batches ({sum(x['n_events'] for x in lost)} events) "
-                        "not recorded (see lost_batches)")
+    if lost_count:
+        problems.append(f"{lost_count} batches ({lost_events} events) not recorded "
+                        "(see loss_record and lost_batches)")
     if unsorted:
         problems.append(f"{unsorted} batches with timestamps out of order")
     if outside:
@@ -118,5 +128,7 @@ def inspect_pass_file(path: Path | str, *, max_listed: int = 50) -> dict[str, An
         "overflow": {"periods": overflows[:max_listed], "period_count": len(overflows),
                      "missed_events": missed},
         "lost_batches": lost[:max_listed],
-        "events_lost": missed + sum(x["n_events"] for x in lost),
+        "loss_record": loss_record.model_dump(mode="json") if loss_record is not None else None,
+        "events_not_recorded": lost_events,
+        "events_lost": missed + lost_events,
     }

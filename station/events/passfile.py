@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -284,6 +284,90 @@ class PassFileWriter:
         finally:
             os.close(self.fd)
             self.fd = -1
+
+
+# -- the loss record ------------------------------------------------------------------------
+#: Custom-metadata key marking the loss record (value ``"loss"``).
+RECORD_KEY = "qkd.record"
+#: Custom-metadata key holding the loss record's JSON.
+LOSS_KEY = "qkd.loss"
+#: Space kept free for the end of a pass (loss record, end-of-stream marker, sidecar):
+#: reserved in a file when the pass opens, released when it closes.
+CLOSE_RESERVE_BYTES = 1 << 20
+
+
+class LossRange(BaseModel):
+    """Consecutive tagger batches the station could not record, for one reason."""
+
+    first_seq: int = Field(description="Tagger seq of the first batch not recorded.")
+    last_seq: int = Field(description="Tagger seq of the last one (inclusive).")
+    batches: int = Field(ge=1, description="Batches in the range.")
+    events: int = Field(ge=0, description="Events in them.")
+    start_ps: int = Field(description="Tagger time the range starts.")
+    end_ps: int = Field(description="Tagger time it ends.")
+    start_time_s: float | None = Field(None, description="UTC (Unix s) of start_ps, when known.")
+    reason: str = Field(description="Why, e.g. 'not recorded: ENOSPC: No space left on device'.")
+
+
+class LossRecord(BaseModel):
+    """The pass file's own account of what the disk refused (its last record batch)."""
+
+    format: Literal["qkd-station-loss-record"] = "qkd-station-loss-record"
+    version: int = 1
+    batches: int = Field(ge=0, description="Batches not recorded.")
+    events: int = Field(ge=0, description="Events in them.")
+    ranges: list[LossRange] = Field(default_factory=list)
+
+
+def is_loss_record(md: dict[str, str]) -> bool:
+    """Whether a record batch's custom metadata marks it as the loss record."""
+    return md.get(RECORD_KEY) == "loss"
+
+
+def loss_record_metadata(record: LossRecord, *, seq: int, at_ps: int,
+                         resolution_ps: float) -> dict[str, str]:
+    """Custom metadata of the zero-row loss record batch: the ordinary batch keys (an
+    empty interval at ``at_ps``, ``seq`` one past the last tagger batch) plus the record."""
+    info = BatchInfo(seq=seq, start_ps=at_ps, end_ps=at_ps, resolution_ps=resolution_ps)
+    md = batch_metadata(info)
+    md[RECORD_KEY] = "loss"
+    md[LOSS_KEY] = record.model_dump_json()
+    return md
+
+
+def read_loss_record(path: Path | str) -> LossRecord | None:
+    """The loss record of a pass file (its last batch), or None when it has none."""
+    last: dict[str, str] | None = None
+    with PassFileReader(path) as reader:
+        for b in reader._iter(decode=False):
+            last = b.metadata
+    if last is None or not is_loss_record(last):
+        return None
+    return LossRecord.model_validate_json(last[LOSS_KEY])
+
+
+def reserve_space(path: Path, size: int = CLOSE_RESERVE_BYTES) -> bool:
+    """Allocate ``size`` bytes in ``path`` (really allocated, not a sparse hole) so that
+    deleting it later frees room to finish a file on a full disk. False if it cannot."""
+    try:
+        fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    except OSError:
+        return False
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.ftruncate(fd, 0)
+            os.write(fd, b"\0" * size)  # file systems without fallocate
+        return True
+    except OSError:
+        os.close(fd)
+        fd = -1
+        path.unlink(missing_ok=True)
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 # -- reading -----------------------------------------------------------------------------

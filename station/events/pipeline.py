@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +101,21 @@ class RecorderStats:
 class PassRecorder:
     """Records one pass (segment): obtained from :meth:`EventPipeline.open_pass`."""
 
-    def __init__(self, pipeline: EventPipeline, header: PassHeader, path: Path):
+    def __init__(self, pipeline: EventPipeline, header: PassHeader, path: Path,
+                 on_loss: Callable[[str], None] | None = None):
         cfg = pipeline.events_cfg
         self.header = header
         self.path = path
         self.pass_id = header.stem
         self._pipeline = pipeline
+        self._on_loss = on_loss
         self._flush_interval_s = cfg.flush_interval_s
+        # Room to finish the pass on a full disk (loss record, end marker, sidecar), taken
+        # now and given back at close.
+        self._reserve = path.with_name(f".{path.stem}.reserve")
+        if not passfile.reserve_space(self._reserve):
+            log.warning("pass %s: cannot reserve %d bytes to close the pass on a full disk",
+                        self.pass_id, passfile.CLOSE_RESERVE_BYTES)
         self._writer = passfile.PassFileWriter(path, header.schema_metadata(),
                                                compression=cfg.compression)
         self.source = PassSource(self.pass_id, path, self._writer.schema, recording=True,
@@ -122,6 +131,8 @@ class PassRecorder:
         self._counts = np.zeros(256, np.int64)
         self._disk_error: str | None = None
         self._last_sync_end_ps: int | None = None
+        #: UTC (Unix s) of tagger time 0, from the first batch that says.
+        self._epoch_s: float | None = None
         self._unsynced_since: float | None = None
         # Encoders compress batches in parallel while the writer appends them in order:
         # _q feeds the encoders, _order gives the writer the batches in push order.
@@ -247,6 +258,8 @@ class PassRecorder:
         if t.first_tagger_seq is None:
             t.first_tagger_seq = info.seq
             t.start_ps = info.start_ps
+        if self._epoch_s is None and info.start_time_s is not None:
+            self._epoch_s = info.start_time_s - info.start_ps / _PS_PER_S
         t.last_tagger_seq, t.end_ps = info.seq, info.end_ps
         t.events_missed_by_tagger += info.missed_events
         if info.lossy:
@@ -291,7 +304,15 @@ class PassRecorder:
             log.error("pass %s: batch %d (%d events) %s; counted as lost, recording goes on",
                       self.pass_id, info.seq, n, reason)
             t.disk_errors.append(reason)
+            self._report_loss(f"pass {self.pass_id}: batch {info.seq} ({n} events) {reason}; "
+                              "the events are lost and counted, recording goes on")
         self._disk_error = reason
+
+    def _report_loss(self, message: str) -> None:
+        """Tell the daemon (on its loop) the moment the disk starts refusing."""
+        if self._on_loss is not None:
+            on_loss = self._on_loss
+            self._call_loop(lambda: on_loss(message))
 
     def _sync(self) -> None:
         try:
@@ -302,12 +323,18 @@ class PassRecorder:
             if msg not in self._t.disk_errors:
                 log.error("pass %s: %s", self.pass_id, msg)
                 self._t.disk_errors.append(msg)
+                self._report_loss(f"pass {self.pass_id}: {msg}")
             self._disk_error = msg
         self._unsynced_since = None
         self._last_sync_end_ps = self._t.end_ps
 
     def _finish(self) -> None:
         t = self._t
+        # Give back the reserved space first: on a full disk it is what lets the loss
+        # record, the end marker and the sidecar be written.
+        self._reserve.unlink(missing_ok=True)
+        if t.lost_batches:
+            self._write_loss_record()
         try:
             self._writer.close(end_of_stream=True)
         except OSError as exc:
@@ -323,6 +350,29 @@ class PassRecorder:
         log.info("pass %s closed: %d batches, %d events, %d lost; %s", self.pass_id,
                  t.batches_recorded, t.events_recorded, t.events_lost, self.path)
 
+    def _write_loss_record(self) -> None:
+        """The file's own account of the refused batches: a last, zero-row record batch."""
+        t = self._t
+        record = passfile.LossRecord(batches=t.batches_lost_disk, events=t.events_lost_disk,
+                                     ranges=loss_ranges(t.lost_batches, self._epoch_s))
+        last_seq = max(x.tagger_seq for x in t.lost_batches)
+        seq = max(last_seq, t.last_tagger_seq if t.last_tagger_seq is not None else last_seq) + 1
+        at_ps = t.end_ps if t.end_ps is not None else 0
+        md = passfile.loss_record_metadata(record, seq=seq, at_ps=at_ps,
+                                           resolution_ps=self.header.tagger_resolution_ps)
+        empty_ts, empty_ch = np.empty(0, np.int64), np.empty(0, np.uint8)
+        try:
+            offset, length = self._writer.write(empty_ts, empty_ch, md)
+        except OSError as exc:
+            msg = f"cannot write the loss record to {self.path}: {exc}"
+            log.error("pass %s: %s", self.pass_id, msg)
+            t.disk_errors.append(msg)
+            return
+        self.source.append(Entry(offset, length, 0, t.events_recorded, {}, md), empty_ts, empty_ch)
+        t.bytes_written = self._writer.offset
+        log.warning("pass %s: loss record written: %d batches, %d events not recorded",
+                    self.pass_id, record.batches, record.events)
+
     def _sidecar(self, state: str) -> None:
         obj: dict[str, Any] = {"format": "qkd-station-pass-status", "version": 1,
                                "pass_id": self.pass_id, "file": self.path.name, "state": state,
@@ -335,6 +385,23 @@ class PassRecorder:
             msg = f"cannot write {passfile.sidecar_path(self.path)}: {exc}"
             log.error("pass %s: %s", self.pass_id, msg)
             self._t.disk_errors.append(msg)
+
+
+def loss_ranges(lost: list[Lost], epoch_s: float | None = None) -> list[passfile.LossRange]:
+    """Refused batches folded into ranges of consecutive tagger seqs with one reason."""
+    out: list[passfile.LossRange] = []
+    for x in sorted(lost, key=lambda x: x.tagger_seq):
+        cur = out[-1] if out else None
+        if cur is not None and x.tagger_seq == cur.last_seq + 1 and x.reason == cur.reason:
+            cur.last_seq, cur.end_ps = x.tagger_seq, x.end_ps
+            cur.batches += 1
+            cur.events += x.n_events
+            continue
+        out.append(passfile.LossRange(
+            first_seq=x.tagger_seq, last_seq=x.tagger_seq, batches=1, events=x.n_events,
+            start_ps=x.start_ps, end_ps=x.end_ps, reason=x.reason,
+            start_time_s=None if epoch_s is None else epoch_s + x.start_ps / _PS_PER_S))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +430,9 @@ def recover_interrupted(path: Path | str) -> RecoveryInfo:
     Blocking (reads the file): call it with ``asyncio.to_thread``.
     """
     path = Path(path)
+    # The dead recorder's reserve: giving it back is what lets the end be written on a
+    # full disk.
+    path.with_name(f".{path.stem}.reserve").unlink(missing_ok=True)
     try:
         scan = passfile.scan_pass_file(path)
     except OSError as exc:
@@ -454,8 +524,12 @@ class EventPipeline:
     def path_for(self, header: PassHeader) -> Path:
         return self.passes_dir / f"{header.stem}{passfile.SUFFIX}"
 
-    def open_pass(self, header: PassHeader) -> PassRecorder:
+    def open_pass(self, header: PassHeader,
+                  on_loss: Callable[[str], None] | None = None) -> PassRecorder:
         """Create the pass file (header written at once) and start its writer thread.
+
+        ``on_loss(message)`` is called on the event loop the moment the disk starts
+        refusing batches (and when the reason changes), for the alarm.
 
         Raises ``OSError`` if the file cannot be created, ``ValueError`` if a pass with this
         id and segment is already recorded (never overwritten).
@@ -472,7 +546,7 @@ class EventPipeline:
             # finished, empty file (the pass-open race, issue 12).
             server.reserve(header.stem)
         try:
-            rec = PassRecorder(self, header, path)
+            rec = PassRecorder(self, header, path, on_loss)
         except BaseException:
             if server is not None:
                 server.unreserve(header.stem)

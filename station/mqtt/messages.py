@@ -247,14 +247,43 @@ class TrackingErrorStats(Payload):
     samples: int = Field(ge=0, description="Number of samples.")
 
 
+class SegmentBrief(Payload):
+    """One recorded segment of a pass, as the whole-pass summary lists it."""
+
+    segment: int = Field(ge=1, description="Segment number (1, or 2, 3 ... after a resume).")
+    stream_pass_id: str = Field(description="Pass id on the stream and file stem: <pass_id> or <pass_id>-s<N>.")
+    outcome: Outcome = Field(description="How this segment ended.")
+    reason: str = Field("", description="Why, in words.")
+    started_at: UtcTime | None = Field(None, description="When work on the segment began.")
+    ended_at: UtcTime | None = Field(None, description="When the segment ended: the end of its last batch on disk for an interrupted segment, the end of the work otherwise.")
+    events_recorded: int = Field(0, ge=0, description="Events in the segment's pass file.")
+    events_lost: int = Field(0, ge=0, description="Events counted lost in the segment (tagger + disk).")
+    window_recorded_s: float = Field(0.0, ge=0, description="QKD-window seconds this segment recorded with the pointing within the limit.")
+    file_path: str | None = Field(None, description="The segment's pass file.")
+
+
+class WindowGap(Payload):
+    """A part of the QKD window with no usable recording."""
+
+    start: UtcTime = Field(description="Start of the gap (UTC).")
+    end: UtcTime = Field(description="End of the gap (UTC).")
+    duration_s: float = Field(ge=0, description="Length of the gap.")
+    cause: str = Field(description="Why nothing usable was recorded then, in words.")
+
+
 class PassSummary(Payload):
-    """``passes/<pass_id>/summary``: the record of one finished pass (retained)."""
+    """``passes/<pass_id>/summary``: the record of one finished pass (retained).
+
+    On ``passes/<pass_id>/summary`` it is always the whole pass (``segment`` null): it adds
+    up every segment and every gap. A pass resumed after a crash also has one summary per
+    segment on ``passes/<pass_id>-s<N>/summary`` (``segment`` N)."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="Payload format version.")
-    pass_id: str = Field(description="Id of the pass (also in the topic).")
+    pass_id: str = Field(description="Id of the pass (also in the topic); <pass_id>-s<N> for a segment summary.")
     satellite: str = Field(description="Satellite name.")
     norad_id: int = Field(description="NORAD catalogue number.")
-    outcome: Outcome = Field(description="completed | skipped | aborted | interrupted.")
+    outcome: Outcome = Field(description="completed | degraded | skipped | aborted | interrupted.")
+    segment: int | None = Field(None, ge=1, description="Null: the whole pass; N: this summary covers segment N alone.")
     reason: str = Field("", description="Why it was skipped/aborted, in words.")
     planned_aos: UtcTime = Field(description="Predicted rise (UTC).")
     planned_los: UtcTime = Field(description="Predicted set (UTC).")
@@ -266,8 +295,14 @@ class PassSummary(Payload):
     events_streamed: int = Field(0, ge=0, description="Events handed to the stream.")
     events_lost: int = Field(0, ge=0, description="Events known lost.")
     tracking_error: TrackingErrorStats | None = Field(None, description="Tracking error statistics.")
-    file_path: str | None = Field(None, description="Pass file on the station PC.")
+    file_path: str | None = Field(None, description="Pass file on the station PC (the last segment's, for a whole pass).")
     alarms_raised: int = Field(0, ge=0, description="Alarms raised during the pass.")
+    window_s: float | None = Field(None, ge=0, description="Length of the planned QKD window (of this segment's part of it, for a segment summary).")
+    window_lost_s: float | None = Field(None, ge=0, description="Seconds of that window with no usable recording (not recorded, or pointing above the tracking error limit).")
+    window_lost_fraction: float | None = Field(None, ge=0, le=1, description="window_lost_s / window_s.")
+    events_lost_in_gaps_estimate: int | None = Field(None, ge=0, description="Events the gaps are estimated to have cost, at the pass's mean recorded rate (not counted in events_lost).")
+    segments: list[SegmentBrief] = Field(default_factory=list, description="Every segment of the pass, in order (whole-pass summary).")
+    gaps: list[WindowGap] = Field(default_factory=list, description="The parts of the QKD window with no usable recording, in order.")
 
 
 # --- commands -------------------------------------------------------------------------------

@@ -18,11 +18,25 @@ from tests.daemon.conftest import NotifySocket, copy_sim_config, sub_once
 STATUS = "qkd/xinglong-sim/status"
 
 
+def wait_status(port: int, want: str, timeout_s: float = 20.0) -> str:
+    """The retained status once it reads ``want`` (or the last one seen at the deadline)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = sub_once(port, STATUS)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 def test_presence_notify_and_sigterm(mosquitto: Broker, start_daemon, notify_socket: NotifySocket) -> None:
     d = start_daemon(mqtt_port=mosquitto.port, env={
         "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"})
     notify_socket.wait_for("READY=1")
-    assert sub_once(mosquitto.port, STATUS) == "online"
+    # READY can come before the broker has the new retained status: an earlier test's
+    # daemon (same station id, same broker) may have left "offline" there.
+    assert wait_status(mosquitto.port, "online") == "online"
     state = sub_once(mosquitto.port, "qkd/xinglong-sim/state")
     assert '"mode":"auto"' in state and '"station_id":"xinglong-sim"' in state
     # The watchdog is fed at half of WATCHDOG_USEC (0.2 s) while the supervisor lives.
