@@ -49,6 +49,8 @@ from station.orbit.geometry import (
     times_from_epoch_s,
     utc_time,
 )
+from station.orbit.pass_ids import pass_id
+from station.utc import at_ms, iso_z_or_none
 
 if TYPE_CHECKING:
     from skyfield.api import EarthSatellite
@@ -77,13 +79,6 @@ _BATCH_POINTS = 1_500_000
 #: Passes are searched this far beyond the window so ones in progress at its edges
 #: get their true AOS/LOS (LEO passes last < 25 min above the horizon).
 _EDGE_MARGIN_S = 1800.0
-
-
-def pass_id(norad_id: int, aos: datetime | float) -> str:
-    """Stable pass id ``<norad>-<AOS as YYYYmmddTHHMMSSZ>`` (AOS rounded to the second)."""
-    aos_s = aos.timestamp() if isinstance(aos, datetime) else aos
-    when = datetime.fromtimestamp(round(aos_s), tz=UTC)
-    return f"{norad_id}-{when:%Y%m%dT%H%M%SZ}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,16 +458,6 @@ def _merge(events: list[PassEvent]) -> list[PassEvent]:
 # --------------------------------------------------------------------------- details
 
 
-def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _dt(time_s: float) -> datetime:
-    return datetime.fromtimestamp(round(time_s, 3), tz=UTC)
-
-
 class PassInfo(BaseModel):
     """Everything the station knows about one pass (times UTC; ISO 8601 with Z in JSON)."""
 
@@ -513,7 +498,7 @@ class PassInfo(BaseModel):
 
     @field_serializer("aos", "tca", "los", "qkd_start", "qkd_end", "element_epoch")
     def _ser_time(self, value: datetime | None) -> str | None:
-        return _iso(value)
+        return iso_z_or_none(value)
 
     @property
     def aos_s(self) -> float:
@@ -613,15 +598,15 @@ def describe_pass(
         pass_id=ev.pass_id,
         satellite=es.name,
         norad_id=es.norad_id,
-        aos=_dt(ev.aos_s), tca=_dt(ev.tca_s), los=_dt(ev.los_s),
+        aos=at_ms(ev.aos_s), tca=at_ms(ev.tca_s), los=at_ms(ev.los_s),
         duration_s=round(ev.duration_s, 3),
         max_el_deg=round(ev.max_el_deg, 4),
         aos_az_deg=round(float(la.az_deg[0]), 3),
         tca_az_deg=round(float(tca_la.az_deg[0]), 3),
         los_az_deg=round(float(la.az_deg[-1]), 3),
         min_range_km=round(min_range, 3),
-        qkd_start=_dt(window[0]) if window else None,
-        qkd_end=_dt(window[1]) if window else None,
+        qkd_start=at_ms(window[0]) if window else None,
+        qkd_end=at_ms(window[1]) if window else None,
         qkd_duration_s=round(window[1] - window[0], 3) if window else 0.0,
         qkd_min_el_deg=qkd_min_el_deg,
         qkd_max_range_km=qkd_max_range_km,

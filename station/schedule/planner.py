@@ -21,7 +21,6 @@ the daemon runs it with ``asyncio.to_thread``.
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -30,7 +29,9 @@ from pydantic import AwareDatetime, BaseModel, Field, field_serializer
 
 from station.config.orbit import PassConstraints
 from station.orbit.catalog import Catalog, ElementSet
-from station.orbit.passes import PassInfo, _iso, describe_pass, find_passes
+from station.orbit.pass_ids import parse_pass_id
+from station.orbit.passes import PassInfo, describe_pass, find_passes
+from station.utc import iso_z_or_none
 
 if TYPE_CHECKING:
     from station.config.root import StationConfig
@@ -40,20 +41,7 @@ __all__ = ["PlanProgress", "PlannedPass", "Schedule", "parse_pass_id", "plan"]
 #: Progress of :func:`plan`: (stage "search" or "describe", done, total).
 PlanProgress = Callable[[str, int, int], None]
 
-_ID_RE = re.compile(r"^(\d{1,9})-(\d{8}T\d{6}Z)$")
 _ID_TOLERANCE_S = 2.0
-
-
-def parse_pass_id(pass_id: str) -> tuple[int, float]:
-    """``(norad_id, AOS clock seconds)`` of a pass id; ValueError naming the expected form."""
-    match = _ID_RE.match(pass_id.strip())
-    if not match:
-        raise ValueError(
-            f"pass id {pass_id!r} is not of the form <norad>-<AOS YYYYmmddTHHMMSSZ>, "
-            "e.g. 41731-20161219T164844Z"
-        )
-    aos = datetime.strptime(match.group(2), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return int(match.group(1)), aos.timestamp()
 
 
 class PlannedPass(PassInfo):
@@ -72,7 +60,7 @@ class PlannedPass(PassInfo):
 
     @field_serializer("busy_start", "busy_end")
     def _ser_busy(self, value: datetime) -> str | None:
-        return _iso(value)
+        return iso_z_or_none(value)
 
     @property
     def busy_start_s(self) -> float:
@@ -98,7 +86,7 @@ class Schedule(BaseModel):
 
     @field_serializer("start", "end")
     def _ser_times(self, value: datetime) -> str | None:
-        return _iso(value)
+        return iso_z_or_none(value)
 
     def scheduled(self) -> list[PlannedPass]:
         """Passes the station will take, in time order."""
