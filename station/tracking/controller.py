@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from drivers.mount.base import MountError, MountPosition, TrackPoint
 from station.clock import Clock
 from station.config.mount import TrackingConfig
+from station.sustained import Sustained
 from station.tracking.gate import CommandRefused, GatedMount, Rule
 from station.tracking.trajectory import TrackPlan
 from station.tracking.wrap import angle_between_deg
@@ -320,8 +321,8 @@ class Tracker:
         k = 0
         chunk_end = -math.inf
         under = 0
-        over_since: float | None = None
-        refused_since: float | None = None
+        lost = Sustained(cfg.loss_duration_s)
+        refusing = Sustained(_REFUSAL_ABORT_S)
         pos0 = await self.gated.position()
         paz0, pel0 = plan.point_at(pos0.time_s)
         streaming = program or float(angle_between_deg(
@@ -361,11 +362,10 @@ class Tracker:
                         await self.gated.track_to(float(az_c), float(el_c), t_cmd)
                 elif now >= intercept_until:
                     intercept_until = await self._intercept(plan, now)
-                refused_since = None
+                refusing.update(False, now)
             except CommandRefused as exc:
                 stats.refused_commands += 1
-                refused_since = now if refused_since is None else refused_since
-                if now - refused_since >= _REFUSAL_ABORT_S:
+                if refusing.update(True, now):
                     stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
                     raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
             paz, pel = plan.point_at(pos.time_s)
@@ -398,16 +398,12 @@ class Tracker:
                 prev = stats.rms_error_arcsec
                 stats.rms_error_arcsec = math.sqrt((prev * prev * (n - 1) + err * err) / n)
                 stats.max_error_arcsec = max(stats.max_error_arcsec, err)
-                if err > cfg.loss_error_deg * 3600.0:
-                    over_since = pos.time_s if over_since is None else over_since
-                    if pos.time_s - over_since >= cfg.loss_duration_s:
-                        stats.outcome = "lost"
-                        stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
-                                        f"for {cfg.loss_duration_s:g} s")
-                        self._finish(stats, errors, sky_errors, lateness)
-                        raise TrackingLost(f"pass {plan.pass_id}: {stats.reason}", stats)
-                else:
-                    over_since = None
+                if lost.update(err > cfg.loss_error_deg * 3600.0, pos.time_s):
+                    stats.outcome = "lost"
+                    stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
+                                    f"for {cfg.loss_duration_s:g} s")
+                    self._finish(stats, errors, sky_errors, lateness)
+                    raise TrackingLost(f"pass {plan.pass_id}: {stats.reason}", stats)
             stats.max_lateness_s = max(stats.max_lateness_s, late)
             self._publish(TrackingSample(
                 pass_id=plan.pass_id, phase="tracking", time_s=pos.time_s,
