@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, Field, field_serializer
+from pydantic import AwareDatetime, BaseModel, Field, computed_field, field_serializer
 from sgp4.api import SGP4_ERRORS, SatrecArray
 from skyfield.sgp4lib import theta_GMST1982
 
@@ -467,7 +467,6 @@ class PassInfo(BaseModel):
     aos: AwareDatetime = Field(description="Rise above the horizon mask.")
     tca: AwareDatetime = Field(description="Culmination (highest elevation).")
     los: AwareDatetime = Field(description="Set below the horizon mask.")
-    duration_s: float = Field(description="LOS - AOS.")
     max_el_deg: float = Field(description="Highest elevation (geometric).")
     aos_az_deg: float = Field(description="Azimuth at AOS.")
     tca_az_deg: float = Field(description="Azimuth at culmination.")
@@ -475,7 +474,6 @@ class PassInfo(BaseModel):
     min_range_km: float = Field(description="Smallest slant range during the pass.")
     qkd_start: AwareDatetime | None = Field(description="Start of the QKD window (None: no window).")
     qkd_end: AwareDatetime | None = Field(description="End of the QKD window.")
-    qkd_duration_s: float = Field(description="Length of the QKD window (0 when there is none).")
     qkd_min_el_deg: float = Field(description="QKD minimum elevation the window was computed with.")
     qkd_max_range_km: float | None = Field(description="QKD maximum range the window was computed with.")
     sunlit: bool = Field(description="Satellite in sunlight at culmination.")
@@ -511,6 +509,20 @@ class PassInfo(BaseModel):
     @property
     def tca_s(self) -> float:
         return self.tca.timestamp()
+
+    # Derived, never stored: they cannot disagree with the times they come from, and
+    # stay in the JSON output as before.
+    @computed_field(description="LOS - AOS.")  # type: ignore[prop-decorator]
+    @property
+    def duration_s(self) -> float:
+        return round(self.los_s - self.aos_s, 3)
+
+    @computed_field(description="Length of the QKD window (0 when there is none).")  # type: ignore[prop-decorator]
+    @property
+    def qkd_duration_s(self) -> float:
+        if self.qkd_start is None or self.qkd_end is None:
+            return 0.0
+        return round(self.qkd_end.timestamp() - self.qkd_start.timestamp(), 3)
 
     def earth_satellite(self) -> EarthSatellite:
         """The skyfield satellite of the elements this pass was predicted with."""
@@ -599,7 +611,6 @@ def describe_pass(
         satellite=es.name,
         norad_id=es.norad_id,
         aos=at_ms(ev.aos_s), tca=at_ms(ev.tca_s), los=at_ms(ev.los_s),
-        duration_s=round(ev.duration_s, 3),
         max_el_deg=round(ev.max_el_deg, 4),
         aos_az_deg=round(float(la.az_deg[0]), 3),
         tca_az_deg=round(float(tca_la.az_deg[0]), 3),
@@ -607,7 +618,6 @@ def describe_pass(
         min_range_km=round(min_range, 3),
         qkd_start=at_ms(window[0]) if window else None,
         qkd_end=at_ms(window[1]) if window else None,
-        qkd_duration_s=round(window[1] - window[0], 3) if window else 0.0,
         qkd_min_el_deg=qkd_min_el_deg,
         qkd_max_range_km=qkd_max_range_km,
         sunlit=bool(sunlit[np.argmin(np.abs(times - ev.tca_s))]),

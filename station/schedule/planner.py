@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_serializer
+from pydantic import AwareDatetime, BaseModel, Field, computed_field, field_serializer
 
 from station.config.orbit import PassConstraints
 from station.orbit.catalog import Catalog, ElementSet
@@ -55,20 +55,30 @@ class PlannedPass(PassInfo):
     weight: float = Field(description="priority * qkd_duration_s: what the scheduler maximises.")
     lead_time_s: float = Field(description="Kept free before AOS.")
     post_time_s: float = Field(description="Kept free after LOS.")
-    busy_start: AwareDatetime = Field(description="AOS - lead_time_s.")
-    busy_end: AwareDatetime = Field(description="LOS + post_time_s.")
+
+    # The interval the pass keeps the station busy, derived from AOS/LOS and the
+    # margins; published in the JSON output as ISO times.
+    @property
+    def busy_start_s(self) -> float:
+        return self.aos_s - self.lead_time_s
+
+    @property
+    def busy_end_s(self) -> float:
+        return self.los_s + self.post_time_s
+
+    @computed_field(description="AOS - lead_time_s.")  # type: ignore[prop-decorator]
+    @property
+    def busy_start(self) -> datetime:
+        return datetime.fromtimestamp(self.busy_start_s, tz=UTC)
+
+    @computed_field(description="LOS + post_time_s.")  # type: ignore[prop-decorator]
+    @property
+    def busy_end(self) -> datetime:
+        return datetime.fromtimestamp(self.busy_end_s, tz=UTC)
 
     @field_serializer("busy_start", "busy_end")
     def _ser_busy(self, value: datetime) -> str | None:
         return iso_z_or_none(value)
-
-    @property
-    def busy_start_s(self) -> float:
-        return self.busy_start.timestamp()
-
-    @property
-    def busy_end_s(self) -> float:
-        return self.busy_end.timestamp()
 
 
 class Schedule(BaseModel):
@@ -267,7 +277,7 @@ def plan(
             violations.insert(0, "over: the QKD window ended before the plan start")
         priority = sat_cfg.priority if sat_cfg else 1.0
         candidates.append(PlannedPass(
-            **info.model_dump(),
+            **dict(info),  # the stored fields; the derived ones follow from them
             status="rejected",
             reason="",
             violations=violations,
@@ -275,8 +285,6 @@ def plan(
             weight=round(priority * info.qkd_duration_s, 3),
             lead_time_s=c.lead_time_s,
             post_time_s=c.post_time_s,
-            busy_start=datetime.fromtimestamp(ev.aos_s - c.lead_time_s, tz=UTC),
-            busy_end=datetime.fromtimestamp(ev.los_s + c.post_time_s, tz=UTC),
         ))
 
     if progress is not None:
