@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, Field, computed_field, field_serializer
 
-from station.orbit.catalog import ElementFormat, ElementSet, satellite_from_text
+from station.orbit.elements import ElementFormat, ElementSet, satellite_from_text
 from station.orbit.geometry import (
     angular_separation_deg,
     load_ephemeris,

@@ -28,7 +28,7 @@ import numpy as np
 from sgp4.api import SGP4_ERRORS, SatrecArray
 from skyfield.sgp4lib import theta_GMST1982
 
-from station.orbit.catalog import ElementSet
+from station.orbit.elements import ElementSet
 from station.orbit.geometry import (
     site_position,
     utc_time,
