@@ -30,7 +30,7 @@ from pydantic import AwareDatetime, BaseModel, Field, computed_field, field_seri
 from station.config.orbit import PassConstraints
 from station.orbit.catalog import Catalog, ElementSet
 from station.orbit.pass_ids import parse_pass_id
-from station.orbit.passes import PassInfo, describe_pass, find_passes
+from station.orbit.passes import PassEvent, PassInfo, describe_pass, find_passes
 from station.utc import iso_z_or_none
 
 if TYPE_CHECKING:
@@ -221,54 +221,87 @@ def plan(
 
     ``include``/``exclude`` are operator pass ids, added to ``cfg.schedule.force_include``
     / ``force_exclude``. Synchronous; run it off the event loop.
+
+    The stages, in order: gather the operator's overrides and the element sets; search
+    for passes (fast, all satellites); describe each and check it against its
+    constraints; mark the overrides; schedule the forced passes; then choose among the
+    rest the set with the most priority-weighted QKD time.
     """
     end_s = start_s + hours * 3600.0
-    sched_cfg = cfg.schedule
-    include_ids = list(dict.fromkeys([*sched_cfg.force_include, *include]))
-    exclude_ids = list(dict.fromkeys([*sched_cfg.force_exclude, *exclude]))
     warnings = list(catalog.last_report.problems)
     warnings += catalog.warnings(start_s)
+    include_ids, exclude_ids = _override_ids(cfg, include, exclude, warnings)
+    sets = _element_sets(cfg, catalog, warnings)
+    search = find_passes(
+        sets, cfg.site, start_s, end_s, step_s=cfg.schedule.search_step_s,
+        progress=(lambda done, total: progress("search", done, total)) if progress else None,
+    )
+    warnings += search.problems
+    candidates = _describe_candidates(cfg, sets, search.passes, start_s, progress)
+    _mark_overrides(candidates, include_ids, exclude_ids, warnings)
+    taken = _schedule_forced(candidates)
+    _schedule_free(candidates, taken)
+    candidates.sort(key=lambda p: (p.aos_s, p.norad_id))
+    return Schedule(
+        station_id=cfg.station_id,
+        site=cfg.site.name,
+        start=datetime.fromtimestamp(start_s, tz=UTC),
+        end=datetime.fromtimestamp(end_s, tz=UTC),
+        passes=candidates,
+        warnings=warnings,
+    )
+
+
+def _override_ids(cfg: StationConfig, include: Iterable[str], exclude: Iterable[str],
+                  warnings: list[str]) -> tuple[list[str], list[str]]:
+    """The operator's forced pass ids (config first, then the call's), without repeats;
+    an id of the wrong form is a warning (it can match no pass)."""
+    include_ids = list(dict.fromkeys([*cfg.schedule.force_include, *include]))
+    exclude_ids = list(dict.fromkeys([*cfg.schedule.force_exclude, *exclude]))
     for pid in [*include_ids, *exclude_ids]:
         try:
             parse_pass_id(pid)
         except ValueError as exc:
             warnings.append(str(exc))
+    return include_ids, exclude_ids
 
+
+def _element_sets(cfg: StationConfig, catalog: Catalog, warnings: list[str]) -> list[ElementSet]:
+    """The enabled configured satellites' element sets (every set in the catalog when
+    none is configured); a configured satellite without elements is a warning."""
     snapshot = catalog.snapshot()
+    if not cfg.orbit.satellites:
+        return list(snapshot.values())
     sets: list[ElementSet] = []
-    if cfg.orbit.satellites:
-        for sc in cfg.orbit.satellites:
-            if not sc.enabled:
-                continue
-            es = snapshot.get(sc.norad_id)
-            if es is None:
-                warnings.append(
-                    f"{sc.name or sc.norad_id} ({sc.norad_id}) is configured but no element source has "
-                    "elements for it; add them (`qkd-station tle update SOURCE`)"
-                )
-            else:
-                sets.append(es)
-    else:
-        sets = list(snapshot.values())
+    for sc in cfg.orbit.satellites:
+        if not sc.enabled:
+            continue
+        es = snapshot.get(sc.norad_id)
+        if es is None:
+            warnings.append(
+                f"{sc.name or sc.norad_id} ({sc.norad_id}) is configured but no element source has "
+                "elements for it; add them (`qkd-station tle update SOURCE`)"
+            )
+        else:
+            sets.append(es)
+    return sets
 
-    search = find_passes(
-        sets, cfg.site, start_s, end_s, step_s=sched_cfg.search_step_s,
-        progress=(lambda done, total: progress("search", done, total)) if progress else None,
-    )
-    warnings += search.problems
+
+def _describe_candidates(cfg: StationConfig, sets: list[ElementSet], events: list[PassEvent],
+                         start_s: float, progress: PlanProgress | None) -> list[PlannedPass]:
+    """Every pass found, described and checked against its satellite's constraints
+    (all ``rejected`` with no reason yet: the scheduling stages decide)."""
     by_norad = {es.norad_id: es for es in sets}
-
-    safety = getattr(cfg, "safety", None)
-    gate_sun_deg = float(getattr(safety, "sun_exclusion_deg", 0.0) or 0.0)
+    gate_sun_deg = cfg.safety.sun_exclusion_deg
     candidates: list[PlannedPass] = []
-    for n_done, ev in enumerate(search.passes):
+    for n_done, ev in enumerate(events):
         if progress is not None:
-            progress("describe", n_done, len(search.passes))
-        es = by_norad[ev.norad_id]
+            progress("describe", n_done, len(events))
         sat_cfg = cfg.orbit.satellite(ev.norad_id)
-        c = sched_cfg.for_satellite(sat_cfg)
+        c = cfg.schedule.for_satellite(sat_cfg)
         info, _track = describe_pass(
-            es, cfg.site, ev, qkd_min_el_deg=c.qkd_min_el_deg, qkd_max_range_km=c.qkd_max_range_km
+            by_norad[ev.norad_id], cfg.site, ev,
+            qkd_min_el_deg=c.qkd_min_el_deg, qkd_max_range_km=c.qkd_max_range_km,
         )
         if sat_cfg is not None and sat_cfg.name:
             info.satellite = sat_cfg.name
@@ -286,9 +319,14 @@ def plan(
             lead_time_s=c.lead_time_s,
             post_time_s=c.post_time_s,
         ))
-
     if progress is not None:
-        progress("describe", len(search.passes), len(search.passes))
+        progress("describe", len(events), len(events))
+    return candidates
+
+
+def _mark_overrides(candidates: list[PlannedPass], include_ids: list[str],
+                    exclude_ids: list[str], warnings: list[str]) -> None:
+    """Set ``forced`` on the passes the operator named; exclusion wins over inclusion."""
     for pid in exclude_ids:
         p = _match(candidates, pid)
         if p is None:
@@ -304,7 +342,10 @@ def plan(
         else:
             p.forced = "include"
 
-    # Forced passes first, the heavier first when two of them collide.
+
+def _schedule_forced(candidates: list[PlannedPass]) -> list[PlannedPass]:
+    """Schedule the force-included passes, the heavier first when two of them collide;
+    returns the passes taken."""
     forced = sorted((p for p in candidates if p.forced == "include"), key=lambda p: (-p.weight, p.pass_id))
     taken: list[PlannedPass] = []
     for p in forced:
@@ -315,7 +356,13 @@ def plan(
         p.status = "scheduled"
         p.reason = "forced by operator" + (f" (overrides {'; '.join(p.violations)})" if p.violations else "")
         taken.append(p)
+    return taken
 
+
+def _schedule_free(candidates: list[PlannedPass], taken: list[PlannedPass]) -> None:
+    """Among the passes neither forced nor in violation nor blocked by a forced one,
+    schedule the set with the most priority-weighted QKD time; give every other its
+    reason. ``taken`` grows by the passes scheduled."""
     free: list[PlannedPass] = []
     for p in candidates:
         if p.forced == "include":
@@ -345,13 +392,3 @@ def plan(
                 p.reason = _conflict_reason(p, blocker)
             else:  # only a zero-weight pass can be left out without a conflict
                 p.reason = "no priority-weighted QKD time to gain"
-
-    candidates.sort(key=lambda p: (p.aos_s, p.norad_id))
-    return Schedule(
-        station_id=cfg.station_id,
-        site=cfg.site.name,
-        start=datetime.fromtimestamp(start_s, tz=UTC),
-        end=datetime.fromtimestamp(end_s, tz=UTC),
-        passes=candidates,
-        warnings=warnings,
-    )
