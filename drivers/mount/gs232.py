@@ -35,10 +35,9 @@ import serial_asyncio_fast
 from pydantic import Field
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, check_target
+from drivers.mount._common import AxisOptions, check_target
 from drivers.mount._link import LinkState, StreamLink
 from drivers.mount.base import (
-    AxisLimits,
     Mount,
     MountCapabilities,
     MountCommandRejected,
@@ -53,7 +52,7 @@ _POSITION = re.compile(r"AZ=\s*(-?\d+)\s+EL=\s*(-?\d+)")
 class Gs232Mount(StreamLink, Mount):
     """A GS-232B controller on a serial port; see the module docstring."""
 
-    class Options(MountOptions):
+    class Options(AxisOptions):
         """Options of the GS-232B backend (``[mount] backend = "gs232"``)."""
 
         port: str = Field(
@@ -86,8 +85,6 @@ class Gs232Mount(StreamLink, Mount):
             20.0, gt=0, description="Elevation acceleration, deg/s² (rotators: near-instant).")
         park_az_deg: float = Field(0.0, description="Park azimuth (sent as a W command), degrees.")
         park_el_deg: float = Field(90.0, description="Park elevation (sent as a W command), degrees.")
-        command_latency_s: float = Field(
-            0.1, ge=0, description="Typical delay from command to motion, seconds.")
         arrived_tolerance_deg: float = Field(
             1.0, gt=0, description="Within this of the target the rotator counts as arrived, degrees.")
 
@@ -102,17 +99,8 @@ class Gs232Mount(StreamLink, Mount):
 
     @property
     def capabilities(self) -> MountCapabilities:
-        o = self.options
-        return MountCapabilities(
-            az=AxisLimits(o.az_min_deg, o.az_max_deg, o.az_max_rate_deg_s, o.az_max_accel_deg_s2),
-            el=AxisLimits(o.el_min_deg, o.el_max_deg, o.el_max_rate_deg_s, o.el_max_accel_deg_s2),
-            el_over_zenith=o.el_max_deg > 90.0,
-            program_track=False,
-            command_latency_s=o.command_latency_s,
-            encoder_resolution_deg=1.0,
-            park_az_deg=o.park_az_deg,
-            park_el_deg=o.park_el_deg,
-        )
+        # GS-232 reports whole degrees.
+        return self.options.capabilities(encoder_resolution_deg=1.0)
 
     # -- Mount interface -------------------------------------------------------------------
     async def connect(self) -> None:

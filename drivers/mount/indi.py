@@ -39,14 +39,13 @@ import indipyclient
 from pydantic import Field
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, check_target
+from drivers.mount._common import AxisOptions, check_target
 from drivers.mount._sky import (
     equatorial_to_horizontal,
     horizontal_to_equatorial,
     local_sidereal_time_h,
 )
 from drivers.mount.base import (
-    AxisLimits,
     Mount,
     MountCapabilities,
     MountCommandRejected,
@@ -89,7 +88,7 @@ class _Client(indipyclient.IPyClient):
 class IndiMount(Mount):
     """A telescope behind ``indiserver``; see the module docstring."""
 
-    class Options(MountOptions):
+    class Options(AxisOptions):
         """Options of the INDI backend (``[mount] backend = "indi"``)."""
 
         host: str = Field("127.0.0.1", description="indiserver host name or address.")
@@ -108,15 +107,11 @@ class IndiMount(Mount):
             10.0, gt=0, description="Deadline to reach the server and learn the device, seconds.")
         io_timeout_s: float = Field(
             5.0, gt=0, description="Deadline for the device's answer to one command, seconds.")
-        az_min_deg: float = Field(0.0, description="Azimuth range minimum, degrees.")
-        az_max_deg: float = Field(360.0, description="Azimuth range maximum, degrees.")
-        el_min_deg: float = Field(0.0, ge=-90, le=90, description="Elevation minimum, degrees.")
-        el_max_deg: float = Field(90.0, ge=0, le=90, description="Elevation maximum, degrees.")
+        el_max_deg: float = Field(
+            90.0, ge=0, le=90, description="Elevation travel maximum, degrees (no flip over the zenith).")
         az_max_rate_deg_s: float = Field(
             3.0, gt=0, description="Azimuth slew rate, deg/s (INDI simulator GOTO: a few deg/s).")
         el_max_rate_deg_s: float = Field(3.0, gt=0, description="Elevation slew rate, deg/s.")
-        az_max_accel_deg_s2: float = Field(10.0, gt=0, description="Azimuth acceleration, deg/s².")
-        el_max_accel_deg_s2: float = Field(10.0, gt=0, description="Elevation acceleration, deg/s².")
         park_az_deg: float = Field(
             90.0, description="Azimuth of the device's park position, degrees "
             "(INDI simulator: HA -6 h, Dec 0, i.e. due east on the horizon).")
@@ -137,17 +132,7 @@ class IndiMount(Mount):
 
     @property
     def capabilities(self) -> MountCapabilities:
-        o = self.options
-        return MountCapabilities(
-            az=AxisLimits(o.az_min_deg, o.az_max_deg, o.az_max_rate_deg_s, o.az_max_accel_deg_s2),
-            el=AxisLimits(o.el_min_deg, o.el_max_deg, o.el_max_rate_deg_s, o.el_max_accel_deg_s2),
-            el_over_zenith=False,
-            program_track=False,
-            command_latency_s=o.command_latency_s,
-            encoder_resolution_deg=o.position_resolution_deg,
-            park_az_deg=o.park_az_deg,
-            park_el_deg=o.park_el_deg,
-        )
+        return self.options.capabilities(encoder_resolution_deg=self.options.position_resolution_deg)
 
     # -- Mount interface -------------------------------------------------------------------
     async def connect(self) -> None:

@@ -30,10 +30,9 @@ import math
 from pydantic import Field
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, check_target
+from drivers.mount._common import AxisOptions, check_target
 from drivers.mount._link import LinkState, StreamLink
 from drivers.mount.base import (
-    AxisLimits,
     Mount,
     MountCapabilities,
     MountCommandRejected,
@@ -79,7 +78,7 @@ _LIMIT_CODES = {1, 17, 21}
 class RotctldMount(StreamLink, Mount):
     """A rotator behind Hamlib's ``rotctld``; see the module docstring."""
 
-    class Options(MountOptions):
+    class Options(AxisOptions):
         """Options of the rotctld backend (``[mount] backend = "rotctld"``)."""
 
         host: str = Field("127.0.0.1", description="rotctld host name or address.")
@@ -92,13 +91,14 @@ class RotctldMount(StreamLink, Mount):
             0.5, gt=0, description="First reconnect backoff after a lost link, seconds."
         )
         reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect backoff cap, seconds.")
-        az_min_deg: float | None = Field(
+        # None: the travel rotctld reports in dump_caps (read on connect).
+        az_min_deg: float | None = Field(  # type: ignore[assignment]
             None, description="Azimuth travel minimum, degrees; default: rotctld's dump_caps.")
-        az_max_deg: float | None = Field(
+        az_max_deg: float | None = Field(  # type: ignore[assignment]
             None, description="Azimuth travel maximum, degrees; default: rotctld's dump_caps.")
-        el_min_deg: float | None = Field(
+        el_min_deg: float | None = Field(  # type: ignore[assignment]
             None, description="Elevation travel minimum, degrees; default: rotctld's dump_caps.")
-        el_max_deg: float | None = Field(
+        el_max_deg: float | None = Field(  # type: ignore[assignment]
             None, description="Elevation travel maximum, degrees; default: rotctld's dump_caps.")
         az_max_rate_deg_s: float = Field(
             6.0, gt=0, description="Azimuth slew rate, deg/s (Hamlib's dummy rotator: 6).")
@@ -112,8 +112,6 @@ class RotctldMount(StreamLink, Mount):
             0.0, description="Azimuth the rotator parks at on 'K', degrees (dummy: 0).")
         park_el_deg: float = Field(
             0.0, description="Elevation the rotator parks at on 'K', degrees (dummy: 0).")
-        command_latency_s: float = Field(
-            0.1, ge=0, description="Typical delay from command to motion, seconds.")
         position_resolution_deg: float = Field(
             0.01, ge=0, description="Resolution of reported positions, degrees (rotctld prints 2 decimals).")
         arrived_tolerance_deg: float = Field(
@@ -139,17 +137,10 @@ class RotctldMount(StreamLink, Mount):
         def pick(opt: float | None, key: str, fallback: float) -> float:
             return opt if opt is not None else dev.get(key, fallback)
 
-        return MountCapabilities(
-            az=AxisLimits(pick(o.az_min_deg, "az_min", 0.0), pick(o.az_max_deg, "az_max", 360.0),
-                          o.az_max_rate_deg_s, o.az_max_accel_deg_s2),
-            el=AxisLimits(pick(o.el_min_deg, "el_min", 0.0), pick(o.el_max_deg, "el_max", 90.0),
-                          o.el_max_rate_deg_s, o.el_max_accel_deg_s2),
-            el_over_zenith=pick(o.el_max_deg, "el_max", 90.0) > 90.0,
-            program_track=False,
-            command_latency_s=o.command_latency_s,
+        return o.capabilities(
             encoder_resolution_deg=o.position_resolution_deg,
-            park_az_deg=o.park_az_deg,
-            park_el_deg=o.park_el_deg,
+            az_range_deg=(pick(o.az_min_deg, "az_min", 0.0), pick(o.az_max_deg, "az_max", 360.0)),
+            el_range_deg=(pick(o.el_min_deg, "el_min", 0.0), pick(o.el_max_deg, "el_max", 90.0)),
         )
 
     # -- Mount interface -------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from drivers.clock import Clock
-from drivers.mount._common import MountOptions, check_target
+from drivers.mount._common import AxisOptions, check_target
 from drivers.mount.base import (
     AxisLimits,
     Mount,
@@ -223,20 +223,13 @@ class _Hold(_Setpoint):
 class SimMount(Mount):
     """A simulated alt-az mount with realistic dynamics; see the module docstring."""
 
-    class Options(MountOptions):
+    class Options(AxisOptions):
         """Options of the simulated mount (``[mount] backend = "sim"``)."""
 
         az_min_deg: float = Field(-270.0, description="Azimuth travel minimum (cable wrap), degrees.")
         az_max_deg: float = Field(270.0, description="Azimuth travel maximum (cable wrap), degrees.")
-        el_min_deg: float = Field(0.0, ge=-90, le=90, description="Elevation travel minimum, degrees.")
-        el_max_deg: float = Field(
-            90.0, ge=0, le=180,
-            description="Elevation travel maximum, degrees; above 90 allows a flip over the zenith.",
-        )
         az_max_rate_deg_s: float = Field(10.0, gt=0, description="Azimuth maximum rate, deg/s.")
         el_max_rate_deg_s: float = Field(10.0, gt=0, description="Elevation maximum rate, deg/s.")
-        az_max_accel_deg_s2: float = Field(10.0, gt=0, description="Azimuth maximum acceleration, deg/s².")
-        el_max_accel_deg_s2: float = Field(10.0, gt=0, description="Elevation maximum acceleration, deg/s².")
         encoder_resolution_deg: float = Field(
             1.0 / 36000.0, ge=0,
             description="Encoder quantisation step of reported positions, degrees (0: none). Default 0.1 arcsec.",
@@ -246,8 +239,6 @@ class SimMount(Mount):
             description="RMS Gaussian noise added to reported positions, degrees. Default 0.5 arcsec.",
         )
         seed: int = Field(0, description="Seed of the encoder-noise generator (runs are reproducible).")
-        park_az_deg: float = Field(0.0, description="Park position azimuth, degrees.")
-        park_el_deg: float = Field(90.0, description="Park position elevation, degrees.")
         start_az_deg: float | None = Field(
             None, description="Azimuth at start-up, degrees; default: the park azimuth."
         )
@@ -290,16 +281,8 @@ class SimMount(Mount):
         self.clock = clock
         self.name = name
         o = options
-        self._caps = MountCapabilities(
-            az=AxisLimits(o.az_min_deg, o.az_max_deg, o.az_max_rate_deg_s, o.az_max_accel_deg_s2),
-            el=AxisLimits(o.el_min_deg, o.el_max_deg, o.el_max_rate_deg_s, o.el_max_accel_deg_s2),
-            el_over_zenith=o.el_max_deg > 90.0,
-            program_track=o.program_track,
-            command_latency_s=o.command_latency_s,
-            encoder_resolution_deg=o.encoder_resolution_deg,
-            park_az_deg=o.park_az_deg,
-            park_el_deg=o.park_el_deg,
-        )
+        self._caps = o.capabilities(encoder_resolution_deg=o.encoder_resolution_deg,
+                                    program_track=o.program_track)
         start_az = o.park_az_deg if o.start_az_deg is None else o.start_az_deg
         start_el = o.park_el_deg if o.start_el_deg is None else o.start_el_deg
         self._az = _Axis("azimuth", self._caps.az, start_az, o.position_gain_per_s)

@@ -10,7 +10,7 @@ unless an overflow says otherwise.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
@@ -107,15 +107,45 @@ class LinkGeometry(Protocol):
     def range_el_at(self, time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class SimulatedDownlink(Protocol):
+    """Optional capability of a tagger whose detections come from a simulated downlink.
+
+    A real tagger sees whatever light reaches the detectors; a simulated one has to be
+    told where the satellite is and how well the station points at it. The station asks
+    for this capability once, at assembly, with :meth:`TimeTagger.simulated_downlink`,
+    and calls these typed methods on what it gets (never ``getattr`` on the tagger).
+    """
+
+    def set_link(self, geometry: LinkGeometry | None) -> None:
+        """Follow this satellite (``None``: no satellite, only noise and local signals)."""
+        ...
+
+    def set_pointing_error_urad(self, error: float | Callable[[float], float] | None) -> None:
+        """The station's tracking error in µrad, or a callable of clock time (UTC s)
+        returning it; ``None`` means perfect tracking."""
+        ...
+
+    @property
+    def tagger_epoch_utc_ps(self) -> int:
+        """UTC (ps since the Unix epoch) of tagger time 0; known once started."""
+        ...
+
+
 class TimeTagger(ABC):
     """A multi-channel time tagger streaming :class:`Batch` es.
 
     Backends define a nested pydantic ``Options`` model and take
-    ``(options, *, clock, name="timetagger")``.
+    ``(options, *, clock, name="timetagger")``. Optional capabilities are asked for with
+    a method returning the capability or ``None`` (see :meth:`simulated_downlink`).
     """
 
     Options: type[BaseModel]
     name: str = "timetagger"
+
+    def simulated_downlink(self) -> SimulatedDownlink | None:
+        """The :class:`SimulatedDownlink` controls of this tagger, ``None`` for hardware
+        and recordings (the default)."""
+        return None
 
     @property
     @abstractmethod

@@ -2,7 +2,7 @@
 
     qkd-station cmd set_mode mode=manual
     qkd-station cmd goto az_deg=120 el_deg=45
-    qkd-station cmd skip_pass pass_id=41731-20161219T1655Z
+    qkd-station cmd skip_pass pass_id=41731-20161219T164844Z
     qkd-station cmd abort_pass reason="clouds"
 
 Values are read as JSON when they parse (numbers, true/false), else as text. Exit status:

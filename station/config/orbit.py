@@ -128,7 +128,7 @@ class ScheduleConfig(PassConstraints):
         "short passes are not missed; a finer grid only helps masks with narrow obstacles.",
     )
     force_include: list[str] = Field(
-        default_factory=list, description="Pass ids always scheduled, e.g. '41731-20161219T164712Z'."
+        default_factory=list, description="Pass ids always scheduled, e.g. '41731-20161219T164844Z'."
     )
     force_exclude: list[str] = Field(default_factory=list, description="Pass ids never scheduled.")
 

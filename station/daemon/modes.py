@@ -1,38 +1,11 @@
-"""Operating modes and pass phases."""
+"""Operating modes and pass phases: re-exported from :mod:`station.vocabulary`.
+
+The enums moved there so that ``station.mqtt`` need not import the daemon; this module
+keeps the old import path working for the daemon's own modules.
+"""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from station.vocabulary import PHASE_ORDER, Mode, Outcome, Phase
 
-
-class Mode(StrEnum):
-    """What the station is allowed to do by itself."""
-
-    AUTO = "auto"                 # follow the schedule
-    MANUAL = "manual"             # operator commands only
-    MAINTENANCE = "maintenance"   # no automatic motion
-    SAFE = "safe"                 # parked; motion refused until an operator clears it
-
-
-class Phase(StrEnum):
-    """Where the station is in a pass. ``idle`` between passes."""
-
-    IDLE = "idle"
-    PREPARE = "prepare"
-    TRACK = "track"
-    FINALIZE = "finalize"
-    PARK = "park"
-
-
-#: The order every pass goes through (a skipped or aborted pass jumps to finalize/park).
-PHASE_ORDER = [Phase.IDLE, Phase.PREPARE, Phase.TRACK, Phase.FINALIZE, Phase.PARK, Phase.IDLE]
-
-
-class Outcome(StrEnum):
-    """How a pass ended."""
-
-    COMPLETED = "completed"
-    DEGRADED = "degraded"           # ran to the end but lost a stated share of its window
-    SKIPPED = "skipped"             # readiness failed or operator skip, nothing moved
-    ABORTED = "aborted"             # stopped part-way by a fault or an operator
-    INTERRUPTED = "interrupted"     # the daemon died mid-pass (found at start-up)
+__all__ = ["PHASE_ORDER", "Mode", "Outcome", "Phase"]

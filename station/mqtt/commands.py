@@ -46,7 +46,6 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from station.clock import Clock
-from station.daemon.modes import Mode
 from station.mqtt.dedupe import SeenRequests
 from station.mqtt.limits import (
     MAX_COMMAND_BYTES,
@@ -75,6 +74,7 @@ from station.mqtt.messages import (
     SetModeRequest,
     SkipPassRequest,
 )
+from station.vocabulary import Mode
 
 log = logging.getLogger("station.mqtt.commands")
 

@@ -11,29 +11,17 @@ in its name (``az_deg``, ``rate_hz``, ``elapsed_s``); unknown fields are rejecte
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field
 
-from station.daemon.modes import Mode, Outcome, Phase
+from station.orbit.pass_ids import PASS_ID_EXAMPLE
+from station.utc import UtcTime
+from station.vocabulary import Mode, Outcome, Phase
 
 #: Version of the payload formats; bumped on any incompatible change.
 SCHEMA_VERSION = 1
-
-
-def _iso_z(value: datetime) -> str:
-    # One spelling for every time on the wire: UTC, milliseconds, trailing "Z".
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-#: A UTC instant, written as ISO 8601 with a trailing Z.
-UtcTime = Annotated[
-    AwareDatetime,
-    PlainSerializer(_iso_z, return_type=str, when_used="json"),
-    Field(json_schema_extra={"format": "date-time"}),
-]
 
 
 class Payload(BaseModel):
@@ -57,7 +45,7 @@ class Status(StrEnum):
 class PassRef(Payload):
     """A pass as other messages refer to it."""
 
-    pass_id: str = Field(description="Stable id of the pass, e.g. '41731-20161219T1655Z'.")
+    pass_id: str = Field(description=f"Stable id of the pass, e.g. '{PASS_ID_EXAMPLE}'.")
     satellite: str = Field(description="Satellite name.")
     norad_id: int = Field(description="NORAD catalogue number.")
     aos: UtcTime = Field(description="Rise above the horizon mask (UTC).")

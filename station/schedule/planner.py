@@ -21,16 +21,17 @@ the daemon runs it with ``asyncio.to_thread``.
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_serializer
+from pydantic import AwareDatetime, BaseModel, Field, computed_field, field_serializer
 
 from station.config.orbit import PassConstraints
 from station.orbit.catalog import Catalog, ElementSet
-from station.orbit.passes import PassInfo, _iso, describe_pass, find_passes
+from station.orbit.pass_ids import parse_pass_id
+from station.orbit.passes import PassEvent, PassInfo, describe_pass, find_passes
+from station.utc import iso_z_or_none
 
 if TYPE_CHECKING:
     from station.config.root import StationConfig
@@ -40,20 +41,7 @@ __all__ = ["PlanProgress", "PlannedPass", "Schedule", "parse_pass_id", "plan"]
 #: Progress of :func:`plan`: (stage "search" or "describe", done, total).
 PlanProgress = Callable[[str, int, int], None]
 
-_ID_RE = re.compile(r"^(\d{1,9})-(\d{8}T\d{6}Z)$")
 _ID_TOLERANCE_S = 2.0
-
-
-def parse_pass_id(pass_id: str) -> tuple[int, float]:
-    """``(norad_id, AOS clock seconds)`` of a pass id; ValueError naming the expected form."""
-    match = _ID_RE.match(pass_id.strip())
-    if not match:
-        raise ValueError(
-            f"pass id {pass_id!r} is not of the form <norad>-<AOS YYYYmmddTHHMMSSZ>, "
-            "e.g. 41731-20161219T164844Z"
-        )
-    aos = datetime.strptime(match.group(2), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return int(match.group(1)), aos.timestamp()
 
 
 class PlannedPass(PassInfo):
@@ -67,20 +55,30 @@ class PlannedPass(PassInfo):
     weight: float = Field(description="priority * qkd_duration_s: what the scheduler maximises.")
     lead_time_s: float = Field(description="Kept free before AOS.")
     post_time_s: float = Field(description="Kept free after LOS.")
-    busy_start: AwareDatetime = Field(description="AOS - lead_time_s.")
-    busy_end: AwareDatetime = Field(description="LOS + post_time_s.")
 
-    @field_serializer("busy_start", "busy_end")
-    def _ser_busy(self, value: datetime) -> str | None:
-        return _iso(value)
-
+    # The interval the pass keeps the station busy, derived from AOS/LOS and the
+    # margins; published in the JSON output as ISO times.
     @property
     def busy_start_s(self) -> float:
-        return self.busy_start.timestamp()
+        return self.aos_s - self.lead_time_s
 
     @property
     def busy_end_s(self) -> float:
-        return self.busy_end.timestamp()
+        return self.los_s + self.post_time_s
+
+    @computed_field(description="AOS - lead_time_s.")  # type: ignore[prop-decorator]
+    @property
+    def busy_start(self) -> datetime:
+        return datetime.fromtimestamp(self.busy_start_s, tz=UTC)
+
+    @computed_field(description="LOS + post_time_s.")  # type: ignore[prop-decorator]
+    @property
+    def busy_end(self) -> datetime:
+        return datetime.fromtimestamp(self.busy_end_s, tz=UTC)
+
+    @field_serializer("busy_start", "busy_end")
+    def _ser_busy(self, value: datetime) -> str | None:
+        return iso_z_or_none(value)
 
 
 class Schedule(BaseModel):
@@ -98,7 +96,7 @@ class Schedule(BaseModel):
 
     @field_serializer("start", "end")
     def _ser_times(self, value: datetime) -> str | None:
-        return _iso(value)
+        return iso_z_or_none(value)
 
     def scheduled(self) -> list[PlannedPass]:
         """Passes the station will take, in time order."""
@@ -223,54 +221,87 @@ def plan(
 
     ``include``/``exclude`` are operator pass ids, added to ``cfg.schedule.force_include``
     / ``force_exclude``. Synchronous; run it off the event loop.
+
+    The stages, in order: gather the operator's overrides and the element sets; search
+    for passes (fast, all satellites); describe each and check it against its
+    constraints; mark the overrides; schedule the forced passes; then choose among the
+    rest the set with the most priority-weighted QKD time.
     """
     end_s = start_s + hours * 3600.0
-    sched_cfg = cfg.schedule
-    include_ids = list(dict.fromkeys([*sched_cfg.force_include, *include]))
-    exclude_ids = list(dict.fromkeys([*sched_cfg.force_exclude, *exclude]))
     warnings = list(catalog.last_report.problems)
     warnings += catalog.warnings(start_s)
+    include_ids, exclude_ids = _override_ids(cfg, include, exclude, warnings)
+    sets = _element_sets(cfg, catalog, warnings)
+    search = find_passes(
+        sets, cfg.site, start_s, end_s, step_s=cfg.schedule.search_step_s,
+        progress=(lambda done, total: progress("search", done, total)) if progress else None,
+    )
+    warnings += search.problems
+    candidates = _describe_candidates(cfg, sets, search.passes, start_s, progress)
+    _mark_overrides(candidates, include_ids, exclude_ids, warnings)
+    taken = _schedule_forced(candidates)
+    _schedule_free(candidates, taken)
+    candidates.sort(key=lambda p: (p.aos_s, p.norad_id))
+    return Schedule(
+        station_id=cfg.station_id,
+        site=cfg.site.name,
+        start=datetime.fromtimestamp(start_s, tz=UTC),
+        end=datetime.fromtimestamp(end_s, tz=UTC),
+        passes=candidates,
+        warnings=warnings,
+    )
+
+
+def _override_ids(cfg: StationConfig, include: Iterable[str], exclude: Iterable[str],
+                  warnings: list[str]) -> tuple[list[str], list[str]]:
+    """The operator's forced pass ids (config first, then the call's), without repeats;
+    an id of the wrong form is a warning (it can match no pass)."""
+    include_ids = list(dict.fromkeys([*cfg.schedule.force_include, *include]))
+    exclude_ids = list(dict.fromkeys([*cfg.schedule.force_exclude, *exclude]))
     for pid in [*include_ids, *exclude_ids]:
         try:
             parse_pass_id(pid)
         except ValueError as exc:
             warnings.append(str(exc))
+    return include_ids, exclude_ids
 
+
+def _element_sets(cfg: StationConfig, catalog: Catalog, warnings: list[str]) -> list[ElementSet]:
+    """The enabled configured satellites' element sets (every set in the catalog when
+    none is configured); a configured satellite without elements is a warning."""
     snapshot = catalog.snapshot()
+    if not cfg.orbit.satellites:
+        return list(snapshot.values())
     sets: list[ElementSet] = []
-    if cfg.orbit.satellites:
-        for sc in cfg.orbit.satellites:
-            if not sc.enabled:
-                continue
-            es = snapshot.get(sc.norad_id)
-            if es is None:
-                warnings.append(
-                    f"{sc.name or sc.norad_id} ({sc.norad_id}) is configured but no element source has "
-                    "elements for it; add them (`qkd-station tle update SOURCE`)"
-                )
-            else:
-                sets.append(es)
-    else:
-        sets = list(snapshot.values())
+    for sc in cfg.orbit.satellites:
+        if not sc.enabled:
+            continue
+        es = snapshot.get(sc.norad_id)
+        if es is None:
+            warnings.append(
+                f"{sc.name or sc.norad_id} ({sc.norad_id}) is configured but no element source has "
+                "elements for it; add them (`qkd-station tle update SOURCE`)"
+            )
+        else:
+            sets.append(es)
+    return sets
 
-    search = find_passes(
-        sets, cfg.site, start_s, end_s, step_s=sched_cfg.search_step_s,
-        progress=(lambda done, total: progress("search", done, total)) if progress else None,
-    )
-    warnings += search.problems
+
+def _describe_candidates(cfg: StationConfig, sets: list[ElementSet], events: list[PassEvent],
+                         start_s: float, progress: PlanProgress | None) -> list[PlannedPass]:
+    """Every pass found, described and checked against its satellite's constraints
+    (all ``rejected`` with no reason yet: the scheduling stages decide)."""
     by_norad = {es.norad_id: es for es in sets}
-
-    safety = getattr(cfg, "safety", None)
-    gate_sun_deg = float(getattr(safety, "sun_exclusion_deg", 0.0) or 0.0)
+    gate_sun_deg = cfg.safety.sun_exclusion_deg
     candidates: list[PlannedPass] = []
-    for n_done, ev in enumerate(search.passes):
+    for n_done, ev in enumerate(events):
         if progress is not None:
-            progress("describe", n_done, len(search.passes))
-        es = by_norad[ev.norad_id]
+            progress("describe", n_done, len(events))
         sat_cfg = cfg.orbit.satellite(ev.norad_id)
-        c = sched_cfg.for_satellite(sat_cfg)
+        c = cfg.schedule.for_satellite(sat_cfg)
         info, _track = describe_pass(
-            es, cfg.site, ev, qkd_min_el_deg=c.qkd_min_el_deg, qkd_max_range_km=c.qkd_max_range_km
+            by_norad[ev.norad_id], cfg.site, ev,
+            qkd_min_el_deg=c.qkd_min_el_deg, qkd_max_range_km=c.qkd_max_range_km,
         )
         if sat_cfg is not None and sat_cfg.name:
             info.satellite = sat_cfg.name
@@ -279,7 +310,7 @@ def plan(
             violations.insert(0, "over: the QKD window ended before the plan start")
         priority = sat_cfg.priority if sat_cfg else 1.0
         candidates.append(PlannedPass(
-            **info.model_dump(),
+            **dict(info),  # the stored fields; the derived ones follow from them
             status="rejected",
             reason="",
             violations=violations,
@@ -287,12 +318,15 @@ def plan(
             weight=round(priority * info.qkd_duration_s, 3),
             lead_time_s=c.lead_time_s,
             post_time_s=c.post_time_s,
-            busy_start=datetime.fromtimestamp(ev.aos_s - c.lead_time_s, tz=UTC),
-            busy_end=datetime.fromtimestamp(ev.los_s + c.post_time_s, tz=UTC),
         ))
-
     if progress is not None:
-        progress("describe", len(search.passes), len(search.passes))
+        progress("describe", len(events), len(events))
+    return candidates
+
+
+def _mark_overrides(candidates: list[PlannedPass], include_ids: list[str],
+                    exclude_ids: list[str], warnings: list[str]) -> None:
+    """Set ``forced`` on the passes the operator named; exclusion wins over inclusion."""
     for pid in exclude_ids:
         p = _match(candidates, pid)
         if p is None:
@@ -308,7 +342,10 @@ def plan(
         else:
             p.forced = "include"
 
-    # Forced passes first, the heavier first when two of them collide.
+
+def _schedule_forced(candidates: list[PlannedPass]) -> list[PlannedPass]:
+    """Schedule the force-included passes, the heavier first when two of them collide;
+    returns the passes taken."""
     forced = sorted((p for p in candidates if p.forced == "include"), key=lambda p: (-p.weight, p.pass_id))
     taken: list[PlannedPass] = []
     for p in forced:
@@ -319,7 +356,13 @@ def plan(
         p.status = "scheduled"
         p.reason = "forced by operator" + (f" (overrides {'; '.join(p.violations)})" if p.violations else "")
         taken.append(p)
+    return taken
 
+
+def _schedule_free(candidates: list[PlannedPass], taken: list[PlannedPass]) -> None:
+    """Among the passes neither forced nor in violation nor blocked by a forced one,
+    schedule the set with the most priority-weighted QKD time; give every other its
+    reason. ``taken`` grows by the passes scheduled."""
     free: list[PlannedPass] = []
     for p in candidates:
         if p.forced == "include":
@@ -349,13 +392,3 @@ def plan(
                 p.reason = _conflict_reason(p, blocker)
             else:  # only a zero-weight pass can be left out without a conflict
                 p.reason = "no priority-weighted QKD time to gain"
-
-    candidates.sort(key=lambda p: (p.aos_s, p.norad_id))
-    return Schedule(
-        station_id=cfg.station_id,
-        site=cfg.site.name,
-        start=datetime.fromtimestamp(start_s, tz=UTC),
-        end=datetime.fromtimestamp(end_s, tz=UTC),
-        passes=candidates,
-        warnings=warnings,
-    )

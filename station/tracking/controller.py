@@ -19,6 +19,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -26,6 +27,7 @@ from pydantic import BaseModel, Field
 from drivers.mount.base import MountError, MountPosition, TrackPoint
 from station.clock import Clock
 from station.config.mount import TrackingConfig
+from station.sustained import Sustained
 from station.tracking.gate import CommandRefused, GatedMount, Rule
 from station.tracking.trajectory import TrackPlan
 from station.tracking.wrap import angle_between_deg
@@ -126,6 +128,25 @@ class TelemetrySubscription:
             raise StopAsyncIteration
         assert isinstance(item, TrackingSample)
         return item
+
+
+@dataclass(slots=True)
+class _Run:
+    """What the control loop carries from one tick of a pass to the next."""
+
+    plan: TrackPlan
+    stats: TrackingStats
+    program: bool          # the mount runs an uploaded program track
+    streaming: bool        # close enough to stream targets (else: intercepting)
+    lead_s: float
+    lost: Sustained        # error above the loss threshold after acquisition
+    refusing: Sustained    # the gate refusing targets
+    chunk_end: float = -math.inf
+    intercept_until: float = -math.inf
+    under: int = 0         # readings in a row within the acquisition error
+    errors: list[float] = field(default_factory=list)
+    sky_errors: list[float] = field(default_factory=list)
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
 class Tracker:
@@ -306,40 +327,18 @@ class Tracker:
         return stats
 
     async def _run(self, plan: TrackPlan, stats: TrackingStats) -> None:
-        cfg = self.cfg
-        caps = self.gated.capabilities
-        program = cfg.mode == "program" or (cfg.mode == "auto" and caps.program_track)
-        period = 1.0 / cfg.rate_hz
-        lead = self.lead_s
-        # Keep reading the axes until AOS: the gate estimates the mount's rate from
-        # recent readings when it checks the first streamed targets.
-        while (wait_s := plan.aos_s - self.clock.now_s()) > 0:
-            await self.gated.position()
-            await self.clock.sleep(min(wait_s, 1.0 / cfg.rate_hz))
+        """The control loop: one tick per period from AOS to LOS, each reading the axes,
+        commanding the mount and judging the reading."""
+        period = 1.0 / self.cfg.rate_hz
+        await self._read_until_aos(plan)
         t_start = max(self.clock.now_s(), plan.aos_s)
+        run = await self._begin(plan, stats)
         k = 0
-        chunk_end = -math.inf
-        under = 0
-        over_since: float | None = None
-        refused_since: float | None = None
-        pos0 = await self.gated.position()
-        paz0, pel0 = plan.point_at(pos0.time_s)
-        streaming = program or float(angle_between_deg(
-            np.asarray(pos0.az_deg), np.asarray(pos0.el_deg), paz0, pel0)) < cfg.capture_deg
-        intercept_until = -math.inf
-        last_err_deg = math.inf
-        errors: list[float] = []
-        sky_errors: list[float] = []
-        lateness: deque[float] = deque(maxlen=100_000)
-        while True:
-            t_k = t_start + k * period
-            if t_k > plan.los_s:
-                break
+        while (t_k := t_start + k * period) <= plan.los_s:
             await self.clock.sleep_until(t_k)
             now = self.clock.now_s()
-            late = now - t_k
-            if late > period:
-                skip = int(late / period)
+            if now - t_k > period:  # a period behind: skip the ticks that are past
+                skip = int((now - t_k) / period)
                 stats.skipped_ticks += skip
                 k += skip
             pos = await self.gated.position()
@@ -347,75 +346,112 @@ class Tracker:
             # its simulated motion from a command to the next reading); the error of this
             # reading is worked out after the command is out. Lateness is the command's.
             late = self.clock.now_s() - t_k
-            lateness.append(late)
-            try:
-                if program:
-                    if now >= chunk_end - cfg.program_chunk_s / 2:
-                        chunk_end = await self._upload_chunk(plan, now)
-                        stats.chunks_uploaded += 1
-                elif streaming:
-                    t_cmd = now + lead
-                    # Past LOS there is no track: a clamped target would read as a stop.
-                    if t_cmd <= plan.los_s:
-                        az_c, el_c = plan.point_at(t_cmd)
-                        await self.gated.track_to(float(az_c), float(el_c), t_cmd)
-                elif now >= intercept_until:
-                    intercept_until = await self._intercept(plan, now)
-                refused_since = None
-            except CommandRefused as exc:
-                stats.refused_commands += 1
-                refused_since = now if refused_since is None else refused_since
-                if now - refused_since >= _REFUSAL_ABORT_S:
-                    stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
-                    raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
-            paz, pel = plan.point_at(pos.time_s)
-            saz, sel = plan.sky_at(pos.time_s)
-            a, e = np.asarray(pos.az_deg), np.asarray(pos.el_deg)
-            err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
-            sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
-            stats.ticks += 1
-            last_err_deg = err / 3600.0
-            if not program:
-                if not streaming and last_err_deg < cfg.capture_deg:
-                    streaming = True
-                elif streaming and last_err_deg > cfg.recapture_deg:
-                    streaming, intercept_until = False, -math.inf
-                    log.warning("pass %s: %.2f° off the track, intercepting again",
-                                plan.pass_id, last_err_deg)
-            acquired = stats.acquired_at_s is not None
-            if not acquired:
-                under = under + 1 if err < cfg.acquisition_error_arcsec else 0
-                if under >= cfg.acquisition_samples:
-                    stats.acquired_at_s = pos.time_s
-                    acquired = True
-                    log.info("pass %s: acquired %.1f s after AOS", plan.pass_id, pos.time_s - plan.aos_s)
-            if acquired:
-                errors.append(err)
-                sky_errors.append(sky_err)
-                n = len(errors)
-                stats.samples_after_acquisition = n
-                # Running statistics, cheap per tick; percentiles at the end.
-                prev = stats.rms_error_arcsec
-                stats.rms_error_arcsec = math.sqrt((prev * prev * (n - 1) + err * err) / n)
-                stats.max_error_arcsec = max(stats.max_error_arcsec, err)
-                if err > cfg.loss_error_deg * 3600.0:
-                    over_since = pos.time_s if over_since is None else over_since
-                    if pos.time_s - over_since >= cfg.loss_duration_s:
-                        stats.outcome = "lost"
-                        stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
-                                        f"for {cfg.loss_duration_s:g} s")
-                        self._finish(stats, errors, sky_errors, lateness)
-                        raise TrackingLost(f"pass {plan.pass_id}: {stats.reason}", stats)
-                else:
-                    over_since = None
-            stats.max_lateness_s = max(stats.max_lateness_s, late)
-            self._publish(TrackingSample(
-                pass_id=plan.pass_id, phase="tracking", time_s=pos.time_s,
-                commanded_az_deg=float(paz), commanded_el_deg=float(pel),
-                actual_az_deg=pos.az_deg, actual_el_deg=pos.el_deg, error_arcsec=err,
-                sky_error_arcsec=sky_err, lateness_s=late, acquired=acquired))
+            run.lateness.append(late)
+            await self._command(run, now)
+            self._judge(run, pos, late)
             k += 1
-        self._finish(stats, errors, sky_errors, lateness)
+        self._finish(stats, run.errors, run.sky_errors, run.lateness)
+
+    async def _read_until_aos(self, plan: TrackPlan) -> None:
+        # Keep reading the axes until AOS: the gate estimates the mount's rate from
+        # recent readings when it checks the first streamed targets.
+        while (wait_s := plan.aos_s - self.clock.now_s()) > 0:
+            await self.gated.position()
+            await self.clock.sleep(min(wait_s, 1.0 / self.cfg.rate_hz))
+
+    async def _begin(self, plan: TrackPlan, stats: TrackingStats) -> _Run:
+        """The state of a pass at AOS: program track or streaming, and whether the mount
+        is close enough to the track to stream targets at once or must intercept it."""
+        cfg = self.cfg
+        program = cfg.mode == "program" or (cfg.mode == "auto" and self.gated.capabilities.program_track)
+        pos0 = await self.gated.position()
+        paz0, pel0 = plan.point_at(pos0.time_s)
+        streaming = program or float(angle_between_deg(
+            np.asarray(pos0.az_deg), np.asarray(pos0.el_deg), paz0, pel0)) < cfg.capture_deg
+        return _Run(plan, stats, program=program, streaming=streaming, lead_s=self.lead_s,
+                    lost=Sustained(cfg.loss_duration_s), refusing=Sustained(_REFUSAL_ABORT_S))
+
+    async def _command(self, run: _Run, now: float) -> None:
+        """This tick's command: a program-track chunk, a streamed target or an intercept
+        slew. A gate that keeps refusing aborts the pass."""
+        plan, stats, cfg = run.plan, run.stats, self.cfg
+        try:
+            if run.program:
+                if now >= run.chunk_end - cfg.program_chunk_s / 2:
+                    run.chunk_end = await self._upload_chunk(plan, now)
+                    stats.chunks_uploaded += 1
+            elif run.streaming:
+                t_cmd = now + run.lead_s
+                # Past LOS there is no track: a clamped target would read as a stop.
+                if t_cmd <= plan.los_s:
+                    az_c, el_c = plan.point_at(t_cmd)
+                    await self.gated.track_to(float(az_c), float(el_c), t_cmd)
+            elif now >= run.intercept_until:
+                run.intercept_until = await self._intercept(plan, now)
+            run.refusing.update(False, now)
+        except CommandRefused as exc:
+            stats.refused_commands += 1
+            if run.refusing.update(True, now):
+                stats.outcome, stats.reason = "aborted", f"gate keeps refusing: {exc.reason}"
+                raise TrackingAborted(f"pass {plan.pass_id}: {stats.reason}", stats) from exc
+
+    def _judge(self, run: _Run, pos: MountPosition, late: float) -> None:
+        """Work out this reading's error, switch between streaming and intercepting,
+        track acquisition and loss, and publish the sample."""
+        plan, stats, cfg = run.plan, run.stats, self.cfg
+        paz, pel = plan.point_at(pos.time_s)
+        saz, sel = plan.sky_at(pos.time_s)
+        a, e = np.asarray(pos.az_deg), np.asarray(pos.el_deg)
+        err = float(angle_between_deg(a, e, paz, pel)) * 3600.0
+        sky_err = float(angle_between_deg(a, e, saz, sel)) * 3600.0
+        stats.ticks += 1
+        if not run.program:
+            err_deg = err / 3600.0
+            if not run.streaming and err_deg < cfg.capture_deg:
+                run.streaming = True
+            elif run.streaming and err_deg > cfg.recapture_deg:
+                run.streaming, run.intercept_until = False, -math.inf
+                log.warning("pass %s: %.2f° off the track, intercepting again", plan.pass_id, err_deg)
+        acquired = self._acquired(run, pos, err)
+        if acquired:
+            self._count_error(run, pos, err, sky_err)
+        stats.max_lateness_s = max(stats.max_lateness_s, late)
+        self._publish(TrackingSample(
+            pass_id=plan.pass_id, phase="tracking", time_s=pos.time_s,
+            commanded_az_deg=float(paz), commanded_el_deg=float(pel),
+            actual_az_deg=pos.az_deg, actual_el_deg=pos.el_deg, error_arcsec=err,
+            sky_error_arcsec=sky_err, lateness_s=late, acquired=acquired))
+
+    def _acquired(self, run: _Run, pos: MountPosition, err: float) -> bool:
+        """Acquisition: ``acquisition_samples`` readings in a row within the error."""
+        stats, cfg = run.stats, self.cfg
+        if stats.acquired_at_s is not None:
+            return True
+        run.under = run.under + 1 if err < cfg.acquisition_error_arcsec else 0
+        if run.under < cfg.acquisition_samples:
+            return False
+        stats.acquired_at_s = pos.time_s
+        log.info("pass %s: acquired %.1f s after AOS", run.plan.pass_id, pos.time_s - run.plan.aos_s)
+        return True
+
+    def _count_error(self, run: _Run, pos: MountPosition, err: float, sky_err: float) -> None:
+        """Error statistics after acquisition; an error held above the loss threshold
+        for ``loss_duration_s`` loses the pass."""
+        stats, cfg = run.stats, self.cfg
+        run.errors.append(err)
+        run.sky_errors.append(sky_err)
+        n = len(run.errors)
+        stats.samples_after_acquisition = n
+        # Running statistics, cheap per tick; percentiles at the end.
+        prev = stats.rms_error_arcsec
+        stats.rms_error_arcsec = math.sqrt((prev * prev * (n - 1) + err * err) / n)
+        stats.max_error_arcsec = max(stats.max_error_arcsec, err)
+        if run.lost.update(err > cfg.loss_error_deg * 3600.0, pos.time_s):
+            stats.outcome = "lost"
+            stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
+                            f"for {cfg.loss_duration_s:g} s")
+            self._finish(stats, run.errors, run.sky_errors, run.lateness)
+            raise TrackingLost(f"pass {run.plan.pass_id}: {stats.reason}", stats)
 
     @staticmethod
     def _finish(stats: TrackingStats, errors: list[float], sky: list[float],

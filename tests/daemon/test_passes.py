@@ -8,10 +8,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from station.daemon.modes import Mode, Outcome, Phase
 from station.events import read_pass_file
 from station.events.client import StreamClient
+from station.mqtt.commands import CommandRefused
 from tests.conftest import Broker
 from tests.daemon.station import MICIUS, backend_of, running_station, sim_config
 
@@ -232,12 +234,9 @@ async def test_operator_goto_then_back_to_auto_parks(mosquitto: Broker, tmp_path
     cfg = sim_config(tmp_path, mosquitto.port, clock={"start": "2016-12-19T12:00:00Z"})
     async with running_station(cfg) as st:
         sup = st.supervisor
-        refused = None
-        try:
+        # The MQTT layer turns CommandRefused into a 'refused' reply.
+        with pytest.raises(CommandRefused, match="set_mode manual"):
             await sup.goto(120.0, 40.0)
-        except Exception as exc:  # the MQTT layer turns this into a 'refused' reply
-            refused = str(exc)
-        assert refused is not None and "set_mode manual" in refused
         await sup.set_mode(Mode.MANUAL)
         assert (await sup.goto(120.0, 40.0))["accepted"]
         await sup.set_mode(Mode.AUTO)

@@ -15,6 +15,7 @@ from sgp4.exporter import export_omm
 
 from station.orbit.catalog import (
     Catalog,
+    ElementSet,
     fixed_clock,
     parse_elements,
     satellite_from_text,
@@ -232,4 +233,6 @@ def test_any_single_character_corruption_is_caught_or_harmless(pos, char):
 @given(st.binary(max_size=400), st.sampled_from(["x.tle", "x.json", "x.xml", "x.kvn"]))
 def test_garbage_never_raises(data, name):
     sets, problems = parse_elements(data, name)
-    assert isinstance(sets, list) and isinstance(problems, list)
+    # Whatever came out is typed, and every problem names the file it is about.
+    assert all(isinstance(s, ElementSet) for s in sets)
+    assert all(isinstance(p, str) and p.startswith(f"{name}:") for p in problems), problems

@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ def test_passes_json_on_the_sim_config_shows_the_published_micius_pass(capsys):
     for key in ("tca", "los", "max_el_deg", "aos_az_deg", "los_az_deg", "duration_s", "min_range_km",
                 "sun_el_deg", "reason", "moon_el_deg", "moon_min_sep_deg"):
         assert key in first
+    # Derived fields are computed from the times, and published as they always were.
+    assert first["busy_start"].endswith("Z") and first["busy_end"].endswith("Z")
+    aos, los = (datetime.fromisoformat(first[k]) for k in ("aos", "los"))
+    assert first["duration_s"] == pytest.approx((los - aos).total_seconds(), abs=1e-3)
+    qkd_s = (datetime.fromisoformat(first["qkd_end"]) - datetime.fromisoformat(first["qkd_start"]))
+    assert first["qkd_duration_s"] == pytest.approx(qkd_s.total_seconds(), abs=1e-3)
+    busy = datetime.fromisoformat(first["busy_start"])
+    assert (aos - busy).total_seconds() == pytest.approx(first["lead_time_s"], abs=1e-3)
     assert all(p["status"] in ("scheduled", "rejected") and p["reason"] for p in out)
     assert any(p["reason"].startswith("daylight: sun at +") for p in out)
 

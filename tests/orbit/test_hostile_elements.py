@@ -120,12 +120,12 @@ def test_a_pass_file_header_with_hostile_elements_is_an_element_error() -> None:
 
 
 def test_an_oversized_file_is_refused_unread(tmp_path: Path, monkeypatch) -> None:
-    from station.orbit import catalog
+    from station.orbit import elements
 
-    monkeypatch.setattr(catalog, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(elements, "MAX_FILE_BYTES", 1000)
     path = tmp_path / "big.tle"
     path.write_text(MICIUS_TLE * 10)
-    assert catalog.parse_file(path) == ([], [f"{path}:0: larger than 0 MiB; not an element file?"])
+    assert elements.parse_file(path) == ([], [f"{path}:0: larger than 0 MiB; not an element file?"])
 
 
 def test_kvn_lines_built_to_make_a_regex_backtrack_parse_in_linear_time() -> None:

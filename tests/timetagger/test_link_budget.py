@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skyfield.api import EarthSatellite
 
+from drivers.timetagger.downlink import _GeometryFit
 from drivers.timetagger.link import (
     LinkBudget,
     StaticLinkGeometry,
@@ -18,7 +19,7 @@ from drivers.timetagger.link import (
     ground_pointing_efficiency,
     sat_pointing_efficiency,
 )
-from drivers.timetagger.sim import SimOptions, _GeometryFit
+from drivers.timetagger.sim import SimOptions
 from station.config.site import SiteConfig
 from station.orbit.geometry import SatelliteLinkGeometry, load_timescale
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from drivers import registry
-from drivers.timetagger.base import Channel, ChannelConfig, TimeTaggerNotConnected
+from drivers.timetagger.base import Channel, ChannelConfig, TimeTaggerError, TimeTaggerNotConnected
 from drivers.timetagger.link import StaticLinkGeometry
 from drivers.timetagger.sim import C_M_S, SimOptions, SimTimeTagger
 from station.clock import SimClock
@@ -77,6 +77,22 @@ def test_presets_fill_unset_options_and_explicit_values_win() -> None:
 def test_bad_options_are_named(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         SimOptions(**options)
+
+
+async def test_only_the_sim_backend_offers_the_simulated_downlink(tmp_path) -> None:
+    clock = SimClock(START_S, manual=True)
+    sim = registry.create("timetagger", "sim", {"preset": "lab"}, clock=clock)
+    link = sim.simulated_downlink()
+    assert link is sim
+    link.set_link(StaticLinkGeometry(range_km=800.0, el_deg=45.0))
+    with pytest.raises(ValueError, match="pointing error"):
+        link.set_pointing_error_urad(-1.0)
+    with pytest.raises(TimeTaggerError, match="not been started"):
+        _ = link.tagger_epoch_utc_ps
+    recording = tmp_path / "r.ptu"
+    recording.write_bytes(b"")
+    replay = registry.create("timetagger", "replay", {"path": str(recording)}, clock=clock)
+    assert replay.simulated_downlink() is None
 
 
 def test_registry_and_station_config_build_the_sim_backend() -> None:
