@@ -435,7 +435,7 @@ function drawSky() {
       g.append(svg("path", { d: `M ${x - 7} ${y} L ${x + 7} ${y} M ${x} ${y - 7} L ${x} ${y + 7}`, class: "cmd-marker", id: "commanded-marker" }));
     }
     const [x, y] = proj(m.actual_az_deg, m.actual_el_deg);
-    g.append(svg("circle", { cx: x.toFixed(2), cy: y.toFixed(2), r: 5, class: "act-marker", id: "mount-marker", "data-az": m.actual_az_deg, "data-el": m.actual_el_deg }));
+    g.append(svg("circle", { cx: x.toFixed(2), cy: y.toFixed(2), r: 5, class: "act-marker", id: "mount-marker", "data-az": m.actual_az_deg, "data-el": m.actual_el_deg, "data-time": m.time }));
   }
 }
 
