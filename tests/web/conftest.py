@@ -116,6 +116,7 @@ def login(driver: Any, name: str, password: str) -> None:
     from selenium.webdriver.common.by import By
 
     wait_until(lambda: driver.find_element(By.ID, "login-form").is_displayed(), 30, "the login form")
+    driver.find_element(By.ID, "login-name").clear()
     driver.find_element(By.ID, "login-name").send_keys(name)
     driver.find_element(By.ID, "login-password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
