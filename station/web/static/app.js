@@ -13,7 +13,9 @@ const S = {
   summaries: {}, keyReports: {}, keyLevels: null, nowIso: null, count: 0,
 };
 // For tests and bench/web.py: when each topic last changed the page (epoch ms).
-window.qkdStats = { applied: {}, messages: 0 };
+// log: [topic, the message's station time, epoch ms when the page had applied it], newest
+// 5000 (bench/web.py compares it with the same messages seen on MQTT).
+window.qkdStats = { applied: {}, messages: 0, log: [] };
 window.qkdState = S;
 
 const $ = (id) => document.getElementById(id);
@@ -191,6 +193,9 @@ function handle(topic, p) {
     }
   }
   renderClock();
+  const log = window.qkdStats.log;
+  log.push([topic, (p && p.time) || null, Date.now()]);
+  if (log.length > 6000) log.splice(0, 1000);
 }
 
 // ------------------------------------------------------------------ renderers

@@ -1,0 +1,257 @@
+"""Web view: how late does the page show a status change, and does watching it cost the
+station anything?
+
+    .venv/bin/python bench/web.py [--browsers 20] [--speed 10]
+
+The whole station runs in this process as the daemon assembles it (simulated hardware, the
+Micius pass of 2016-12-19 on a clock ``--speed`` times real time), publishing to a real
+Mosquitto on a free port; the web view runs as its own process, as the daemon starts it.
+Two runs of the pass:
+
+1. no browser connected;
+2. ``--browsers`` feeds open in headless Chromium (Debian's, through chromedriver; tabs
+   spread over several browser instances, since one Chromium opens at most 6 connections
+   to one host).
+
+Printed:
+
+- latency from a message seen on MQTT (by a subscriber of this process) to the page having
+  applied it to its DOM (``window.qkdStats.log``, same machine clock), p50/p99, in run 2;
+- the station's event-loop lateness during the track phase (a 20 ms wall probe task on the
+  station's loop, p50/p99/max) and the tracking loop's own p99 tick lateness (clock
+  seconds divided by the speed), run 2 against run 1.
+
+Targets: page ≤ 200 ms after MQTT; loop p99 not worse by more than 0.5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import aiomqtt  # noqa: E402
+
+MICIUS = "41731-20161219T164844Z"
+TABS_PER_BROWSER = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listened on port {port} within {timeout_s} s")
+
+
+def start_browsers(url: str, n_feeds: int) -> list[Any]:
+    os.environ["SE_MANAGER"] = "off"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    drivers = []
+    left = n_feeds
+    while left > 0:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = "/usr/bin/chromium"
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tempfile.mkdtemp(prefix='qkd-bench-chromium-')}",
+                    "--window-size=1400,1700"):
+            opts.add_argument(arg)
+        d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+        for i in range(min(TABS_PER_BROWSER, left)):
+            if i:
+                d.switch_to.new_window("tab")
+            d.get(url)
+        left -= TABS_PER_BROWSER
+        drivers.append(d)
+    return drivers
+
+
+def feeds_live(drivers: list[Any]) -> int:
+    """Feeds (tabs) that have received messages."""
+    live = 0
+    for d in drivers:
+        for handle in d.window_handles:
+            d.switch_to.window(handle)
+            if d.execute_script("return window.qkdStats ? window.qkdStats.messages : 0"):
+                live += 1
+    return live
+
+
+async def one_pass(cfg: Any, speed: float, on_track: Any = None) -> dict[str, Any]:
+    """Run the station through the Micius pass; loop lateness during the track phase."""
+    from station.daemon.app import assemble, tune_interpreter
+    from station.daemon.context import clock_from_config
+    from station.daemon.modes import Phase
+
+    tune_interpreter()
+    clock = clock_from_config(cfg.clock)
+    ctx, supervisor, mqtt = assemble(cfg, clock)
+    lateness: list[float] = []
+    seen: dict[tuple[str, str], float] = {}
+
+    async def listen() -> None:
+        async with aiomqtt.Client("127.0.0.1", cfg.mqtt.port) as client:
+            await client.subscribe(f"{cfg.topic_prefix}/#", qos=1)
+            async for msg in client.messages:
+                now = time.time()
+                try:
+                    t = json.loads(bytes(msg.payload)).get("time")  # type: ignore[arg-type]
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(t, str):
+                    seen.setdefault((msg.topic.value.rsplit("/", 1)[-1], t), now)
+
+    listener = asyncio.create_task(listen())
+    await ctx.pipeline.start()
+    try:
+        async with mqtt:
+            sup = asyncio.create_task(supervisor.run(), name="supervisor")
+            while supervisor.phase != Phase.TRACK:
+                await asyncio.sleep(0.05)
+            if on_track is not None:
+                await asyncio.to_thread(on_track)
+            period_s = 0.02
+            while supervisor.phase == Phase.TRACK:
+                t0 = time.perf_counter()
+                await asyncio.sleep(period_s)   # wall time on purpose: this measures the loop
+                lateness.append(time.perf_counter() - t0 - period_s)
+            supervisor.pass_finished.clear()
+            async with asyncio.timeout(120):
+                await supervisor.pass_finished.wait()
+            report = supervisor.reports[-1]
+            sup.cancel()
+            await asyncio.gather(sup, return_exceptions=True)
+            await supervisor.shutdown()
+    finally:
+        await ctx.pipeline.stop()
+        await ctx.close()
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    tick_p99 = report.tracking.p99_lateness_s / speed if report.tracking else float("nan")
+    lat = np.asarray(lateness) * 1e3
+    return {"loop_ms": lat, "tick_p99_ms": tick_p99 * 1e3, "seen": seen, "outcome": report.outcome}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--browsers", type=int, default=20)
+    ap.add_argument("--speed", type=float, default=10.0)
+    args = ap.parse_args()
+
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    tmp = Path(tempfile.mkdtemp(prefix="qkd-bench-web-"))
+    mqtt_port, web_port = free_port(), free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"persistence false\nlog_dest none\nlistener {mqtt_port} 127.0.0.1\nallow_anonymous true\n")
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(mqtt_port)
+    os.environ.update({
+        "QKD_STATION__STATION_ID": "bench-web", "QKD_STATION__STATE_DIR": str(tmp / "state"),
+        "QKD_STATION__MQTT__PORT": str(mqtt_port), "QKD_STATION__MQTT__EMBEDDED": "false",
+        "QKD_STATION__EVENTS__STREAM_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "QKD_STATION__CLOCK__START": "2016-12-19T16:46:20Z", "QKD_STATION__CLOCK__SPEED": str(args.speed),
+        "QKD_STATION__WEB__PORT": str(web_port), "QKD_STATION__LOG_LEVEL": "WARNING",
+    })
+    from station.config import load_config
+
+    sim = REPO / "config" / "sim.toml"
+
+    def start_web(run: int) -> subprocess.Popen[bytes]:
+        # A fresh web view and state dir per run: run 2's clock starts over at 16:46:20.
+        os.environ["QKD_STATION__STATE_DIR"] = str(tmp / f"state-{run}")
+        proc = subprocess.Popen([sys.executable, "-m", "station", "web", "--config", str(sim), "--nice", "10"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(web_port)
+        return proc
+
+    def stop_web(proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        proc.wait(10)
+
+    drivers: list[Any] = []
+    web = start_web(1)
+    try:
+        url = f"http://127.0.0.1:{web_port}/"
+        print(f"station in-process at speed {args.speed:g}; broker :{mqtt_port}; web view {url}")
+        base = asyncio.run(one_pass(load_config(sim), args.speed))
+        print(f"run 1 (no browser): pass {base['outcome']}")
+        stop_web(web)
+        web = start_web(2)
+        # Open the browsers while the station prepares; the probe starts once they are in.
+        holder: dict[str, Any] = {}
+        opener = threading.Thread(target=lambda: holder.update(d=start_browsers(url, args.browsers)))
+        opener.start()
+        loaded = asyncio.run(one_pass(load_config(sim), args.speed, on_track=opener.join))
+        drivers = holder.get("d", [])
+        live = feeds_live(drivers)
+        print(f"run 2 ({args.browsers} feeds requested, {live} receiving): pass {loaded['outcome']}")
+        # Latency: the first browser's active tab (the last it opened; not throttled).
+        d = drivers[0]
+        d.switch_to.window(d.window_handles[-1])
+        log = d.execute_script("return window.qkdStats.log")
+        lat = []
+        for topic, t, applied_ms in log:
+            seen_s = loaded["seen"].get((topic, t)) if t else None
+            if seen_s is not None:
+                lat.append(applied_ms - seen_s * 1e3)
+        lat_ms = np.asarray(lat)
+    finally:
+        for d in drivers:
+            try:
+                d.quit()
+            except Exception as exc:  # a browser that died must not keep the others running
+                print(f"(a browser did not quit cleanly: {exc})")
+        stop_web(web)
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def pct(a: np.ndarray, q: float) -> float:
+        return float(np.percentile(a, q)) if a.size else float("nan")
+
+    print()
+    print(f"page update after MQTT ({lat_ms.size} messages matched):  p50 {pct(lat_ms, 50):7.1f} ms   "
+          f"p99 {pct(lat_ms, 99):7.1f} ms   max {lat_ms.max() if lat_ms.size else float('nan'):7.1f} ms   "
+          f"(target p99 <= 200 ms: {'met' if pct(lat_ms, 99) <= 200 else 'NOT met'})")
+    b, lo = base["loop_ms"], loaded["loop_ms"]
+    print("station event-loop lateness during track (20 ms wall probe):")
+    print(f"  no browser      p50 {pct(b, 50):6.2f} ms  p99 {pct(b, 99):6.2f} ms  max {b.max():6.2f} ms  ({b.size} samples)")
+    print(f"  {args.browsers:2d} browsers     p50 {pct(lo, 50):6.2f} ms  p99 {pct(lo, 99):6.2f} ms  max {lo.max():6.2f} ms  ({lo.size} samples)")
+    diff = pct(lo, 99) - pct(b, 99)
+    print(f"  p99 difference {diff:+.2f} ms, ratio {pct(lo, 99) / pct(b, 99):.2f} "
+          f"(target: not worse by more than 0.5 ms: {'met' if diff <= 0.5 else 'NOT met'})")
+    print(f"tracking loop tick p99 lateness (wall): no browser {base['tick_p99_ms']:.2f} ms, "
+          f"{args.browsers} browsers {loaded['tick_p99_ms']:.2f} ms, "
+          f"ratio {loaded['tick_p99_ms'] / base['tick_p99_ms']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
