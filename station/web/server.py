@@ -74,6 +74,8 @@ class WebView:
     def _want_track(self, pass_id: str) -> None:
         if pass_id in self._tracks_asked:
             return
+        if len(self._tracks_asked) > 1000:   # months of passes: forget, they are in the past
+            self._tracks_asked.clear()
         self._tracks_asked.add(pass_id)
         self._spawn(self._compute_track(pass_id), f"web-track-{pass_id}")
 
@@ -257,8 +259,8 @@ async def feed(request: web.Request) -> web.StreamResponse:
             while not browser.queue.empty() and len(frames) < 256:
                 frames.append(browser.queue.get_nowait())
             await resp.write(b"".join(frames))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass   # the browser went away; aiohttp cancels us when it notices first
     finally:
         view.hub.disconnect(browser)
     return resp

@@ -63,6 +63,35 @@ function pushHist(list, p, max) {
 }
 function stamp(topic) { window.qkdStats.applied[topic] = Date.now(); }
 
+// Rendering is coalesced: a burst of messages (the snapshot, a 50 Hz mount feed on a fast
+// simulated clock) costs one redraw per animation frame, and the charts at most 2 per
+// second, so a phone keeps up and a hidden tab (no frames) costs almost nothing.
+const dirty = new Set();
+const CHARTS = new Set();
+const CHART_MIN_MS = 500;
+let framePending = false, lastChartMs = 0, pendingLog = [];
+function want(fn) { dirty.add(fn); requestFrame(); }
+function requestFrame() { if (!framePending) { framePending = true; requestAnimationFrame(frame); } }
+function frame() {
+  framePending = false;
+  const now = Date.now();
+  const chartsDue = now - lastChartMs >= CHART_MIN_MS;
+  let ranChart = false;
+  for (const fn of [...dirty]) {
+    if (CHARTS.has(fn) && !chartsDue) continue;
+    dirty.delete(fn);
+    if (CHARTS.has(fn)) ranChart = true;
+    fn();
+  }
+  if (ranChart) lastChartMs = now;
+  if (dirty.size) setTimeout(requestFrame, Math.max(0, CHART_MIN_MS - (Date.now() - lastChartMs)));
+  const applied = Date.now();
+  const log = window.qkdStats.log;
+  for (const [topic, t] of pendingLog) log.push([topic, t, applied]);
+  pendingLog = [];
+  if (log.length > 6000) log.splice(0, 1000);
+}
+
 // ------------------------------------------------------------------ session and commands
 
 async function loadSession() {
@@ -164,16 +193,16 @@ function handle(topic, p) {
   if (p && typeof p === "object" && typeof p.time === "string" && (!S.nowIso || p.time > S.nowIso)) S.nowIso = p.time;
   switch (topic) {
     case "status": text("status", p); $("status").className = `badge ${p}`; stamp(topic); break;
-    case "state": S.state = p; renderState(); break;
-    case "schedule": S.schedule = p; renderSchedule(); stamp(topic); break;
+    case "state": S.state = p; want(renderState); break;
+    case "schedule": S.schedule = p; want(renderSchedule); stamp(topic); break;
     case "mount":
       S.mount = p; pushHist(S.mountHist, p, 4000);
-      renderMount(); stamp(topic); break;
+      want(renderMount); stamp(topic); break;
     case "timetagger":
       S.tagger = p; pushHist(S.taggerHist, p, 1200);
-      renderRates(); stamp(topic); break;
+      want(renderRates); stamp(topic); break;
     case "pass": S.pass = p; renderProgress(); stamp(topic); break;
-    case "health": S.health = p; renderHealth(); stamp(topic); break;
+    case "health": S.health = p; want(renderHealth); stamp(topic); break;
     case "alarms":
       if (p.state === "raised") S.alarms[p.key] = p; else delete S.alarms[p.key];
       renderAlarms(); stamp(topic); break;
@@ -182,9 +211,9 @@ function handle(topic, p) {
         S.mountHist = []; S.taggerHist = [];
       }
       S.transitions.push(p); if (S.transitions.length > 50) S.transitions.shift();
-      renderTransitions(); stamp(topic); break;
-    case "track": S.tracks[p.pass_id] = p; drawSky(); drawErrChart(); stamp(topic); break;
-    case "sky": S.sky = p; drawSky(); stamp(topic); break;
+      want(renderTransitions); stamp(topic); break;
+    case "track": S.tracks[p.pass_id] = p; want(drawSky); want(drawErrChart); stamp(topic); break;
+    case "sky": S.sky = p; want(drawSky); stamp(topic); break;
     case "keys/levels": S.keyLevels = p; renderKeys(); stamp(topic); break;
     default: {
       const mm = /^passes\/([^/]+)\/(summary|keys)$/.exec(topic);
@@ -193,9 +222,8 @@ function handle(topic, p) {
     }
   }
   renderClock();
-  const log = window.qkdStats.log;
-  log.push([topic, (p && p.time) || null, Date.now()]);
-  if (log.length > 6000) log.splice(0, 1000);
+  pendingLog.push([topic, (p && p.time) || null]);
+  requestFrame();
 }
 
 // ------------------------------------------------------------------ renderers
@@ -227,7 +255,7 @@ function renderState() {
   if (S.session && !S.session.may_command) { /* keep the select as it is for operators */ } else if (document.activeElement !== $("mode-select")) $("mode-select").value = st.mode;
   if (!st.current_pass) { S.pass = null; renderProgress(); }
   stamp("state");
-  drawSky(); renderSchedule();
+  want(drawSky); want(renderSchedule);
 }
 
 function renderTransitions() {
@@ -280,7 +308,7 @@ function renderMount() {
   const flags = [m.tracking && "tracking", m.moving && "moving", m.parked && "parked", !m.connected && "DISCONNECTED"].filter(Boolean).join(", ");
   text("mount-text", `actual az ${fmtNum(m.actual_az_deg, 2)}° el ${fmtNum(m.actual_el_deg, 2)}° · commanded ${m.commanded_az_deg === null ? "—" : fmtNum(m.commanded_az_deg, 2) + "°"} / ${m.commanded_el_deg === null ? "—" : fmtNum(m.commanded_el_deg, 2) + "°"} · ${flags || "stopped"}`);
   text("track-err", m.tracking_error_arcsec === null ? "—" : `${fmtNum(m.tracking_error_arcsec, 1)}″`);
-  drawSky(); drawErrChart();
+  want(drawSky); want(drawErrChart);
 }
 
 function renderRates() {
@@ -297,8 +325,8 @@ function renderRates() {
     }
     text(`rate-${name}`, `${fmtNum(t.rates_hz[name], 0)} /s`);
   }
+  want(drawRateChart);
   text("tagger-state", `${t.acquiring ? "acquiring" : "idle"}${t.overflow ? ", OVERFLOW" : ""}; overflows ${t.overflow_count}; events ${fmtNum(t.events_total)}${t.connected ? "" : "; DISCONNECTED"}`);
-  drawRateChart();
 }
 
 function renderHealth() {
@@ -492,6 +520,8 @@ function drawRateChart() {
 }
 
 // ------------------------------------------------------------------ start
+
+CHARTS.add(drawErrChart).add(drawRateChart);
 
 document.addEventListener("DOMContentLoaded", async () => {
   wireControls();
