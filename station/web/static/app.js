@@ -71,9 +71,19 @@ const CHARTS = new Set();
 const CHART_MIN_MS = 500;
 let framePending = false, lastChartMs = 0, pendingLog = [];
 function want(fn) { dirty.add(fn); requestFrame(); }
-function requestFrame() { if (!framePending) { framePending = true; requestAnimationFrame(frame); } }
+// At most one frame per FRAME_MIN_MS: a person watching needs no more, a phone's battery does.
+const FRAME_MIN_MS = 80;
+let lastFrameMs = 0;
+function requestFrame() {
+  if (framePending) return;
+  framePending = true;
+  const wait = lastFrameMs + FRAME_MIN_MS - Date.now();
+  if (wait > 0) setTimeout(() => requestAnimationFrame(frame), wait);
+  else requestAnimationFrame(frame);
+}
 function frame() {
   framePending = false;
+  lastFrameMs = Date.now();
   const now = Date.now();
   const chartsDue = now - lastChartMs >= CHART_MIN_MS;
   let ranChart = false;
@@ -212,7 +222,7 @@ function handle(topic, p) {
       }
       S.transitions.push(p); if (S.transitions.length > 50) S.transitions.shift();
       want(renderTransitions); stamp(topic); break;
-    case "track": S.tracks[p.pass_id] = p; want(drawSky); want(drawErrChart); stamp(topic); break;
+    case "track": S.tracks[p.pass_id] = p; skyKey = ""; want(drawSky); want(drawErrChart); stamp(topic); break;
     case "sky": S.sky = p; want(drawSky); stamp(topic); break;
     case "keys/levels": S.keyLevels = p; renderKeys(); stamp(topic); break;
     default: {
@@ -423,9 +433,23 @@ function currentTrack() {
   return id ? S.tracks[id] : null;
 }
 
+// Two layers: the sky itself (mask, grid, Sun, Moon, track) is rebuilt only when those
+// change; the live layer (trail and markers) on every frame with new mount telemetry.
+function skyLayers() {
+  const root = $("sky");
+  if (!root.firstChild) root.append(svg("g", { id: "sky-static" }), svg("g", { id: "sky-live" }));
+  return [$("sky-static"), $("sky-live")];
+}
+let skyKey = "";
 function drawSky() {
-  const g = $("sky");
-  if (!g) return;
+  if (!$("sky")) return;
+  const [g] = skyLayers();
+  const tr0 = currentTrack();
+  const key = `${S.sky ? S.sky.time : ""}|${tr0 ? tr0.pass_id : ""}`;
+  if (key !== skyKey || !g.firstChild) { skyKey = key; drawSkyStatic(g); }
+  drawSkyLive();
+}
+function drawSkyStatic(g) {
   g.replaceChildren();
   g.append(svg("circle", { cx: SKY.cx, cy: SKY.cy, r: SKY.r, class: "sky-bg" }));
   if (S.sky) {
@@ -459,6 +483,10 @@ function drawSky() {
     const [x, y] = proj(all[0][0], all[0][1]);
     g.append(svg("path", { d: `M ${x} ${y - 6} l 5 9 l -10 0 Z`, class: "aos" }));
   }
+}
+function drawSkyLive() {
+  const [, g] = skyLayers();
+  g.replaceChildren();
   const trail = S.mountHist.slice(-600).map((m) => [m.actual_az_deg, m.actual_el_deg]);
   if (trail.length > 1) g.append(svg("polyline", { points: pts(trail), class: "trail" }));
   const m = S.mount;
