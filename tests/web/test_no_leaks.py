@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import find_tool
+from tests.conftest import REPO, find_tool
 from tests.web.conftest import wait_until
 
 SEED = 918273645
@@ -102,6 +102,13 @@ def test_no_secret_reaches_the_feed_or_the_page(web_station: Any, browser: Any) 
                         ("session", session), ("assets", assets)):
         for secret in SECRETS:
             assert secret not in blob, f"{secret!r} reached the {where}"
+    # Offline: the page fetched nothing but its own origin, and its assets name no other.
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(r.startswith(ws.url) for r in resources), resources
+    for name in ("index.html", "app.js", "style.css"):
+        body = (REPO / "station" / "web" / "static" / name).read_text()
+        assert "http://" not in body.replace("http://www.w3.org/2000/svg", "") and "https://" not in body, name
     assert '"sifted_bits":123456' in text and '"nested.blocks":7' in text
     assert '"peer_b.available_bits":1048576' in text
     assert "secret/seed" not in text and "/debug" not in text and "reply/" not in text
