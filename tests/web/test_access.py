@@ -9,6 +9,8 @@ import pytest
 
 from tests.web.conftest import OPERATOR, VIEWER, http, login, wait_until
 
+MICIUS = "41731-20161219T164844Z"
+
 
 def _reply_text(driver: Any) -> str:
     from selenium.webdriver.common.by import By
@@ -62,6 +64,29 @@ def test_dashboard_refused_operator_goto_shows_the_gate(web_station: Any, browse
     # Stop is one click away and works.
     browser.find_element(By.ID, "cmd-stop").click()
     wait_until(lambda: _reply_text(browser).startswith("ok: stop"), 30, "stop's reply")
+
+    # Skip the Micius pass from the schedule, then take it again; the page's table follows
+    # the station's re-published schedule.
+    def row_decision() -> str:
+        return browser.execute_script(
+            "for (const tr of document.querySelectorAll('#schedule tbody tr'))"
+            "  if (tr.textContent.includes(arguments[0])) return tr.querySelector('.decision').textContent;"
+            "return '';", MICIUS)
+
+    def click_in_row(label: str) -> None:
+        browser.execute_script(
+            "for (const tr of document.querySelectorAll('#schedule tbody tr'))"
+            "  if (tr.textContent.includes(arguments[0]))"
+            "    for (const b of tr.querySelectorAll('button')) if (b.textContent === arguments[1]) b.click();",
+            MICIUS, label)
+
+    wait_until(lambda: row_decision() == "planned", 30, "Micius planned in the table")
+    click_in_row("skip")
+    wait_until(lambda: _reply_text(browser).startswith("ok: skip_pass"), 30, "skip_pass's reply")
+    wait_until(lambda: row_decision() == "excluded", 60, "Micius excluded (by the operator) in the table")
+    click_in_row("include")
+    wait_until(lambda: _reply_text(browser).startswith("ok: include_pass"), 30, "include_pass's reply")
+    wait_until(lambda: row_decision() == "included", 60, "Micius included in the table")
 
 
 @pytest.mark.slow
