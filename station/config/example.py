@@ -47,6 +47,7 @@ VALUES: dict[str, Any] = {
     "mqtt.tls": {"ca_file": "/etc/qkd-station/ca.crt",
                  "cert_file": "/etc/qkd-station/station.crt",
                  "key_file": "/etc/qkd-station/station.key"},
+    "web.tls": {"cert_file": "/etc/qkd-station/web.crt", "key_file": "/etc/qkd-station/web.key"},
     "orbit.element_sources": ["/var/lib/qkd-station/elements"],
     "orbit.satellites": [{"norad_id": 41731, "name": "MICIUS", "priority": 2.0}],
     "events.stream_endpoint": "tcp://0.0.0.0:5560",

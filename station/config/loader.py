@@ -45,6 +45,8 @@ def format_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors(include_url=False):
         value = err.get("input")
         shown = "(missing)" if err["type"] == "missing" else _shown(value)
+        if any("password" in str(part) for part in err["loc"]) and err["type"] != "missing":
+            shown = "(hidden)"  # a mistyped password (or a plaintext one as a hash) is a secret
         reason = err["msg"].removeprefix("Value error, ")
         out.append(f"{_loc_path(err['loc'])}: {shown}: {reason}")
     return out

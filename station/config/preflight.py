@@ -70,6 +70,14 @@ def preflight(cfg: StationConfig) -> list[str]:
             path = getattr(mqtt.tls, name)
             if path is not None:
                 check(f"mqtt.tls.{name}", path, _readable_file(path))
+    web = cfg.web
+    if web.enabled:
+        if web.tls is not None:
+            check("web.tls.cert_file", web.tls.cert_file, _readable_file(web.tls.cert_file))
+            check("web.tls.key_file", web.tls.key_file, _readable_file(web.tls.key_file))
+        if web.mqtt_password_file is not None:
+            check("web.mqtt_password_file", web.mqtt_password_file,
+                  _readable_file(web.mqtt_password_file))
     devices = {"mount": cfg.mount, "timetagger": cfg.timetagger}
     if cfg.instruments.beacon_laser.enabled:
         devices["instruments.beacon_laser"] = cfg.instruments.beacon_laser

@@ -17,6 +17,7 @@ from station.config.operations import OperationsConfig
 from station.config.orbit import OrbitConfig, ScheduleConfig
 from station.config.site import SiteConfig
 from station.config.timetagger import TimeTaggerConfig
+from station.config.web import WebConfig
 
 ENV_PREFIX = "QKD_STATION__"
 
@@ -53,6 +54,7 @@ class StationConfig(BaseSettings):
     events: EventsConfig = Field(default_factory=EventsConfig)
     instruments: InstrumentsConfig = Field(default_factory=InstrumentsConfig)
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @classmethod
     def settings_customise_sources(

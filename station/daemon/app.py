@@ -23,6 +23,7 @@ from station.daemon.watchdog import Heartbeat, beat_period_s, feed_watchdog
 from station.mqtt.broker import BrokerStartError
 from station.mqtt.service import MqttService
 from station.systemd import SystemdNotifier
+from station.web.launcher import web_child
 
 log = logging.getLogger("station.daemon")
 
@@ -88,7 +89,7 @@ class Daemon:
             log.error("cannot start the event stream on %s: %s", cfg.events.stream_endpoint, exc)
             return EXIT_UNAVAILABLE
         try:
-            async with mqtt:
+            async with mqtt, web_child(cfg, self.config_path):
                 mqtt.publish_state(supervisor.state_message())
                 return await self._serve(ctx, supervisor, heartbeat, mqtt)
         except BrokerStartError as exc:

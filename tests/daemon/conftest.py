@@ -140,6 +140,9 @@ def start_daemon(tmp_path: Path) -> Iterator:
             "QKD_STATION__STATE_DIR": str(tmp_path / "state"),
             "QKD_STATION__EVENTS__STREAM_ENDPOINT": stream,
             "PYTHONUNBUFFERED": "1",
+            # config/sim.toml serves the web view on a fixed port; daemon tests do not need
+            # it (tests/web turns it on, on a free port).
+            "QKD_STATION__WEB__ENABLED": "false",
         })
         if clock_start is not None:
             full_env["QKD_STATION__CLOCK__START"] = clock_start
