@@ -131,7 +131,9 @@ class SimTimeTagger(TimeTagger):
 
     @property
     def model(self) -> str:
-        return f"qkd-station sim ({self.options.preset} preset, seed {self.options.seed})"
+        # Never the seed: the model string goes into every pass header, and the seed is the
+        # simulated satellite's secret (it determines every basis and bit sent).
+        return f"qkd-station sim ({self.options.preset} preset)"
 
     async def connect(self) -> None:
         self._connected = True

@@ -93,6 +93,7 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     for hd in (header, rx_header):
         assert "simulator_seed" not in hd
         assert "simulator_seed" not in json.loads(hd["qkd.header"])
+        assert not [v for v in hd.values() if "seed" in v.lower()], hd  # e.g. tagger_model
     health = st_log.json_on("health")
     assert health and health[-1]["time_reference_locked"] is True and health[-1]["ok"]
     progress = st_log.json_on("pass")
