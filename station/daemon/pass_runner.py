@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -28,6 +28,7 @@ from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
 from station.daemon.lateness import LatenessMonitor, LatenessStats, tolerated_lateness_s
 from station.daemon.modes import Outcome, Phase
+from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.readiness import CheckResult, blocking_failures, run_checks
 from station.daemon.record import (
     Cause,
@@ -45,7 +46,6 @@ from station.events import PassHeader
 from station.mqtt.messages import (
     MountTelemetry,
     PassProgress,
-    PassSummary,
     TimeTaggerTelemetry,
     TrackingErrorStats,
 )
@@ -65,31 +65,6 @@ MIN_USEFUL_WINDOW_S = 10.0
 #: Head start over the slew estimate when joining a track already under way: the
 #: mount's settling and the tracker's capture.
 JOIN_SETTLE_S = 3.0
-
-
-class Publisher(Protocol):
-    """What a pass reports to (the MQTT service, or nothing in a rehearsal)."""
-
-    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool: ...
-    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool: ...
-    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool: ...
-    def publish_summary(self, summary: PassSummary) -> None: ...
-
-
-class NullPublisher:
-    """Publishes nothing (rehearsals without MQTT)."""
-
-    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool:
-        return False
-
-    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool:
-        return False
-
-    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool:
-        return False
-
-    def publish_summary(self, summary: PassSummary) -> None:
-        return None
 
 
 class PassAborted(Exception):
@@ -189,6 +164,8 @@ class PassRunner:
         self._abort_safe = False
         self._alarm_mark = len(ctx.alarms.history)
         self._acquiring = False
+        #: Set at LOS (or when the pass ends early): the progress loop stops on it.
+        self._los = asyncio.Event()
         self.started_s = ctx.clock.now_s()
         self.channel_names = channel_names(ctx)
 
@@ -426,8 +403,8 @@ class PassRunner:
                                name=f"telemetry-{entry.pass_id}")
                 tg.create_task(self._progress(), name=f"progress-{entry.pass_id}")
                 await self._follow()
-                # LOS: the telemetry stream ends, the progress loop sees the flag.
-                self._tracking_done = True
+                # LOS: the telemetry stream ends and the progress loop wakes and stops.
+                self._los.set()
                 telemetry.close()
         finally:
             watcher.cancel()
@@ -436,7 +413,6 @@ class PassRunner:
 
     async def _follow(self) -> None:
         """Track to LOS, riding out a mount link drop within the grace period."""
-        self._tracking_done = False
         plan = self.plan
         while True:
             try:
@@ -587,7 +563,7 @@ class PassRunner:
         ctx = self.ctx
         geometry = SatelliteLinkGeometry(self.entry.earth_satellite(), ctx.cfg.site)
         next_log_s = ctx.clock.now_s()
-        while not self._tracking_done:
+        while not self._los.is_set():
             progress = self.publish_progress(geometry)
             if ctx.clock.now_s() >= next_log_s:
                 # A line for the journal every half minute: what an operator glances at.
@@ -598,7 +574,18 @@ class PassRunner:
                          self.entry.pass_id, progress[0].el_deg or 0.0,
                          progress[0].range_km or 0.0, f"{progress[0].events_recorded:,}",
                          f", detections/s {rates}" if self._acquiring and rates else "")
-            await ctx.clock.sleep(1.0)
+            await self._until_los(1.0)
+
+    async def _until_los(self, limit_s: float) -> None:
+        """Wait ``limit_s`` clock seconds, or less if LOS comes first."""
+        los = asyncio.ensure_future(self._los.wait())
+        nap = asyncio.ensure_future(self.ctx.clock.sleep(limit_s))
+        try:
+            await asyncio.wait({los, nap}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (los, nap):
+                t.cancel()
+            await asyncio.gather(los, nap, return_exceptions=True)
 
     def publish_progress(self, geometry: SatelliteLinkGeometry | None = None,
                          ) -> tuple[PassProgress, dict[str, float]]:
@@ -652,7 +639,7 @@ class PassRunner:
     async def _finalize(self) -> None:
         ctx = self.ctx
         self._set_phase(Phase.FINALIZE)
-        self._tracking_done = True
+        self._los.set()
         await self._beacon(on=False)
         set_link = getattr(ctx.tagger, "set_link", None)
         if set_link is not None:
