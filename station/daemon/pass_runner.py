@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -297,9 +297,8 @@ class PassRunner:
                 break
 
         await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
-        set_link = getattr(ctx.tagger, "set_link", None)
-        if set_link is not None:  # a simulated downlink follows the real pass geometry
-            set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
+        if ctx.hooks.follows_link:  # a simulated downlink follows the real pass geometry
+            ctx.hooks.set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
         self._settle_segment()  # a file may have appeared since (never overwritten)
         header = self._header(satellite)
         self.recorder = ctx.pipeline.open_pass(header, on_loss=self._disk_loss)
@@ -491,10 +490,9 @@ class PassRunner:
                     await stopper
                 with contextlib.suppress(DriverError):
                     await ctx.tagger.stop()
-            aclose = getattr(batches, "aclose", None)
-            if aclose is not None:  # left early (end of window): end the generator now
+            if isinstance(batches, AsyncGenerator):  # left early: end the generator now
                 with contextlib.suppress(DriverError):
-                    await aclose()
+                    await batches.aclose()
             self._acquiring = False
         log.info("pass %s: acquisition stopped", entry.pass_id)
 
@@ -515,11 +513,10 @@ class PassRunner:
         limit = faults.tracking_error_limit_arcsec
         over_since: float | None = None
         last_s: float | None = None  # the previous sample's time
-        set_pointing = getattr(ctx.tagger, "set_pointing_error_urad", None)
         async for sample in telemetry:
             self._publish_mount(sample)
-            if set_pointing is not None and sample.phase == "tracking":
-                set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
+            if sample.phase == "tracking":
+                ctx.hooks.set_pointing_error_urad(sample.sky_error_arcsec * ARCSEC_TO_URAD)
             prev_s, last_s = last_s, sample.time_s
             if not sample.acquired:
                 continue
@@ -613,7 +610,7 @@ class PassRunner:
                  for c, r in sorted(ctx.tagger.count_rates_hz().items())}
         self.publisher.publish_timetagger(TimeTaggerTelemetry(
             time=ctx.clock.now(), acquiring=self._acquiring,
-            window_s=getattr(ctx.tagger, "rate_window_s", 1.0),
+            window_s=ctx.hooks.rate_window_s,
             rates_hz=rates,
             overflow=ctx.alarms.is_active("timetagger.overflow"),
             overflow_count=self.report.overflow_batches,
@@ -641,9 +638,7 @@ class PassRunner:
         self._set_phase(Phase.FINALIZE)
         self._los.set()
         await self._beacon(on=False)
-        set_link = getattr(ctx.tagger, "set_link", None)
-        if set_link is not None:
-            set_link(None)
+        ctx.hooks.set_link(None)
         if self.recorder is not None:
             totals = await self.recorder.close(self.report.outcome.value, self.report.reason)
             r = self.report

@@ -260,8 +260,7 @@ def plan(
     warnings += search.problems
     by_norad = {es.norad_id: es for es in sets}
 
-    safety = getattr(cfg, "safety", None)
-    gate_sun_deg = float(getattr(safety, "sun_exclusion_deg", 0.0) or 0.0)
+    gate_sun_deg = float(cfg.safety.sun_exclusion_deg)
     candidates: list[PlannedPass] = []
     for n_done, ev in enumerate(search.passes):
         if progress is not None:
