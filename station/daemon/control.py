@@ -102,8 +102,8 @@ class OperatorControl:
         p = self._known(pass_id)
         if sup.current_pass_id == p.pass_id:
             raise CommandRefused(f"pass {p.pass_id} is in progress: use abort_pass")
-        sup.exclude.add(p.pass_id)
-        sup.include.discard(p.pass_id)
+        sup.book.exclude.add(p.pass_id)
+        sup.book.include.discard(p.pass_id)
         await sup.replan()
         sup.wake()
         return SkipPassResult(pass_id=p.pass_id, excluded=True)
@@ -111,8 +111,8 @@ class OperatorControl:
     async def include_pass(self, pass_id: str) -> IncludePassResult:
         sup = self.sup
         p = self._known(pass_id)
-        sup.include.add(p.pass_id)
-        sup.exclude.discard(p.pass_id)
+        sup.book.include.add(p.pass_id)
+        sup.book.exclude.discard(p.pass_id)
         await sup.replan()
         sup.wake()
         now = sup.schedule.get(p.pass_id) if sup.schedule else None

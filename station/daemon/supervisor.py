@@ -7,9 +7,10 @@ watchdog heartbeat while it waits. A pass that ends with a fault puts the statio
 ``safe``; so does any unexpected exception, after which the daemon stays up, parked.
 
 Its helpers each have one job: :mod:`~station.daemon.recovery` (what the previous run
-left), :mod:`~station.daemon.status` (the state, schedule and health messages, pure),
-:mod:`~station.daemon.disk` (free disk and its alarm), :mod:`~station.daemon.control`
-(the operator commands). The one record of mode and phase is :attr:`Supervisor.record`
+left), :mod:`~station.daemon.passbook` (the plan and the decisions about its passes),
+:mod:`~station.daemon.reporting` with :mod:`~station.daemon.status` (the state, schedule
+and health messages; the builders are pure) and :mod:`~station.daemon.disk` (free disk
+and its alarm), :mod:`~station.daemon.control` (the operator commands). The one record of mode and phase is :attr:`Supervisor.record`
 (what the state file holds); :attr:`mode` and :attr:`phase` read it.
 """
 
@@ -19,34 +20,32 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TypeVar
 
 from drivers.errors import DriverError
-from station.clock import from_epoch_s
 from station.config import StationConfig
 from station.config.root import restart_sections
 from station.daemon.alarms import Severity
-from station.daemon.context import ELEMENTS_ALARM, StationContext, note_element_load
+from station.daemon.context import StationContext
 from station.daemon.control import OperatorControl
-from station.daemon.disk import DiskMonitor
 from station.daemon.modes import Mode, Outcome, Phase
-from station.daemon.pass_runner import MIN_USEFUL_WINDOW_S, PassReport, PassRunner
+from station.daemon.pass_runner import PassReport, PassRunner
+from station.daemon.passbook import PassBook
 from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.record import SegmentState
 from station.daemon.recovery import recover
-from station.daemon.statefile import PassState, StateFile, StationState, stamp
-from station.daemon.status import StationView, health_message, schedule_message, state_message
-from station.daemon.watchdog import Heartbeat
+from station.daemon.reporting import Reporter
+from station.daemon.statefile import StateFile, StationState, pass_state, stamp
+from station.daemon.status import StationView
+from station.daemon.watchdog import Heartbeat, beating
 from station.mqtt.messages import (
     HealthMessage,
-    MountTelemetry,
     PassSummary,
     PhaseTransition,
     StateMessage,
 )
 from station.orbit.catalog import LoadReport
-from station.schedule import PlannedPass, Schedule, plan
+from station.schedule import PlannedPass, Schedule
 
 log = logging.getLogger("station.supervisor")
 
@@ -61,28 +60,24 @@ class Supervisor:
                  status_hook: Callable[[str], None] | None = None):
         self.ctx = ctx
         self.heartbeat = heartbeat
-        self.publisher: Publisher = publisher or NullPublisher()
+        self._publisher: Publisher = publisher or NullPublisher()
         self.beat_period_s = beat_period_s
         self.status_hook = status_hook or (lambda text: None)
         self.statefile = StateFile(ctx.cfg.state_dir)
         #: The one record of mode and phase (and the pass in progress): the state file's.
         self.record = StationState(mode=Mode(ctx.cfg.operations.start_mode), updated=ctx.clock.now())
         self.mode_reason = ""
-        self.schedule: Schedule | None = None
-        self.include: set[str] = set()
-        self.exclude: set[str] = set()
-        self.done: dict[str, Outcome] = {}
+        self.book = PassBook(ctx, self._beating)
+        self.reporter = Reporter(ctx, self.book, self.publisher)
         self.runner: PassRunner | None = None
         self.pass_task: asyncio.Task[PassReport] | None = None
         self.reports: list[PassReport] = []
         self.started_s = ctx.clock.now_s()
-        self.disk = DiskMonitor(ctx)
         self.control = OperatorControl(self)
         self._wake = asyncio.Event()
         self._replan_requested = True
         self._next_plan_s = -math.inf
         self._next_health_s = -math.inf
-        self._timeref_locked: bool | None = None
         #: Set each time a pass ends (tests and rehearsals wait on it).
         self.pass_finished = asyncio.Event()
         if publisher is not None:
@@ -96,6 +91,19 @@ class Supervisor:
     @property
     def phase(self) -> Phase:
         return self.record.phase
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
+    @publisher.setter
+    def publisher(self, publisher: Publisher) -> None:
+        """Set at assembly (the MQTT service is built after the supervisor's control)."""
+        self._publisher = self.reporter.publisher = publisher
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return self.book.schedule
 
     @property
     def pass_running(self) -> bool:
@@ -155,19 +163,19 @@ class Supervisor:
         """Measure (disk, time reference), publish health and state, retry lost links."""
         idle = self.pass_task is None
         if idle:
-            await self._refresh_time_reference()
-        self.publisher.publish_health(self.check_health())
+            await self.reporter.refresh_time_reference()
+        self.publisher.publish_health(self.reporter.check_health(pass_running=not idle))
         self._publish_state()  # keeps uptime and next pass current
         if idle:
             await self.ctx.reconnect_missing()
-            await self._publish_idle_mount()
+            await self.reporter.publish_idle_mount()
 
     def _next_wake_s(self) -> float:
         """Clock time of the next thing the loop must do by itself."""
         now_s = self.ctx.clock.now_s()
         wake = min(self._next_plan_s, self._next_health_s)
         if self.pass_task is None and self.mode == Mode.AUTO:
-            upcoming = self._upcoming()
+            upcoming = self.book.upcoming()
             if upcoming is not None:
                 wake = min(wake, upcoming.aos_s - upcoming.lead_time_s)
         return max(wake, now_s)
@@ -196,19 +204,8 @@ class Supervisor:
             if self.pass_task is not None and self.pass_task in done:
                 return
 
-    async def _beating(self, work: Awaitable[T], limit_s: float = 120.0) -> T:
-        """Await ``work`` (e.g. planning in a thread) while the heartbeat goes on, for at
-        most ``limit_s`` wall seconds: waiting on a thread is being alive, but a thread
-        stuck for minutes must still let the watchdog restart the daemon."""
-        future = asyncio.ensure_future(work)
-        loop = asyncio.get_running_loop()
-        give_up_s = loop.time() + limit_s
-        while not future.done():
-            if loop.time() < give_up_s:
-                self._beat()
-            # Wall-time pacing of the heartbeat, not domain time.
-            await asyncio.wait({future}, timeout=self.beat_period_s)
-        return future.result()
+    async def _beating(self, work: Awaitable[T]) -> T:
+        return await beating(work, self.heartbeat, self.beat_period_s)
 
     def wake(self) -> None:
         self._wake.set()
@@ -219,55 +216,18 @@ class Supervisor:
 
     # == schedule ===========================================================================
     async def replan(self) -> None:
-        """Plan again now (from half an hour back: a pass already up is seen) and publish."""
-        ctx = self.ctx
+        """Plan again now (see :meth:`PassBook.replan`) and publish the schedule."""
         self._replan_requested = False
-        now_s = ctx.clock.now_s()
-        hours = ctx.cfg.operations.plan_hours + 0.5
-        self.schedule = await self._beating(asyncio.to_thread(
-            plan, ctx.cfg, ctx.catalog, now_s - 1800.0, hours, sorted(self.include),
-            sorted(self.exclude)))
-        self._next_plan_s = now_s + ctx.cfg.operations.replan_interval_s
-        for w in self.schedule.warnings:
-            log.warning("schedule: %s", w)
-        for p in self.schedule.scheduled():
-            if p.los_s > now_s and p.pass_id not in self.done:
-                log.info("schedule: %s %s scheduled, AOS %s, max el %.1f°, QKD %.0f s (%s)",
-                         p.satellite, p.pass_id, _hms(p.aos), p.max_el_deg,
-                         p.qkd_duration_s, p.reason)
-        self._check_elements(now_s)
+        await self.book.replan()
+        self._next_plan_s = self.ctx.clock.now_s() + self.ctx.cfg.operations.replan_interval_s
         self._publish_schedule()
         self._publish_state()
 
-    def _check_elements(self, now_s: float) -> None:
-        for age in self.ctx.catalog.ages(now_s):
-            key = f"elements.{age.norad_id}"
-            if age.stale:
-                self.ctx.alarms.raise_(key, Severity.WARNING, age.warning or
-                                       f"elements of {age.name} are {age.age_days:.1f} days old")
-            else:
-                self.ctx.alarms.clear(key, f"elements of {age.name} are fresh")
-
-    def _upcoming(self, after: PlannedPass | None = None) -> PlannedPass | None:
-        """The next scheduled pass still worth starting (after ``after``, if given)."""
-        if self.schedule is None:
-            return None
-        now_s = self.ctx.clock.now_s()
-        for p in self.schedule.scheduled():
-            if p.pass_id in self.done or p.pass_id in self.exclude:
-                continue
-            if after is not None and p.aos_s <= after.aos_s:
-                continue
-            end_s = (p.qkd_end or p.los).timestamp()
-            if end_s - MIN_USEFUL_WINDOW_S > now_s:
-                return p
-        return None
-
     def _due_pass(self, now_s: float) -> PlannedPass | None:
-        p = self._upcoming()
+        p = self.book.upcoming()
         if p is None or now_s < p.aos_s - p.lead_time_s:
             return None
-        if self.disk.full:
+        if self.reporter.disk.full:
             self._skip(p, "disk nearly full: no new passes are accepted")
             return None
         return p
@@ -291,7 +251,7 @@ class Supervisor:
             await self.enter_safe(f"pass task crashed: {exc!r}")
             return
         self.reports.append(report)
-        self.done[report.pass_id] = report.outcome
+        self.book.done[report.pass_id] = report.outcome
         self.pass_finished.set()
         self._update(phase=Phase.IDLE, current_pass=None)
         if report.go_safe:
@@ -300,18 +260,9 @@ class Supervisor:
         self._publish_state()
 
     def _on_phase(self, phase: Phase, runner: PassRunner) -> None:
-        previous = self.phase
-        entry, now = runner.entry, self.ctx.clock.now()
-        prev = self.record.current_pass
-        same = prev is not None and prev.pass_id == entry.pass_id
-        current = None if phase == Phase.IDLE else PassState(
-            pass_id=entry.pass_id, norad_id=entry.norad_id, segment=runner.segment,
-            aos=entry.aos, los=entry.los, qkd_start=entry.qkd_start or entry.aos,
-            qkd_end=entry.qkd_end or entry.los,
-            pass_file=prev.pass_file if prev and same else None,
-            phase_times={**(prev.phase_times if prev and same else {}), phase.value: now},
-            earlier_segments=runner.earlier_segments)
-        self._update(phase=phase, current_pass=current)
+        previous, entry, now = self.phase, runner.entry, self.ctx.clock.now()
+        self._update(phase=phase, current_pass=pass_state(
+            entry, runner.segment, phase, now, self.record.current_pass, runner.earlier_segments))
         log.info("pass %s: phase %s", entry.pass_id, phase.value)
         self.publisher.publish_transition(PhaseTransition(
             time=now, pass_id=entry.pass_id, satellite=entry.satellite, segment=runner.segment,
@@ -337,7 +288,7 @@ class Supervisor:
             outcome=Outcome.SKIPPED, reason=reason, planned_aos=p.aos, planned_los=p.los,
             max_el_deg=p.max_el_deg))
         self.reports.append(report)
-        self.done[p.pass_id] = Outcome.SKIPPED
+        self.book.done[p.pass_id] = Outcome.SKIPPED
         self.pass_finished.set()
         self._publish_schedule()
 
@@ -397,16 +348,16 @@ class Supervisor:
         """Take up what the previous run left (see :mod:`station.daemon.recovery`)."""
         found = await recover(self.ctx, self.statefile.load(), self.mode, self.publisher)
         self.record, self.mode_reason = found.state, found.mode_reason
-        self.done.update(found.done)
+        self.book.done.update(found.done)
         self._update()
         if found.resume is None:
             return
         await self.replan()
         cur = found.resume.current
-        entry = self.schedule.get(cur.pass_id) if self.schedule else None
+        entry = self.book.get(cur.pass_id)
         if entry is None:
             log.error("cannot resume pass %s: not in the new schedule", cur.pass_id)
-            self.done[cur.pass_id] = Outcome.INTERRUPTED
+            self.book.done[cur.pass_id] = Outcome.INTERRUPTED
             return
         await self.ctx.connect_all()
         self._start_pass(entry, segment=found.resume.segment, earlier=found.resume.earlier)
@@ -414,59 +365,24 @@ class Supervisor:
     # == messages ============================================================================
     def state_message(self) -> StateMessage:
         current = self.runner.entry if self.runner is not None else None
-        return state_message(self.ctx, StationView(
+        return self.reporter.state(StationView(
             mode=self.mode, phase=self.phase if self.runner is not None else Phase.IDLE,
             mode_reason=self.mode_reason, started_s=self.started_s, current=current,
-            next=self._upcoming(after=current)))
+            next=self.book.upcoming(after=current)))
 
     def health_message(self) -> HealthMessage:
         """The health message from the last measurements (no side effects)."""
-        return health_message(self.ctx, self.disk.last, self._timeref_locked)
+        return self.reporter.health()
 
     def check_health(self) -> HealthMessage:
         """Measure the disk (raising or clearing its alarm), then the health message."""
-        upcoming = self._upcoming()
-        self.disk.measure(upcoming.qkd_duration_s if upcoming else None,
-                          pass_running=self.pass_task is not None)
-        return self.health_message()
+        return self.reporter.check_health(pass_running=self.pass_task is not None)
 
     def _publish_state(self) -> None:
         self.publisher.publish_state(self.state_message())
 
     def _publish_schedule(self) -> None:
-        self.publisher.publish_schedule(
-            schedule_message(self.ctx, self.schedule, self.done, self.exclude))
-
-    async def _refresh_time_reference(self) -> None:
-        """Ask the time reference for its lock state (between passes; during a pass the
-        readiness check's answer stands)."""
-        ctx = self.ctx
-        if ctx.timeref is None or not ctx.links["time_reference"].connected:
-            self._timeref_locked = None
-            return
-        st = await ctx.timeref.status()
-        self._timeref_locked = bool(st.locked)
-        if st.locked:
-            ctx.alarms.clear("time_reference.lock", "time reference locked")
-        else:
-            ctx.alarms.raise_("time_reference.lock", Severity.WARNING,
-                              f"time reference not locked: {st.state.value if st.state else '?'}"
-                              f"{f' ({st.error})' if st.error else ''}")
-
-    async def _publish_idle_mount(self) -> None:
-        ctx = self.ctx
-        if not ctx.links["mount"].connected:
-            return
-        try:
-            pos = await ctx.mount.position()
-            st = await ctx.mount.status()
-        except (DriverError, OSError, TimeoutError) as exc:
-            # A failed read is the link lost; any other exception is a bug for the loop.
-            ctx.mark_lost("mount", exc)
-            return
-        self.publisher.publish_mount(MountTelemetry(
-            time=from_epoch_s(pos.time_s), actual_az_deg=pos.az_deg, actual_el_deg=pos.el_deg,
-            moving=st.moving, parked=st.parked, tracking=False, connected=st.connected))
+        self.reporter.publish_schedule()
 
     # == config reload =========================================================================
     def apply_config(self, cfg: StationConfig) -> list[str]:
@@ -488,25 +404,5 @@ class Supervisor:
         self.wake()
 
     async def reload_catalog_keeping_the_last_good(self) -> LoadReport:
-        """Re-read the element files; whatever they hold, the pass in progress goes on.
-
-        Broken files keep their satellites' previous elements (Catalog.reload) and raise
-        the elements alarm. Should the reload itself fail, the catalog is untouched (it
-        swaps in one assignment at the end) and that is an alarm too, never an exception
-        into the daemon's task group.
-        """
-        try:
-            report = await self._beating(asyncio.to_thread(self.ctx.catalog.reload))
-        except Exception as exc:  # whatever broke, the running catalog stays: said, logged
-            log.exception("element reload failed; keeping the current catalog")
-            self.ctx.alarms.raise_(ELEMENTS_ALARM, Severity.WARNING,
-                                   f"element reload failed, the previous catalog is kept: "
-                                   f"{type(exc).__name__}: {str(exc)[:200]}")
-            return LoadReport(loaded=len(self.ctx.catalog),
-                              problems=[f"(reload): {type(exc).__name__}"])
-        note_element_load(self.ctx.alarms, report)
-        return report
-
-
-def _hms(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        """Re-read the element files (see :meth:`PassBook.reload_elements`)."""
+        return await self.book.reload_elements()

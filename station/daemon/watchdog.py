@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from station.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Heartbeat:
@@ -62,3 +65,19 @@ async def feed_watchdog(notifier: SystemdNotifier, heartbeat: Heartbeat,
 def beat_period_s(notifier: SystemdNotifier) -> float:
     interval_s = notifier.watchdog_interval_s
     return 1.0 if interval_s is None else min(1.0, interval_s / 2)
+
+
+async def beating(work: Awaitable[T], heartbeat: Heartbeat | None, period_s: float,
+                  limit_s: float = 120.0) -> T:
+    """Await ``work`` (e.g. planning in a thread) while the heartbeat goes on, for at most
+    ``limit_s`` wall seconds: waiting on a thread is being alive, but a thread stuck for
+    minutes must still let the watchdog restart the daemon."""
+    future = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    give_up_s = loop.time() + limit_s
+    while not future.done():
+        if heartbeat is not None and loop.time() < give_up_s:
+            heartbeat.beat()
+        # Wall-time pacing of the heartbeat, not domain time.
+        await asyncio.wait({future}, timeout=period_s)
+    return future.result()

@@ -191,7 +191,7 @@ async def test_an_unknown_free_disk_never_clears_the_disk_alarm(mosquitto: Broke
         health = sup.check_health()
         assert health.disk_free_bytes is None and not health.ok
         assert ctx.alarms.is_active("disk.full")  # kept: unknown is not "enough again"
-        assert sup.disk.full
+        assert sup.reporter.disk.full
         assert sup.health_message() == health  # the builder alone measures nothing
         ctx.cfg = good.model_copy(update={"operations": good.operations.model_copy(update={
             "faults": good.operations.faults.model_copy(update={"min_free_disk_mb": 0.0})})})

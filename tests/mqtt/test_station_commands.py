@@ -93,10 +93,10 @@ async def test_every_verb_in_every_mode_between_passes(mosquitto: Broker, tmp_pa
 
             k = result(await command(op, st, "skip_pass", pass_id=MICIUS))
             assert k.pass_id == MICIUS and k.excluded  # type: ignore[attr-defined]
-            assert MICIUS in st.supervisor.exclude
+            assert MICIUS in st.supervisor.book.exclude
             i = result(await command(op, st, "include_pass", pass_id=MICIUS))
             assert i.pass_id == MICIUS and i.status == "scheduled"  # type: ignore[attr-defined]
-            assert MICIUS not in st.supervisor.exclude and MICIUS in st.supervisor.include
+            assert MICIUS not in st.supervisor.book.exclude and MICIUS in st.supervisor.book.include
 
             e = result(await command(op, st, "reload_elements"))
             assert e.satellites == len(st.ctx.catalog) >= 2 and e.problems == []  # type: ignore[attr-defined]
