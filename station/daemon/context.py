@@ -22,6 +22,7 @@ from drivers.timetagger.base import TimeTagger
 from station.clock import Clock, RealClock, SimClock
 from station.config import StationConfig
 from station.config.clock import ClockConfig
+from station.config.root import restart_sections
 from station.daemon.alarms import AlarmBook, Severity
 from station.daemon.tagger_hooks import TaggerHooks
 from station.events import EventPipeline
@@ -45,6 +46,20 @@ def note_element_load(alarms: AlarmBook, report: LoadReport) -> None:
         alarms.clear(ELEMENTS_ALARM, f"element files load cleanly: {report.summary()}")
     else:
         alarms.raise_(ELEMENTS_ALARM, Severity.WARNING, text)
+
+
+def take_live_config(ctx: StationContext, cfg: StationConfig) -> list[str]:
+    """Put into ``ctx`` what can change live from a new config (the element sources, the
+    log level, every live section); return the sections that need a restart, which keep
+    their running values."""
+    old = ctx.cfg
+    restart = restart_sections(old, cfg)
+    live = cfg.model_copy(update={name: getattr(old, name) for name in restart})
+    ctx.cfg = live
+    ctx.catalog.sources = list(live.orbit.element_sources)
+    ctx.catalog.max_age_days = live.orbit.max_element_age_days
+    logging.getLogger().setLevel(live.log_level)
+    return restart
 
 
 def clock_from_config(cfg: ClockConfig) -> Clock:

@@ -130,7 +130,7 @@ class OperatorControl:
 
     async def reload_elements(self) -> ReloadElementsResult:
         sup = self.sup
-        report = await sup.reload_catalog_keeping_the_last_good()
+        report = await sup.book.reload_elements()
         await sup.replan()
         sup.wake()
         return ReloadElementsResult(satellites=len(sup.ctx.catalog), problems=list(report.problems))

@@ -8,6 +8,7 @@ watchdog heartbeat while it waits. A pass that ends with a fault puts the statio
 
 Its helpers each have one job: :mod:`~station.daemon.recovery` (what the previous run
 left), :mod:`~station.daemon.passbook` (the plan and the decisions about its passes),
+:mod:`~station.daemon.passslot` (the one pass in progress and the reports of those ended),
 :mod:`~station.daemon.reporting` with :mod:`~station.daemon.status` (the state, schedule
 and health messages; the builders are pure) and :mod:`~station.daemon.disk` (free disk
 and its alarm), :mod:`~station.daemon.control` (the operator commands). The one record of mode and phase is :attr:`Supervisor.record`
@@ -24,27 +25,25 @@ from typing import TypeVar
 
 from drivers.errors import DriverError
 from station.config import StationConfig
-from station.config.root import restart_sections
 from station.daemon.alarms import Severity
-from station.daemon.context import StationContext
+from station.daemon.context import StationContext, take_live_config
 from station.daemon.control import OperatorControl
 from station.daemon.modes import Mode, Outcome, Phase
 from station.daemon.pass_runner import PassReport, PassRunner
 from station.daemon.passbook import PassBook
+from station.daemon.passslot import PassSlot
 from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.record import SegmentState
 from station.daemon.recovery import recover
 from station.daemon.reporting import Reporter
 from station.daemon.statefile import StateFile, StationState, pass_state, stamp
 from station.daemon.status import StationView
-from station.daemon.watchdog import Heartbeat, beating
+from station.daemon.watchdog import Heartbeat, beating, wait_beating
 from station.mqtt.messages import (
     HealthMessage,
-    PassSummary,
     PhaseTransition,
     StateMessage,
 )
-from station.orbit.catalog import LoadReport
 from station.schedule import PlannedPass, Schedule
 
 log = logging.getLogger("station.supervisor")
@@ -69,17 +68,13 @@ class Supervisor:
         self.mode_reason = ""
         self.book = PassBook(ctx, self._beating)
         self.reporter = Reporter(ctx, self.book, self.publisher)
-        self.runner: PassRunner | None = None
-        self.pass_task: asyncio.Task[PassReport] | None = None
-        self.reports: list[PassReport] = []
+        self.slot = PassSlot(ctx, self.book)
         self.started_s = ctx.clock.now_s()
         self.control = OperatorControl(self)
         self._wake = asyncio.Event()
         self._replan_requested = True
         self._next_plan_s = -math.inf
         self._next_health_s = -math.inf
-        #: Set each time a pass ends (tests and rehearsals wait on it).
-        self.pass_finished = asyncio.Event()
         if publisher is not None:
             ctx.alarms.set_sink(publisher.publish_alarm)
 
@@ -104,6 +99,23 @@ class Supervisor:
     @property
     def schedule(self) -> Schedule | None:
         return self.book.schedule
+
+    @property
+    def runner(self) -> PassRunner | None:
+        return self.slot.runner
+
+    @property
+    def pass_task(self) -> asyncio.Task[PassReport] | None:
+        return self.slot.task
+
+    @property
+    def reports(self) -> list[PassReport]:
+        return self.slot.reports
+
+    @property
+    def pass_finished(self) -> asyncio.Event:
+        """Set each time a pass ends (tests and rehearsals wait on it)."""
+        return self.slot.finished
 
     @property
     def pass_running(self) -> bool:
@@ -182,27 +194,8 @@ class Supervisor:
 
     async def _wait(self, until_s: float) -> None:
         """Sleep on the clock until ``until_s``, a wake-up or the pass's end, beating."""
-        ctx = self.ctx
-        while True:
-            self._beat()
-            now_s = ctx.clock.now_s()
-            if self._wake.is_set() or now_s >= until_s:
-                self._wake.clear()
-                return
-            chunk_s = min(until_s - now_s, ctx.clock_s_for_wall(self.beat_period_s))
-            waits: list[asyncio.Future[object]] = [
-                asyncio.ensure_future(ctx.clock.sleep(chunk_s)),
-                asyncio.ensure_future(self._wake.wait())]
-            if self.pass_task is not None:
-                waits.append(self.pass_task)  # type: ignore[arg-type]
-            try:
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits[:2]:
-                    w.cancel()
-                await asyncio.gather(*waits[:2], return_exceptions=True)
-            if self.pass_task is not None and self.pass_task in done:
-                return
+        await wait_beating(self.ctx.clock, until_s, self._wake, self.pass_task, self._beat,
+                           self.ctx.clock_s_for_wall(self.beat_period_s))
 
     async def _beating(self, work: Awaitable[T]) -> T:
         return await beating(work, self.heartbeat, self.beat_period_s)
@@ -235,24 +228,18 @@ class Supervisor:
     # == passes =============================================================================
     def _start_pass(self, entry: PlannedPass, segment: int = 1,
                     earlier: list[SegmentState] | None = None) -> None:
-        self.runner = PassRunner(self.ctx, entry, segment=segment, on_phase=self._on_phase,
-                                 publisher=self.publisher, on_file_opened=self._on_file_opened,
-                                 earlier_segments=earlier)
-        self.pass_task = asyncio.create_task(self.runner.run(), name=f"pass-{entry.pass_id}")
+        self.slot.start(entry, self.publisher, on_phase=self._on_phase,
+                        on_file_opened=self._on_file_opened, segment=segment, earlier=earlier)
 
     async def _pass_finished(self, task: asyncio.Task[PassReport]) -> None:
-        self.pass_task, self.runner = None, None
         try:
-            report = task.result()
+            report = self.slot.take(task)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # PassRunner.run never raises for pass faults; this is a bug
             log.exception("pass task failed")
             await self.enter_safe(f"pass task crashed: {exc!r}")
             return
-        self.reports.append(report)
-        self.book.done[report.pass_id] = report.outcome
-        self.pass_finished.set()
         self._update(phase=Phase.IDLE, current_pass=None)
         if report.go_safe:
             await self.enter_safe(f"pass {report.pass_id} {report.outcome.value}: {report.reason}")
@@ -276,28 +263,12 @@ class Supervisor:
             self._update(current_pass=cur.model_copy(update={"pass_file": path}))
 
     def _skip(self, p: PlannedPass, reason: str) -> None:
-        """Skip a pass before anything moves: alarm, summary, report."""
-        log.error("pass %s skipped: %s", p.pass_id, reason)
-        self.ctx.alarms.raise_("pass.skipped", Severity.WARNING, f"{p.pass_id}: {reason}",
-                               pass_id=p.pass_id)
-        report = PassReport(pass_id=p.pass_id, satellite=p.satellite, norad_id=p.norad_id,
-                            outcome=Outcome.SKIPPED, reason=reason, planned_aos=p.aos,
-                            planned_los=p.los, qkd_start=p.qkd_start, qkd_end=p.qkd_end)
-        self.publisher.publish_summary(PassSummary(
-            pass_id=p.pass_id, satellite=p.satellite, norad_id=p.norad_id,
-            outcome=Outcome.SKIPPED, reason=reason, planned_aos=p.aos, planned_los=p.los,
-            max_el_deg=p.max_el_deg))
-        self.reports.append(report)
-        self.book.done[p.pass_id] = Outcome.SKIPPED
-        self.pass_finished.set()
+        self.slot.skip(p, reason, self.publisher)
         self._publish_schedule()
 
     def request_abort(self, reason: str, *, go_safe: bool = False) -> bool:
         """Ask the pass in progress to end (without waiting); False when there is none."""
-        if self.runner is None:
-            return False
-        self.runner.request_abort(reason, go_safe=go_safe)
-        return True
+        return self.slot.request_abort(reason, go_safe=go_safe)
 
     async def abort_current(self, reason: str, *, go_safe: bool = False) -> PassReport | None:
         """Abort the pass in progress and wait for it to finalize and park."""
@@ -387,22 +358,12 @@ class Supervisor:
     # == config reload =========================================================================
     def apply_config(self, cfg: StationConfig) -> list[str]:
         """Take what can change live from a new config; return what needs a restart."""
-        old = self.ctx.cfg
-        restart = restart_sections(old, cfg)
-        live = cfg.model_copy(update={name: getattr(old, name) for name in restart})
-        self.ctx.cfg = live
-        self.ctx.catalog.sources = list(live.orbit.element_sources)
-        self.ctx.catalog.max_age_days = live.orbit.max_element_age_days
-        logging.getLogger().setLevel(live.log_level)
+        restart = take_live_config(self.ctx, cfg)
         self._replan_requested = True
         self.wake()
         return restart
 
     async def reload_catalog(self) -> None:
-        await self.reload_catalog_keeping_the_last_good()
+        await self.book.reload_elements()
         self._replan_requested = True
         self.wake()
-
-    async def reload_catalog_keeping_the_last_good(self) -> LoadReport:
-        """Re-read the element files (see :meth:`PassBook.reload_elements`)."""
-        return await self.book.reload_elements()

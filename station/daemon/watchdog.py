@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from station.systemd import SystemdNotifier
+
+if TYPE_CHECKING:
+    from station.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +84,28 @@ async def beating(work: Awaitable[T], heartbeat: Heartbeat | None, period_s: flo
         # Wall-time pacing of the heartbeat, not domain time.
         await asyncio.wait({future}, timeout=period_s)
     return future.result()
+
+
+async def wait_beating(clock: Clock, until_s: float, wake: asyncio.Event,
+                       ends: asyncio.Future[Any] | None, beat: Callable[[], None],
+                       chunk_s: float) -> None:
+    """Sleep on ``clock`` until ``until_s``, until ``wake`` is set (then clear it) or until
+    ``ends`` is done, calling ``beat`` at least every ``chunk_s`` clock seconds."""
+    while True:
+        beat()
+        now_s = clock.now_s()
+        if wake.is_set() or now_s >= until_s:
+            wake.clear()
+            return
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(clock.sleep(min(until_s - now_s, chunk_s))),
+            asyncio.ensure_future(wake.wait())]
+        try:
+            done, _ = await asyncio.wait(waits if ends is None else [*waits, ends],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if ends is not None and ends in done:
+            return

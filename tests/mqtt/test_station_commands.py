@@ -125,8 +125,10 @@ async def test_verbs_during_a_pass(mosquitto: Broker, tmp_path: Path) -> None:
         assert a.pass_id == MICIUS and a.outcome == Outcome.ABORTED  # type: ignore[attr-defined]
         assert a.events_recorded == st.supervisor.reports[-1].events_recorded  # type: ignore[attr-defined]
         assert "clouds" in st.supervisor.reports[-1].reason
-        assert not st.supervisor.pass_running and st.supervisor.phase == Phase.IDLE
-        refused(await command(op, st, "abort_pass", reason="again"), "no pass is in progress")
+        # Micius is over; in auto mode on a max-speed clock the next pass may already be
+        # under way.
+        assert st.supervisor.current_pass_id != MICIUS
+        assert st.supervisor.book.done[MICIUS] == Outcome.ABORTED
 
 
 async def test_stop_ends_a_pass_in_progress(mosquitto: Broker, tmp_path: Path) -> None:
