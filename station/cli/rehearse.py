@@ -152,12 +152,7 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
 
 def _tagger_started(ctx: StationContext) -> bool:
     """Whether the simulated tagger ran (its epoch exists); False for other taggers."""
-    from drivers.errors import DriverError
-
-    try:
-        return getattr(ctx.tagger, "tagger_epoch_utc_ps", None) is not None
-    except DriverError:
-        return False  # never started: the pass recorded nothing
+    return ctx.hooks.started()
 
 
 def _measure_qber(ctx: StationContext, entry: PlannedPass, report: PassReport) -> None:

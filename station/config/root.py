@@ -21,6 +21,11 @@ from station.config.web import WebConfig
 
 ENV_PREFIX = "QKD_STATION__"
 
+#: Field metadata of a section a running daemon takes on SIGHUP; every other section
+#: needs a restart (see :func:`restart_sections`). Restart is the default, so a new
+#: section is never half-applied by accident.
+LIVE = {"reload": "live"}
+
 
 class StationConfig(BaseSettings):
     """Everything one station needs. Environment variables ``QKD_STATION__A__B=value``
@@ -40,20 +45,20 @@ class StationConfig(BaseSettings):
     )
     state_dir: ConfigPath = Field(description="Pass files and the state file go here.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="DEBUG, INFO, WARNING or ERROR."
+        "INFO", description="DEBUG, INFO, WARNING or ERROR.", json_schema_extra=LIVE
     )
     site: SiteConfig
     clock: ClockConfig = Field(default_factory=ClockConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    orbit: OrbitConfig = Field(default_factory=OrbitConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    orbit: OrbitConfig = Field(default_factory=OrbitConfig, json_schema_extra=LIVE)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, json_schema_extra=LIVE)
     mount: MountConfig = Field(default_factory=MountConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=LIVE)
     timetagger: TimeTaggerConfig = Field(default_factory=TimeTaggerConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     instruments: InstrumentsConfig = Field(default_factory=InstrumentsConfig)
-    operations: OperationsConfig = Field(default_factory=OperationsConfig)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig, json_schema_extra=LIVE)
     web: WebConfig = Field(default_factory=WebConfig)
 
     @classmethod
@@ -72,3 +77,16 @@ class StationConfig(BaseSettings):
     def topic_prefix(self) -> str:
         """``<topic_root>/<station_id>``: every topic of this station starts with it."""
         return f"{self.mqtt.topic_root}/{self.station_id}"
+
+
+def live_sections() -> list[str]:
+    """Top-level fields of :class:`StationConfig` that a running daemon takes on reload."""
+    return [name for name, f in StationConfig.model_fields.items()
+            if f.json_schema_extra == LIVE]
+
+
+def restart_sections(old: StationConfig, new: StationConfig) -> list[str]:
+    """The top-level fields that differ between ``old`` and ``new`` and need a restart."""
+    live = set(live_sections())
+    return [name for name in StationConfig.model_fields
+            if name not in live and getattr(old, name) != getattr(new, name)]

@@ -152,7 +152,7 @@ def assemble(cfg: StationConfig, clock: Clock, *, beat_period_s: float = 1.0,
     alarms = AlarmBook(clock.now)
     ctx = StationContext.build(cfg, clock, alarms)
     supervisor = Supervisor(ctx, heartbeat=Heartbeat(), beat_period_s=beat_period_s)
-    mqtt = MqttService(cfg, clock, supervisor)
+    mqtt = MqttService(cfg, clock, supervisor.control)
     supervisor.publisher = mqtt
     alarms.set_sink(mqtt.publish_alarm)
     mqtt.on_ended = lambda reason: alarms.raise_(

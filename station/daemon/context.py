@@ -16,11 +16,15 @@ from typing import Any
 
 from drivers import registry
 from drivers.errors import DriverError
+from drivers.instruments.beacon_laser import BeaconLaser
+from drivers.instruments.time_reference import TimeReference
 from drivers.timetagger.base import TimeTagger
 from station.clock import Clock, RealClock, SimClock
 from station.config import StationConfig
 from station.config.clock import ClockConfig
+from station.config.root import restart_sections
 from station.daemon.alarms import AlarmBook, Severity
+from station.daemon.tagger_hooks import TaggerHooks
 from station.events import EventPipeline
 from station.orbit.catalog import Catalog, LoadReport
 from station.tracking import GatedMount, Tracker, build_mount
@@ -42,6 +46,20 @@ def note_element_load(alarms: AlarmBook, report: LoadReport) -> None:
         alarms.clear(ELEMENTS_ALARM, f"element files load cleanly: {report.summary()}")
     else:
         alarms.raise_(ELEMENTS_ALARM, Severity.WARNING, text)
+
+
+def take_live_config(ctx: StationContext, cfg: StationConfig) -> list[str]:
+    """Put into ``ctx`` what can change live from a new config (the element sources, the
+    log level, every live section); return the sections that need a restart, which keep
+    their running values."""
+    old = ctx.cfg
+    restart = restart_sections(old, cfg)
+    live = cfg.model_copy(update={name: getattr(old, name) for name in restart})
+    ctx.cfg = live
+    ctx.catalog.sources = list(live.orbit.element_sources)
+    ctx.catalog.max_age_days = live.orbit.max_element_age_days
+    logging.getLogger().setLevel(live.log_level)
+    return restart
 
 
 def clock_from_config(cfg: ClockConfig) -> Clock:
@@ -71,9 +89,21 @@ class StationContext:
     tracker: Tracker
     tagger: TimeTagger
     pipeline: EventPipeline
-    laser: Any | None = None
-    timeref: Any | None = None
+    laser: BeaconLaser | None = None
+    timeref: TimeReference | None = None
     links: dict[str, DriverLink] = field(default_factory=dict)
+    #: The tagger's optional simulator hooks, probed once here (see tagger_hooks).
+    tagger_hooks: TaggerHooks | None = None
+
+    def __post_init__(self) -> None:
+        if self.tagger_hooks is None:
+            self.tagger_hooks = TaggerHooks.of(self.tagger)
+
+    @property
+    def hooks(self) -> TaggerHooks:
+        """The tagger's simulator hooks (typed; no-ops for a tagger without them)."""
+        assert self.tagger_hooks is not None  # set in __post_init__
+        return self.tagger_hooks
 
     @classmethod
     def build(cls, cfg: StationConfig, clock: Clock, alarms: AlarmBook) -> StationContext:
@@ -92,6 +122,9 @@ class StationContext:
                                    dict(inst.time_reference.options), clock=clock,
                                    name="time_reference")
                    if inst.time_reference.enabled else None)
+        # Checked once here, so the core calls typed methods (no probing later).
+        _expect("beacon_laser", laser, BeaconLaser)
+        _expect("time_reference", timeref, TimeReference)
         pipeline = EventPipeline(cfg)
         ctx = cls(cfg=cfg, clock=clock, alarms=alarms, catalog=catalog, mount=mount,
                   tracker=tracker, tagger=tagger, pipeline=pipeline, laser=laser, timeref=timeref)
@@ -150,6 +183,12 @@ class StationContext:
     def clock_s_for_wall(self, wall_s: float) -> float:
         """Clock seconds that pass in ``wall_s`` wall seconds (∞ for an autojump clock)."""
         return math.inf if math.isinf(self.clock.speed) else wall_s * self.clock.speed
+
+
+def _expect(kind: str, device: object | None, cls: type) -> None:
+    if device is not None and not isinstance(device, cls):
+        raise ValueError(f"[instruments.{kind}]: the backend made a {type(device).__name__}, "
+                         f"not a {cls.__name__}")
 
 
 async def with_grace(attempt: Callable[[], Awaitable[bool]], clock: Clock, grace_s: float,

@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -28,6 +28,7 @@ from station.daemon.alarms import Severity
 from station.daemon.context import StationContext, with_grace
 from station.daemon.lateness import LatenessMonitor, LatenessStats, tolerated_lateness_s
 from station.daemon.modes import Outcome, Phase
+from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.readiness import CheckResult, blocking_failures, run_checks
 from station.daemon.record import (
     Cause,
@@ -45,7 +46,6 @@ from station.events import PassHeader
 from station.mqtt.messages import (
     MountTelemetry,
     PassProgress,
-    PassSummary,
     TimeTaggerTelemetry,
     TrackingErrorStats,
 )
@@ -65,31 +65,6 @@ MIN_USEFUL_WINDOW_S = 10.0
 #: Head start over the slew estimate when joining a track already under way: the
 #: mount's settling and the tracker's capture.
 JOIN_SETTLE_S = 3.0
-
-
-class Publisher(Protocol):
-    """What a pass reports to (the MQTT service, or nothing in a rehearsal)."""
-
-    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool: ...
-    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool: ...
-    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool: ...
-    def publish_summary(self, summary: PassSummary) -> None: ...
-
-
-class NullPublisher:
-    """Publishes nothing (rehearsals without MQTT)."""
-
-    def publish_mount(self, telemetry: MountTelemetry, *, force: bool = False) -> bool:
-        return False
-
-    def publish_timetagger(self, telemetry: TimeTaggerTelemetry, *, force: bool = False) -> bool:
-        return False
-
-    def publish_pass_progress(self, progress: PassProgress, *, force: bool = False) -> bool:
-        return False
-
-    def publish_summary(self, summary: PassSummary) -> None:
-        return None
 
 
 class PassAborted(Exception):
@@ -189,6 +164,8 @@ class PassRunner:
         self._abort_safe = False
         self._alarm_mark = len(ctx.alarms.history)
         self._acquiring = False
+        #: Set at LOS (or when the pass ends early): the progress loop stops on it.
+        self._los = asyncio.Event()
         self.started_s = ctx.clock.now_s()
         self.channel_names = channel_names(ctx)
 
@@ -320,9 +297,8 @@ class PassRunner:
                 break
 
         await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
-        set_link = getattr(ctx.tagger, "set_link", None)
-        if set_link is not None:  # a simulated downlink follows the real pass geometry
-            set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
+        if ctx.hooks.follows_link:  # a simulated downlink follows the real pass geometry
+            ctx.hooks.set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
         self._settle_segment()  # a file may have appeared since (never overwritten)
         header = self._header(satellite)
         self.recorder = ctx.pipeline.open_pass(header, on_loss=self._disk_loss)
@@ -426,8 +402,8 @@ class PassRunner:
                                name=f"telemetry-{entry.pass_id}")
                 tg.create_task(self._progress(), name=f"progress-{entry.pass_id}")
                 await self._follow()
-                # LOS: the telemetry stream ends, the progress loop sees the flag.
-                self._tracking_done = True
+                # LOS: the telemetry stream ends and the progress loop wakes and stops.
+                self._los.set()
                 telemetry.close()
         finally:
             watcher.cancel()
@@ -436,7 +412,6 @@ class PassRunner:
 
     async def _follow(self) -> None:
         """Track to LOS, riding out a mount link drop within the grace period."""
-        self._tracking_done = False
         plan = self.plan
         while True:
             try:
@@ -515,10 +490,9 @@ class PassRunner:
                     await stopper
                 with contextlib.suppress(DriverError):
                     await ctx.tagger.stop()
-            aclose = getattr(batches, "aclose", None)
-            if aclose is not None:  # left early (end of window): end the generator now
+            if isinstance(batches, AsyncGenerator):  # left early: end the generator now
                 with contextlib.suppress(DriverError):
-                    await aclose()
+                    await batches.aclose()
             self._acquiring = False
         log.info("pass %s: acquisition stopped", entry.pass_id)
 
@@ -539,11 +513,10 @@ class PassRunner:
         limit = faults.tracking_error_limit_arcsec
         over_since: float | None = None
         last_s: float | None = None  # the previous sample's time
-        set_pointing = getattr(ctx.tagger, "set_pointing_error_urad", None)
         async for sample in telemetry:
             self._publish_mount(sample)
-            if set_pointing is not None and sample.phase == "tracking":
-                set_pointing(sample.sky_error_arcsec * ARCSEC_TO_URAD)
+            if sample.phase == "tracking":
+                ctx.hooks.set_pointing_error_urad(sample.sky_error_arcsec * ARCSEC_TO_URAD)
             prev_s, last_s = last_s, sample.time_s
             if not sample.acquired:
                 continue
@@ -587,7 +560,7 @@ class PassRunner:
         ctx = self.ctx
         geometry = SatelliteLinkGeometry(self.entry.earth_satellite(), ctx.cfg.site)
         next_log_s = ctx.clock.now_s()
-        while not self._tracking_done:
+        while not self._los.is_set():
             progress = self.publish_progress(geometry)
             if ctx.clock.now_s() >= next_log_s:
                 # A line for the journal every half minute: what an operator glances at.
@@ -598,7 +571,18 @@ class PassRunner:
                          self.entry.pass_id, progress[0].el_deg or 0.0,
                          progress[0].range_km or 0.0, f"{progress[0].events_recorded:,}",
                          f", detections/s {rates}" if self._acquiring and rates else "")
-            await ctx.clock.sleep(1.0)
+            await self._until_los(1.0)
+
+    async def _until_los(self, limit_s: float) -> None:
+        """Wait ``limit_s`` clock seconds, or less if LOS comes first."""
+        los = asyncio.ensure_future(self._los.wait())
+        nap = asyncio.ensure_future(self.ctx.clock.sleep(limit_s))
+        try:
+            await asyncio.wait({los, nap}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (los, nap):
+                t.cancel()
+            await asyncio.gather(los, nap, return_exceptions=True)
 
     def publish_progress(self, geometry: SatelliteLinkGeometry | None = None,
                          ) -> tuple[PassProgress, dict[str, float]]:
@@ -626,7 +610,7 @@ class PassRunner:
                  for c, r in sorted(ctx.tagger.count_rates_hz().items())}
         self.publisher.publish_timetagger(TimeTaggerTelemetry(
             time=ctx.clock.now(), acquiring=self._acquiring,
-            window_s=getattr(ctx.tagger, "rate_window_s", 1.0),
+            window_s=ctx.hooks.rate_window_s,
             rates_hz=rates,
             overflow=ctx.alarms.is_active("timetagger.overflow"),
             overflow_count=self.report.overflow_batches,
@@ -652,11 +636,9 @@ class PassRunner:
     async def _finalize(self) -> None:
         ctx = self.ctx
         self._set_phase(Phase.FINALIZE)
-        self._tracking_done = True
+        self._los.set()
         await self._beacon(on=False)
-        set_link = getattr(ctx.tagger, "set_link", None)
-        if set_link is not None:
-            set_link(None)
+        ctx.hooks.set_link(None)
         if self.recorder is not None:
             totals = await self.recorder.close(self.report.outcome.value, self.report.reason)
             r = self.report

@@ -12,6 +12,7 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,6 +20,9 @@ from station.daemon.modes import Mode, Phase
 from station.daemon.record import SegmentState
 from station.events.passfile import reserve_space
 from station.files import make_dirs, open_file
+
+if TYPE_CHECKING:
+    from station.orbit.passes import PassInfo
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,20 @@ class StateFile:
 def stamp(state: StationState, now: datetime, **changes: object) -> StationState:
     """A copy of ``state`` with ``changes`` and ``updated = now``."""
     return state.model_copy(update={**changes, "updated": now})
+
+
+def pass_state(entry: PassInfo, segment: int, phase: Phase, now: datetime,
+               previous: PassState | None, earlier: list[SegmentState]) -> PassState | None:
+    """The state file's record of the pass in progress after a change to ``phase`` (None
+    once idle): the pass file and phase times carry over from ``previous`` when it is the
+    same pass."""
+    if phase == Phase.IDLE:
+        return None
+    same = previous is not None and previous.pass_id == entry.pass_id
+    return PassState(
+        pass_id=entry.pass_id, norad_id=entry.norad_id, segment=segment,
+        aos=entry.aos, los=entry.los, qkd_start=entry.qkd_start or entry.aos,
+        qkd_end=entry.qkd_end or entry.los,
+        pass_file=previous.pass_file if previous and same else None,
+        phase_times={**(previous.phase_times if previous and same else {}), phase.value: now},
+        earlier_segments=earlier)

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from station.systemd import SystemdNotifier
 
+if TYPE_CHECKING:
+    from station.clock import Clock
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Heartbeat:
@@ -62,3 +68,44 @@ async def feed_watchdog(notifier: SystemdNotifier, heartbeat: Heartbeat,
 def beat_period_s(notifier: SystemdNotifier) -> float:
     interval_s = notifier.watchdog_interval_s
     return 1.0 if interval_s is None else min(1.0, interval_s / 2)
+
+
+async def beating(work: Awaitable[T], heartbeat: Heartbeat | None, period_s: float,
+                  limit_s: float = 120.0) -> T:
+    """Await ``work`` (e.g. planning in a thread) while the heartbeat goes on, for at most
+    ``limit_s`` wall seconds: waiting on a thread is being alive, but a thread stuck for
+    minutes must still let the watchdog restart the daemon."""
+    future = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    give_up_s = loop.time() + limit_s
+    while not future.done():
+        if heartbeat is not None and loop.time() < give_up_s:
+            heartbeat.beat()
+        # Wall-time pacing of the heartbeat, not domain time.
+        await asyncio.wait({future}, timeout=period_s)
+    return future.result()
+
+
+async def wait_beating(clock: Clock, until_s: float, wake: asyncio.Event,
+                       ends: asyncio.Future[Any] | None, beat: Callable[[], None],
+                       chunk_s: float) -> None:
+    """Sleep on ``clock`` until ``until_s``, until ``wake`` is set (then clear it) or until
+    ``ends`` is done, calling ``beat`` at least every ``chunk_s`` clock seconds."""
+    while True:
+        beat()
+        now_s = clock.now_s()
+        if wake.is_set() or now_s >= until_s:
+            wake.clear()
+            return
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(clock.sleep(min(until_s - now_s, chunk_s))),
+            asyncio.ensure_future(wake.wait())]
+        try:
+            done, _ = await asyncio.wait(waits if ends is None else [*waits, ends],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if ends is not None and ends in done:
+            return

@@ -65,14 +65,28 @@ from station.mqtt.messages import (
     COMMANDS,
     REQUEST_ID_RE,
     AbortPassRequest,
+    AbortPassResult,
     CommandError,
     CommandReply,
     CommandRequest,
+    CommandResult,
     ErrorCode,
     GotoRequest,
+    GotoResult,
     IncludePassRequest,
+    IncludePassResult,
+    ParkRequest,
+    ParkResult,
+    ReloadElementsRequest,
+    ReloadElementsResult,
+    RescheduleRequest,
+    RescheduleResult,
     SetModeRequest,
+    SetModeResult,
     SkipPassRequest,
+    SkipPassResult,
+    StopRequest,
+    StopResult,
 )
 from station.vocabulary import Mode
 
@@ -97,52 +111,57 @@ class CommandRefused(Exception):
 
 @runtime_checkable
 class StationControl(Protocol):
-    """What the daemon offers to operators. Every method returns a small JSON-able dict
-    (the reply's ``result``) or raises :class:`CommandRefused`.
+    """What the daemon offers to operators. Every method returns its verb's result model
+    (:data:`station.mqtt.messages.RESULTS`; the reply's ``result``) or raises
+    :class:`CommandRefused`.
 
     Methods are called from their own task; they may take time (a park waits for the
     mount) but should return once the action is done or clearly under way.
     """
 
-    async def park(self) -> dict[str, Any]:
+    async def park(self) -> ParkResult:
         """Drive to the park position, ending any pass in progress."""
         ...
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self) -> StopResult:
         """Stop all motion now."""
         ...
 
-    async def goto(self, az_deg: float, el_deg: float) -> dict[str, Any]:
+    async def goto(self, az_deg: float, el_deg: float) -> GotoResult:
         """Point at az/el through the safety gate (refuse in auto/safe mode as the daemon decides)."""
         ...
 
-    async def set_mode(self, mode: Mode) -> dict[str, Any]:
+    async def set_mode(self, mode: Mode) -> SetModeResult:
         """Change the operating mode."""
         ...
 
-    async def skip_pass(self, pass_id: str) -> dict[str, Any]:
+    async def skip_pass(self, pass_id: str) -> SkipPassResult:
         """Exclude a planned pass."""
         ...
 
-    async def abort_pass(self, reason: str) -> dict[str, Any]:
+    async def abort_pass(self, reason: str) -> AbortPassResult:
         """End the current pass now; refuse when no pass is in progress."""
         ...
 
-    async def include_pass(self, pass_id: str) -> dict[str, Any]:
+    async def include_pass(self, pass_id: str) -> IncludePassResult:
         """Force a pass into the plan."""
         ...
 
-    async def reload_elements(self) -> dict[str, Any]:
+    async def reload_elements(self) -> ReloadElementsResult:
         """Re-read the orbital element sources."""
         ...
 
-    async def reschedule(self) -> dict[str, Any]:
+    async def reschedule(self) -> RescheduleResult:
         """Plan again now."""
         ...
 
 
-def _call(control: StationControl, verb: str, req: CommandRequest) -> Coroutine[Any, Any, dict[str, Any]]:
+def _call(control: StationControl, req: CommandRequest) -> Coroutine[Any, Any, CommandResult]:
     match req:
+        case ParkRequest():
+            return control.park()
+        case StopRequest():
+            return control.stop()
         case GotoRequest():
             return control.goto(req.az_deg, req.el_deg)
         case SetModeRequest():
@@ -153,8 +172,11 @@ def _call(control: StationControl, verb: str, req: CommandRequest) -> Coroutine[
             return control.include_pass(req.pass_id)
         case AbortPassRequest():
             return control.abort_pass(req.reason)
-        case _:
-            return getattr(control, verb)()
+        case ReloadElementsRequest():
+            return control.reload_elements()
+        case RescheduleRequest():
+            return control.reschedule()
+    raise TypeError(f"no StationControl method for {type(req).__name__}")
 
 
 @dataclass
@@ -420,10 +442,7 @@ class CommandDispatcher:
         error: CommandError | None = None
         result: dict[str, Any] | None = None
         try:
-            result = await _call(self.control, verb, req)
-            if result is not None and not isinstance(result, dict):
-                result = {"value": result}
-            result = _jsonable(result or {})
+            result = (await _call(self.control, req)).model_dump(mode="json")
         except CommandRefused as exc:
             error = CommandError(code=ErrorCode.REFUSED, message=exc.message, details=_jsonable(exc.details))
         except asyncio.CancelledError:

@@ -375,6 +375,93 @@ COMMANDS: dict[str, type[CommandRequest]] = {
 }
 
 
+# --- command results ---------------------------------------------------------------------
+class CommandResult(Payload):
+    """Base of every verb's ``result`` (the reply's ``result`` when ``ok``)."""
+
+
+class ParkResult(CommandResult):
+    """``park``: the mount parked (a pass in progress is aborted first)."""
+
+    parked: bool = Field(description="True once the mount reports parked.")
+    pass_aborted: bool = Field(description="True when a pass was in progress and was aborted.")
+
+
+class StopResult(CommandResult):
+    """``stop``: motion stopped (a pass in progress is asked to abort)."""
+
+    stopped: bool = Field(description="True: the stop was sent to the mount.")
+    pass_aborted: bool = Field(description="True when a pass was in progress and was asked to abort.")
+
+
+class GotoResult(CommandResult):
+    """``goto``: the safety gate accepted the target and the slew is under way."""
+
+    az_deg: float = Field(description="Target azimuth as requested, degrees.")
+    el_deg: float = Field(description="Target elevation, degrees.")
+    accepted: bool = Field(description="True: the gate let the slew through.")
+
+
+class SetModeResult(CommandResult):
+    """``set_mode``: the mode now and before."""
+
+    mode: Mode = Field(description="The mode after the command.")
+    previous: Mode = Field(description="The mode before the command.")
+
+
+class SkipPassResult(CommandResult):
+    """``skip_pass``: the pass is excluded from the plan."""
+
+    pass_id: str = Field(description="The pass excluded.")
+    excluded: bool = Field(description="Always true on success.")
+
+
+class IncludePassResult(CommandResult):
+    """``include_pass``: the pass is forced into the plan; what the planner made of it."""
+
+    pass_id: str = Field(description="The pass included.")
+    status: str = Field(description="The planner's status for it now: scheduled, or why not "
+                        "(e.g. conflict), or unknown when it left the plan.")
+    reason: str = Field(description="The planner's reason, in words.")
+
+
+class AbortPassResult(CommandResult):
+    """``abort_pass``: the pass ended (its file closed, the mount parked)."""
+
+    pass_id: str | None = Field(description="The pass aborted.")
+    outcome: Outcome | None = Field(description="Its outcome (aborted unless it had just ended).")
+    events_recorded: int = Field(description="Detection events recorded in this segment.")
+
+
+class ReloadElementsResult(CommandResult):
+    """``reload_elements``: the element files were read again and the plan redone."""
+
+    satellites: int = Field(description="Satellites in the catalog after the reload.")
+    problems: list[str] = Field(description="Records or files rejected (the previous elements "
+                                "of their satellites are kept).")
+
+
+class RescheduleResult(CommandResult):
+    """``reschedule``: the plan was redone."""
+
+    scheduled: list[str] = Field(description="Pass ids scheduled, in order.")
+    rejected: int = Field(description="Passes the planner considered and did not schedule.")
+
+
+#: Verb -> result model (the reply's ``result`` when ``ok``).
+RESULTS: dict[str, type[CommandResult]] = {
+    "park": ParkResult,
+    "stop": StopResult,
+    "goto": GotoResult,
+    "set_mode": SetModeResult,
+    "skip_pass": SkipPassResult,
+    "abort_pass": AbortPassResult,
+    "include_pass": IncludePassResult,
+    "reload_elements": ReloadElementsResult,
+    "reschedule": RescheduleResult,
+}
+
+
 class ErrorCode(StrEnum):
     """Why a command failed."""
 
@@ -403,7 +490,8 @@ class CommandReply(Payload):
     verb: str = Field(description="The verb from the topic (an unknown one cut to 80 characters).")
     ok: bool = Field(description="True when the command was carried out.")
     error: CommandError | None = Field(None, description="Set when ok is false.")
-    result: dict[str, Any] | None = Field(None, description="Verb-specific result when ok.")
+    result: dict[str, Any] | None = Field(
+        None, description="Verb-specific result when ok: the schema result_<verb> describes it.")
     time: UtcTime = Field(description="When the reply was made (station clock).")
 
 
@@ -420,6 +508,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "pass_summary": PassSummary,
     "reply": CommandReply,
     **{f"cmd_{verb}": model for verb, model in COMMANDS.items()},
+    **{f"result_{verb}": model for verb, model in RESULTS.items()},
 }
 
 

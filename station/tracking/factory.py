@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drivers import registry
 from station.clock import Clock, to_epoch_s
-from station.tracking.gate import GatedMount, SunFunction
+from station.tracking.gate import CommandRefused, GatedMount, SunFunction
 from station.tracking.trajectory import TrackPlan, plan_track
 
 if TYPE_CHECKING:
@@ -40,8 +40,10 @@ def build_mount(cfg: StationConfig, clock: Clock, *, sun_altaz: SunFunction | No
             park_tolerance_deg=m.park_tolerance_deg, command_timeout_s=m.command_timeout_s,
             sun_altaz=sun_altaz,
         )
-    except Exception as exc:
-        # The park position failed the gate's static checks: a config problem.
+    except (CommandRefused, ValueError) as exc:
+        # The park position failed the gate's static checks, or the [safety] travel leaves
+        # nothing of the mount's: a config problem. Anything else is a bug and keeps its
+        # own type and traceback.
         raise ValueError(f"[mount]/[safety]: {exc}") from exc
 
 
@@ -49,29 +51,19 @@ async def plan_for_pass(
     gated: GatedMount,
     cfg: StationConfig,
     satellite: EarthSatellite,
-    pass_: Any = None,
     *,
-    aos: datetime | float | None = None,
-    los: datetime | float | None = None,
-    pass_id: str | None = None,
+    aos: datetime | float,
+    los: datetime | float,
+    pass_id: str = "",
     from_az_deg: float | None = None,
 ) -> TrackPlan:
-    """Plan the track of a pass in a worker thread.
-
-    ``pass_`` is a scheduled pass (``station.orbit.passes.PassInfo`` / ``PlannedPass``
-    with ``aos``/``los`` datetimes, or a ``PassEvent`` with ``aos_s``/``los_s``); or give
-    ``aos`` and ``los`` directly. The wrap turn is chosen for the shortest slew from
-    ``from_az_deg`` (default: where the mount is now).
+    """Plan the track of a pass from ``aos`` to ``los`` (UTC datetimes or epoch seconds) in
+    a worker thread. The wrap turn is chosen for the shortest slew from ``from_az_deg``
+    (default: where the mount is now).
     """
-    if pass_ is not None:
-        aos = aos if aos is not None else getattr(pass_, "aos", None) or getattr(pass_, "aos_s", None)
-        los = los if los is not None else getattr(pass_, "los", None) or getattr(pass_, "los_s", None)
-        pass_id = pass_id if pass_id is not None else str(getattr(pass_, "pass_id", "") or "")
-    if aos is None or los is None:
-        raise ValueError("plan_for_pass needs AOS and LOS (from the pass or as arguments)")
     if from_az_deg is None:
         from_az_deg = (await gated.position()).az_deg
     return await asyncio.to_thread(
         plan_track, satellite, cfg.site, to_epoch_s(aos), to_epoch_s(los), limits=gated.limits,
-        tracking=cfg.tracking, from_az_deg=from_az_deg, pass_id=pass_id or "",
+        tracking=cfg.tracking, from_az_deg=from_az_deg, pass_id=pass_id,
     )

@@ -226,8 +226,8 @@ async def test_unexpected_exception_parks_goes_safe_and_stays_up(mosquitto: Brok
         assert st.supervisor.mode == Mode.SAFE
         assert report.mount_parked
         # The daemon is still up and answers commands; motion is refused in safe mode.
-        result = await st.supervisor.set_mode(Mode.MANUAL)
-        assert result["previous"] == "safe"
+        result = await st.supervisor.control.set_mode(Mode.MANUAL)
+        assert result.previous == Mode.SAFE
         assert not st.ctx.alarms.is_active("station.safe")
 
 
@@ -237,9 +237,9 @@ async def test_operator_goto_then_back_to_auto_parks(mosquitto: Broker, tmp_path
         sup = st.supervisor
         # The MQTT layer turns CommandRefused into a 'refused' reply.
         with pytest.raises(CommandRefused, match="set_mode manual"):
-            await sup.goto(120.0, 40.0)
-        await sup.set_mode(Mode.MANUAL)
-        assert (await sup.goto(120.0, 40.0))["accepted"]
-        await sup.set_mode(Mode.AUTO)
+            await sup.control.goto(120.0, 40.0)
+        await sup.control.set_mode(Mode.MANUAL)
+        assert (await sup.control.goto(120.0, 40.0)).accepted
+        await sup.control.set_mode(Mode.AUTO)
         pos = await st.ctx.mount.position()
         assert st.ctx.mount.is_parked(pos)

@@ -8,7 +8,7 @@ import pytest
 
 from station.clock import SimClock
 from tests.conftest import Broker
-from tests.mqtt.helpers import START, LabStation
+from tests.mqtt.helpers import START, CommandedStation
 from tests.mqtt.secure import Pki, start_secure_broker
 
 
@@ -19,12 +19,13 @@ def clock() -> SimClock:
 
 
 @pytest.fixture
-async def station(clock: SimClock) -> AsyncIterator[LabStation]:
-    """A small station over a real SimMount, connected."""
-    st = LabStation(clock)
-    await st.mount.connect()
+async def station(clock: SimClock, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> AsyncIterator[CommandedStation]:
+    """The real station's operator commands (built from config/sim.toml), mount connected."""
+    st = CommandedStation(clock, tmp_path_factory.mktemp("commanded") / "state")
+    await st.start()
     yield st
-    await st.mount.close()
+    await st.close()
 
 
 @pytest.fixture(scope="module")

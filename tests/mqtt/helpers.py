@@ -1,5 +1,6 @@
-"""Helpers of the MQTT tests: station configs pointing at a real broker, a small station
-that really drives the simulated mount, and a subscriber that collects messages."""
+"""Helpers of the MQTT tests: station configs pointing at a real broker, the real
+station's operator commands with a record of what reached them, and a subscriber that
+collects messages."""
 
 from __future__ import annotations
 
@@ -13,15 +14,31 @@ from typing import Any
 
 import aiomqtt
 
-from drivers.mount.sim import SimMount
 from station.clock import SimClock
+from station.config import load_config
 from station.config.mount import MountConfig
 from station.config.mqtt import MqttConfig
 from station.config.root import StationConfig
 from station.config.site import SiteConfig
 from station.config.timetagger import TimeTaggerConfig
+from station.daemon.alarms import AlarmBook
+from station.daemon.context import StationContext
 from station.daemon.modes import Mode
-from station.mqtt.commands import CommandRefused
+from station.daemon.supervisor import Supervisor
+from station.mqtt.messages import (
+    AbortPassResult,
+    GotoResult,
+    IncludePassResult,
+    ParkResult,
+    ReloadElementsResult,
+    RescheduleResult,
+    SetModeResult,
+    SkipPassResult,
+    StopResult,
+)
+from tests.conftest import REPO
+
+SIM = REPO / "config" / "sim.toml"
 
 START = datetime(2016, 12, 19, 16, 40, tzinfo=UTC)
 
@@ -45,85 +62,87 @@ def make_cfg(tmp_path: Path, host: str, port: int, *, station_id: str = "teststa
     )
 
 
-class LabStation:
-    """A small station-like controller implementing StationControl over a real SimMount.
+class CommandedStation:
+    """The real operator commands of a real station, for the MQTT transport tests.
 
-    It keeps the rules a real daemon keeps (no operator motion in auto or safe mode, an
-    elevation floor, passes that must exist), so replies can be checked against the
-    mount's own record of accepted commands.
+    The station is built from ``config/sim.toml`` as ``run`` builds it (devices through the
+    registry, the mount behind the safety gate) on the test's clock, in manual mode, with
+    its mount connected and a plan made; its :class:`~station.daemon.control.OperatorControl`
+    answers. Nothing here re-implements a rule or a reply: this class only records which
+    verbs reached the station (``calls``) and can hold a ``goto`` in flight (``hold``), so
+    the transport tests can say what ran. The command rules themselves are tested end to
+    end in ``tests/mqtt/test_commands.py`` on the whole running station.
     """
 
-    EL_FLOOR_DEG = 10.0
-
-    def __init__(self, clock: SimClock):
+    def __init__(self, clock: SimClock, state_dir: Path):
+        cfg = load_config(SIM, overrides={
+            "station_id": "commanded", "state_dir": str(state_dir),
+            # A short plan keeps the many small "reschedule" pings cheap.
+            "operations": {"start_mode": "manual", "plan_hours": 1.0},
+        })
         self.clock = clock
-        self.mount = SimMount(SimMount.Options(), clock=clock)
-        self.mode = Mode.MANUAL
-        self.passes = {"41731-20161219T1655Z": "planned", "99001-20161219T1830Z": "skipped"}
-        self.current_pass: str | None = "41731-20161219T1655Z"
+        self.ctx = StationContext.build(cfg, clock, AlarmBook(clock.now))
+        self.supervisor = Supervisor(self.ctx)
+        self.control = self.supervisor.control
         self.calls: list[tuple[str, Any]] = []
         self.reschedules = 0
         self.hold: asyncio.Event | None = None  # set by a test to hold goto "in flight"
 
-    async def park(self) -> dict[str, Any]:
+    @property
+    def mount(self) -> Any:
+        """The simulated mount behind the gate: its ``commands`` are what really moved."""
+        return self.ctx.mount._GatedMount__backend  # type: ignore[attr-defined]  # past the gate, to read only
+
+    async def start(self) -> None:
+        assert await self.ctx.connect("mount")
+        await self.supervisor.replan()
+        self.mount.commands.clear()  # what the tests cause, not the start-up
+
+    async def close(self) -> None:
+        await self.ctx.close()
+
+    def pass_ids(self) -> list[str]:
+        sched = self.supervisor.schedule
+        return [p.pass_id for p in sched.passes] if sched else []
+
+    async def park(self) -> ParkResult:
         self.calls.append(("park", None))
-        await self.mount.park()
-        return {"park_az_deg": self.mount.options.park_az_deg,
-                "park_el_deg": self.mount.options.park_el_deg}
+        return await self.control.park()
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self) -> StopResult:
         self.calls.append(("stop", None))
-        await self.mount.stop()
-        return {"stopped": True}
+        return await self.control.stop()
 
-    async def goto(self, az_deg: float, el_deg: float) -> dict[str, Any]:
+    async def goto(self, az_deg: float, el_deg: float) -> GotoResult:
         self.calls.append(("goto", (az_deg, el_deg)))
-        if self.mode not in (Mode.MANUAL, Mode.MAINTENANCE):
-            raise CommandRefused(f"goto refused: the station is in {self.mode} mode; "
-                                 "set_mode manual first")
-        if el_deg < self.EL_FLOOR_DEG:
-            raise CommandRefused(f"goto refused by the safety gate: el {el_deg:.1f}° is below "
-                                 f"the elevation limit {self.EL_FLOOR_DEG:.1f}°")
         if self.hold is not None:
             await self.hold.wait()
-        await self.mount.slew_to(az_deg, el_deg)
-        return {"az_deg": az_deg, "el_deg": el_deg}
+        return await self.control.goto(az_deg, el_deg)
 
-    async def set_mode(self, mode: Mode) -> dict[str, Any]:
+    async def set_mode(self, mode: Mode) -> SetModeResult:
         self.calls.append(("set_mode", mode))
-        previous, self.mode = self.mode, mode
-        return {"mode": str(mode), "previous": str(previous)}
+        return await self.control.set_mode(mode)
 
-    async def skip_pass(self, pass_id: str) -> dict[str, Any]:
+    async def skip_pass(self, pass_id: str) -> SkipPassResult:
         self.calls.append(("skip_pass", pass_id))
-        if pass_id not in self.passes:
-            raise CommandRefused(f"no pass {pass_id!r} in the schedule")
-        self.passes[pass_id] = "excluded"
-        return {"pass_id": pass_id, "decision": "excluded"}
+        return await self.control.skip_pass(pass_id)
 
-    async def include_pass(self, pass_id: str) -> dict[str, Any]:
+    async def include_pass(self, pass_id: str) -> IncludePassResult:
         self.calls.append(("include_pass", pass_id))
-        if pass_id not in self.passes:
-            raise CommandRefused(f"no pass {pass_id!r} in the schedule")
-        self.passes[pass_id] = "included"
-        return {"pass_id": pass_id, "decision": "included"}
+        return await self.control.include_pass(pass_id)
 
-    async def abort_pass(self, reason: str) -> dict[str, Any]:
+    async def abort_pass(self, reason: str) -> AbortPassResult:
         self.calls.append(("abort_pass", reason))
-        if self.current_pass is None:
-            raise CommandRefused("no pass in progress")
-        aborted, self.current_pass = self.current_pass, None
-        await self.mount.park()
-        return {"pass_id": aborted, "reason": reason}
+        return await self.control.abort_pass(reason)
 
-    async def reload_elements(self) -> dict[str, Any]:
+    async def reload_elements(self) -> ReloadElementsResult:
         self.calls.append(("reload_elements", None))
-        return {"satellites": 2}
+        return await self.control.reload_elements()
 
-    async def reschedule(self) -> dict[str, Any]:
+    async def reschedule(self) -> RescheduleResult:
         self.calls.append(("reschedule", None))
         self.reschedules += 1
-        return {"passes": len(self.passes)}
+        return await self.control.reschedule()
 
 
 class Collector:

@@ -103,7 +103,7 @@ async def test_cmd_cli_round_trip(mosquitto, tmp_path, clock, station):
         async with asyncio.timeout(10):
             await svc.wait_connected()
         code, out, err = await run_cli("cmd", "goto", "az_deg=120", "el_deg=45", "--config", conf)
-        assert (code, out.strip()) == (0, 'ok: goto {"az_deg": 120.0, "el_deg": 45.0}'), err
+        assert (code, out.strip()) == (0, 'ok: goto {"az_deg": 120.0, "el_deg": 45.0, "accepted": true}'), err
         assert station.mount.commands[-1].kind == "slew"
         code, out, _ = await run_cli("cmd", "goto", "az_deg=120", "el_deg=2", "--config", conf)
         assert code == 1 and out.startswith("error [refused]: goto refused by the safety gate")
@@ -111,7 +111,8 @@ async def test_cmd_cli_round_trip(mosquitto, tmp_path, clock, station):
         assert code == 1 and "error [invalid_request]" in out and "'turbo'" in out
         code, out, _ = await run_cli("cmd", "abort_pass", "reason=clouds over the site", "--json",
                                      "--config", conf)
-        assert code == 0 and '"reason": "clouds over the site"' in out
+        # No pass is in progress on the station: the JSON reply carries the refusal.
+        assert code == 1 and '"code": "refused"' in out and "no pass is in progress" in out
     # The station is gone (offline retained): the CLI says so instead of hanging.
     code, _, err = await run_cli("cmd", "park", "--timeout-s", "1", "--config", conf)
     assert code == 4 and "the station is offline" in err

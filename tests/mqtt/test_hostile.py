@@ -30,7 +30,7 @@ from station.mqtt.limits import (
 from station.mqtt.messages import AlarmMessage
 from station.mqtt.service import MqttService
 from tests.conftest import free_port
-from tests.mqtt.helpers import Collector, LabStation, collector, make_cfg
+from tests.mqtt.helpers import Collector, CommandedStation, collector, make_cfg
 from tests.mqtt.secure import PREFIX, start_secure_broker, station_cfg, tls_client
 
 P = PREFIX
@@ -116,7 +116,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("verb", "payload", "suffix", "code", "words"), HOSTILE,
                          ids=[f"{i}-{h[0][:8]}-{h[3]}" for i, h in enumerate(HOSTILE)])
-async def test_no_payload_silences_the_station(svc, op, station: LabStation, caplog,
+async def test_no_payload_silences_the_station(svc, op, station: CommandedStation, caplog,
                                                verb, payload, suffix, code, words):
     caplog.set_level(logging.INFO, logger="station.mqtt")
     await send(op, verb, payload)

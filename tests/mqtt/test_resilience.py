@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import aiomqtt
 
+from drivers.mount.sim import SimMount
 from station.daemon.modes import Mode, Phase
 from station.mqtt.messages import (
     AlarmMessage,
@@ -20,7 +21,7 @@ from station.mqtt.messages import (
 )
 from station.mqtt.service import MqttService
 from tests.conftest import free_port, start_mosquitto
-from tests.mqtt.helpers import START, LabStation, make_cfg
+from tests.mqtt.helpers import START, make_cfg
 
 ID = "resilient"
 
@@ -45,8 +46,9 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
     broker = start_mosquitto(tmp_path, port=port, extra_conf=(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {db}/\nautosave_interval 1\nautosave_on_changes true\n"))
-    station = LabStation(clock)
-    await station.mount.connect()
+    # The pass's mount: the simulated one, driven as a pass's control loop drives it.
+    mount = SimMount(SimMount.Options(), clock=clock)
+    await mount.connect()
     # The station retries every 1.5-2 s, the dashboard every 20 ms: after the restart the
     # dashboard is (almost always) subscribed again before the station sends what it
     # queued; its persistent session covers the rare other order.
@@ -82,11 +84,11 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
     sub = asyncio.create_task(subscribe(), name="test-dashboard")
     calls_while_down = 0
     try:
-        async with MqttService(cfg, clock, station) as service:
+        async with MqttService(cfg, clock) as service:
             async with asyncio.timeout(10):
                 await service.wait_connected()
             service.publish_state(state(clock, Phase.TRACK))
-            await station.mount.slew_to(30.0, 60.0)
+            await mount.slew_to(30.0, 60.0)
             await wait_for(lambda: on("state"))
 
             stop_loop = asyncio.Event()
@@ -97,8 +99,8 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
                 nonlocal ticks, calls_while_down
                 while not stop_loop.is_set():
                     await clock.advance(0.2)
-                    pos = station.mount.true_position()
-                    st = await station.mount.status()
+                    pos = mount.true_position()
+                    st = await mount.status()
                     service.publish_mount(MountTelemetry(
                         time=clock.now(), actual_az_deg=pos.az_deg, actual_el_deg=pos.el_deg,
                         commanded_az_deg=30.0, commanded_el_deg=60.0, moving=st.moving,
@@ -142,13 +144,13 @@ async def test_broker_restart_mid_pass(tmp_path, clock):
             assert service.stats.disconnects >= 1 and service.stats.connects >= 2
             assert calls_while_down > 0   # the loop kept publishing while nothing could be sent
             # The pass went on: the mount reached its target during and after the outage.
-            pos = station.mount.true_position()
+            pos = mount.true_position()
             assert abs(pos.az_deg - 30.0) < 0.01 and abs(pos.el_deg - 60.0) < 0.01
     finally:
         sub.cancel()
         await asyncio.gather(sub, return_exceptions=True)
         broker.stop()
-        await station.mount.close()
+        await mount.close()
 
 
 async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):

@@ -13,7 +13,7 @@ import pytest
 
 from station.mqtt.service import MqttService
 from tests.conftest import REPO
-from tests.mqtt.helpers import LabStation, collector, make_cfg
+from tests.mqtt.helpers import CommandedStation, collector, make_cfg
 from tests.mqtt.secure import PASSWORDS, STATION, make_pki, station_cfg, tls_client
 
 
@@ -25,7 +25,7 @@ def test_shipped_acl_has_the_three_roles():
     assert "write" not in dashboard  # read-only
 
 
-async def test_dashboard_cannot_command_operator_can(secure_broker, tmp_path, clock, station: LabStation):
+async def test_dashboard_cannot_command_operator_can(secure_broker, tmp_path, clock, station: CommandedStation):
     broker, pki = secure_broker
     cfg = station_cfg(tmp_path, broker, pki)
     prefix = f"qkd/{STATION}"
