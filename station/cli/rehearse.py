@@ -123,8 +123,8 @@ def _measure_qber(ctx: StationContext, entry: PlannedPass, report: PassReport) -
     """Sift the recorded pass against what the simulated satellite sent (sim tagger only)."""
     import numpy as np
 
-    from drivers.timetagger.bb84 import qber_from_events
     from drivers.timetagger.sim import C_M_S
+    from postprocessing.satellite.truth import qber_from_events
     from station.events import PassFileReader
     from station.orbit.geometry import SatelliteLinkGeometry
 
