@@ -20,6 +20,7 @@ from postprocessing.estimation.models import (
     SecurityParameters,
     SiftedCounts,
 )
+from postprocessing.verification import verification_tag_bits
 
 
 def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameters,
@@ -73,7 +74,7 @@ def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
                       params: SecurityParameters | None = None) -> KeyLengthResult:
     """ℓ = ⌊ Σ_b [s_b,0 + s_b,1 (1 − h(φ_b))] − λ_EC − Σ_b 6 log2(21/ε_b) − log2(2/ε_cor) ⌋.
 
-    Lim et al. Eq. 1, with ``leaked_ec_bits`` = λ_EC (every bit error correction disclosed,
+    (with log2(2/ε_cor) rounded up to the verification tag's bits). Lim et al. Eq. 1, with ``leaked_ec_bits`` = λ_EC (every bit error correction disclosed,
     over the whole sifted key; verification's tag is counted by the correctness term).
     With ``params.key_bases == "both"`` the key is drawn from both bases, ε_b = ε_sec/2
     each; otherwise from the one basis named, ε_b = ε_sec. ``key_length_bits`` is what
@@ -88,7 +89,9 @@ def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
     per_basis = tuple(basis_bounds(counts, b, params, eps_b) for b in key_bases)
     entropy = sum(b.entropy_bits for b in per_basis)
     secrecy = sum(b.secrecy_penalty_bits for b in per_basis)
-    correctness = math.log2(2.0 / params.epsilon_cor)
+    # The verification tag's length t = ⌈log2(2/ε_cor)⌉ (Lim et al.'s log2(2/ε_cor), rounded
+    # up to the bits the tag actually reveals).
+    correctness = float(verification_tag_bits(params.epsilon_cor))
     raw = entropy - leaked_ec_bits - secrecy - correctness
     length = max(0, math.floor(raw))
     reason = None
