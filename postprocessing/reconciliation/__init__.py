@@ -27,7 +27,10 @@ Entry points:
 Bits are numpy uint8 arrays of 0/1; packed bytes only inside messages.
 """
 
+from postprocessing.reconciliation.alice import AliceReconciler
+from postprocessing.reconciliation.bob import BobReconciler, ReconciliationConfig, reconcile
 from postprocessing.reconciliation.channel import InMemoryChannel, ReconciliationChannel
+from postprocessing.reconciliation.codes import CodeCatalog, CodeSpec, LdpcCode
 from postprocessing.reconciliation.errors import ReconciliationError, ReconciliationRefused
 from postprocessing.reconciliation.messages import (
     BlockRequest,
@@ -50,6 +53,13 @@ from postprocessing.reconciliation.result import (
 )
 
 __all__ = [
+    "AliceReconciler",
+    "BobReconciler",
+    "CodeCatalog",
+    "CodeSpec",
+    "LdpcCode",
+    "ReconciliationConfig",
+    "reconcile",
     "BlockReport",
     "BlockRequest",
     "BlockReveal",
