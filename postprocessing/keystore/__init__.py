@@ -37,7 +37,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
@@ -234,6 +234,13 @@ class KeyStore:
         ends agreed); otherwise random UUIDs. A ``(peer, pass_id)`` deposited before is
         refused, so a resumed consumer cannot store a pass twice.
         """
+        rows, infos, meta = self._prepare_deposit(peer, pass_id, key_bits, block_bits, key_ids,
+                                                  origin)
+        with self._lock, self._tx() as db:
+            self._insert_deposit(db, peer, pass_id, rows, meta)
+        return infos
+
+    def _prepare_deposit(self, peer, pass_id, key_bits, block_bits, key_ids, origin):
         _check_name("peer", peer, _PEER_RE)
         _check_name("pass id", pass_id, _PASS_RE)
         if origin not in ("distilled", "relayed"):
@@ -265,25 +272,7 @@ class KeyStore:
             (str(k), peer, pass_id, i, block_bits, origin, now, packed[i * step : (i + 1) * step])
             for i, k in enumerate(ids)
         ]
-        with self._lock, self._tx() as db:
-            if db.execute(
-                "SELECT 1 FROM passes WHERE peer=? AND pass_id=?", (peer, pass_id)
-            ).fetchone():
-                raise KeyStoreError(f"pass {pass_id!r} was already deposited for peer {peer!r}")
-            clash = _first_existing(db, ids)
-            if clash is not None:
-                raise KeyStoreError(f"key id {clash} is already in the store")
-            db.execute(
-                "INSERT INTO passes(peer, pass_id, deposited_utc, total_bits, blocks, block_bits)"
-                " VALUES (?,?,?,?,?,?)",
-                (peer, pass_id, now, int(bits.size), n_blocks, block_bits),
-            )
-            db.executemany(
-                "INSERT INTO blocks(key_id, peer, pass_id, block_index, size_bits, origin,"
-                " deposited_utc, state, bits) VALUES (?,?,?,?,?,?,?,'available',?)",
-                rows,
-            )
-        return [
+        infos = [
             KeyBlockInfo(
                 key_id=k, peer=peer, pass_id=pass_id, index=i, size_bits=block_bits,
                 origin=origin, deposited_utc=datetime.fromisoformat(now),
@@ -291,6 +280,27 @@ class KeyStore:
             )
             for i, k in enumerate(ids)
         ]
+        return rows, infos, (now, int(bits.size), n_blocks, block_bits, ids)
+
+    def _insert_deposit(self, db, peer, pass_id, rows, meta) -> None:
+        now, total_bits, n_blocks, block_bits, ids = meta
+        if db.execute(
+            "SELECT 1 FROM passes WHERE peer=? AND pass_id=?", (peer, pass_id)
+        ).fetchone():
+            raise KeyStoreError(f"pass {pass_id!r} was already deposited for peer {peer!r}")
+        clash = _first_existing(db, ids)
+        if clash is not None:
+            raise KeyStoreError(f"key id {clash} is already in the store")
+        db.execute(
+            "INSERT INTO passes(peer, pass_id, deposited_utc, total_bits, blocks, block_bits)"
+            " VALUES (?,?,?,?,?,?)",
+            (peer, pass_id, now, total_bits, n_blocks, block_bits),
+        )
+        db.executemany(
+            "INSERT INTO blocks(key_id, peer, pass_id, block_index, size_bits, origin,"
+            " deposited_utc, state, bits) VALUES (?,?,?,?,?,?,?,'available',?)",
+            rows,
+        )
 
     def has_pass(self, peer: str, pass_id: str) -> bool:
         """Whether ``(peer, pass_id)`` has been deposited."""
@@ -472,6 +482,65 @@ class KeyStore:
                 [(to_peer, now, str(k)) for k in ids],
             )
             return [_info(r[:-1], peer=to_peer, state_utc=now) for r in rows]
+
+    def take_many(
+        self, wants: Sequence[tuple[str, int]], *, purpose: str
+    ) -> list[list[KeyBlock]]:
+        """Consume the oldest ``count`` available blocks of each ``(peer, count)`` in one
+        transaction; all or nothing (the relay takes both links' blocks together)."""
+        _check_text("purpose", purpose)
+        with self._lock, self._tx() as db:
+            out = []
+            for peer, count in wants:
+                count = _check_count(count)
+                rows = db.execute(
+                    f"SELECT {_INFO_COLS}, bits FROM blocks WHERE peer=? AND state='available'"
+                    " ORDER BY seq LIMIT ?", (peer, count),
+                ).fetchall()
+                if len(rows) < count:
+                    raise KeyNotAvailable(
+                        f"peer {peer!r} has {len(rows)} available key blocks, {count} asked"
+                    )
+                out.append(self._consume(db, rows, purpose))
+            return out
+
+    def convert(
+        self,
+        key_ids: Sequence[UUID | str],
+        *,
+        peer: str,
+        purpose: str,
+        transform: Callable[[list[KeyBlock]], np.ndarray],
+        to_peer: str,
+        pass_id: str,
+        new_key_ids: Sequence[UUID],
+        origin: str = "relayed",
+    ) -> list[KeyBlockInfo]:
+        """Consume the named available blocks of ``peer`` and deposit ``transform(blocks)``
+        (uint8 0/1 bits) for ``to_peer`` under ``new_key_ids``, in one transaction.
+
+        The relay's receiving station: its own blocks shared with the satellite become the
+        partner's key (own ⊕ announced), and nothing is left half done after a crash.
+        If ``transform`` raises, nothing changes.
+        """
+        _check_text("purpose", purpose)
+        ids = _unique_ids(key_ids)
+        with self._lock, self._tx() as db:
+            rows = self._rows_by_id(db, ids)
+            for kid, row in zip(ids, rows, strict=True):
+                if row is None or row[1] != peer:
+                    raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
+                if row[7] != "available":
+                    raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
+            block_bits = {r[4] for r in rows}
+            if len(block_bits) != 1:
+                raise KeyStoreError("the named blocks differ in size")
+            taken = self._consume(db, rows, purpose)
+            new_bits = transform(taken)
+            new_rows, infos, meta = self._prepare_deposit(
+                to_peer, pass_id, new_bits, block_bits.pop(), new_key_ids, origin)
+            self._insert_deposit(db, to_peer, pass_id, new_rows, meta)
+            return infos
 
     # -- internals -------------------------------------------------------------------------
 
