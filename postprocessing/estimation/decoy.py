@@ -29,17 +29,45 @@ def hoeffding_delta(total: float, epsilon: float) -> float:
     return math.sqrt(total / 2.0 * math.log(1.0 / epsilon))
 
 
-def rescaled_bounds(
-    counts: Sequence[float], total: float, mu: Sequence[float], p: Sequence[float], epsilon: float
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """n±_k = e^{μk}/p_k (n_k ± δ(total)) for each intensity k (Lim et al. below Eq. 2).
+def chernoff_deltas(count: float, epsilon: float) -> tuple[float, float]:
+    """(δ⁻, δ⁺) of the multiplicative Chernoff bound inverted for an observed ``count``.
 
-    The lower bounds are clipped at 0: they bound the expected counts, which are never
-    negative, so the clip keeps them valid and only matters for tiny classes.
+    For a sum X of independent Bernoulli trials with mean μ, P[X ≥ μ + t] ≤ e^{−t²/(2μ+t)}
+    and P[X ≤ μ − t] ≤ e^{−t²/(2μ)}. Solving for μ with L = ln(1/ε) gives, except with
+    probability ε each, μ ≥ X − δ⁻ with δ⁻ = L/2 + sqrt(2XL + L²/4) (this is L more
+    conservative than the exact root, as in SatQuMA) and μ ≤ X + δ⁺ with
+    δ⁺ = L + sqrt(2XL + L²).
     """
-    delta = hoeffding_delta(total, epsilon)
-    minus = tuple(max(0.0, math.exp(mk) / pk * (nk - delta)) for nk, mk, pk in zip(counts, mu, p, strict=True))
-    plus = tuple(math.exp(mk) / pk * (nk + delta) for nk, mk, pk in zip(counts, mu, p, strict=True))
+    log_term = math.log(1.0 / epsilon)
+    minus = 0.5 * log_term + math.sqrt(2.0 * count * log_term + 0.25 * log_term**2)
+    plus = log_term + math.sqrt(2.0 * count * log_term + log_term**2)
+    return minus, plus
+
+
+def rescaled_bounds(
+    counts: Sequence[float], total: float, mu: Sequence[float], p: Sequence[float], epsilon: float,
+    tail_bound: str = "hoeffding",
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """n±_k = e^{μk}/p_k (n_k ± δ) for each intensity k (Lim et al. below Eq. 2).
+
+    ``tail_bound="hoeffding"``: δ = sqrt(total/2 · ln(1/ε)) for every class, Lim et al.
+    exactly; ``"chernoff"``: the class's own (δ⁻, δ⁺) from :func:`chernoff_deltas`.
+    Both hold because, given the photon numbers of the detected events, each event's
+    intensity label is an independent draw (Eve cannot tell the intensities apart), so
+    n_k is a sum of independent Bernoulli trials. The lower bounds are clipped at 0: they
+    bound expected counts, which are never negative, so the clip keeps them valid.
+    """
+    if tail_bound == "hoeffding":
+        delta = hoeffding_delta(total, epsilon)
+        deltas = [(delta, delta) for _ in counts]
+    elif tail_bound == "chernoff":
+        deltas = [chernoff_deltas(nk, epsilon) for nk in counts]
+    else:
+        raise ValueError(f"tail_bound must be 'hoeffding' or 'chernoff', got {tail_bound!r}")
+    minus = tuple(max(0.0, math.exp(mk) / pk * (nk - dm))
+                  for nk, mk, pk, (dm, _) in zip(counts, mu, p, deltas, strict=True))
+    plus = tuple(math.exp(mk) / pk * (nk + dp)
+                 for nk, mk, pk, (_, dp) in zip(counts, mu, p, deltas, strict=True))
     return minus, plus
 
 

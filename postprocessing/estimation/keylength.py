@@ -7,7 +7,6 @@ import math
 from postprocessing.estimation.decoy import (
     binary_entropy,
     gamma,
-    hoeffding_delta,
     rescaled_bounds,
     single_photon_errors_upper,
     single_photon_lower,
@@ -40,15 +39,16 @@ def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameter
     n_x, n_z, m_z = sum(n_k), sum(nz_k), sum(mz_k)
     tau0, tau1 = tau(0, mu, p), tau(1, mu, p)
 
-    n_minus, n_plus = rescaled_bounds(n_k, n_x, mu, p, eps_each)
-    nz_minus, nz_plus = rescaled_bounds(nz_k, n_z, mu, p, eps_each)
-    m_minus, m_plus = rescaled_bounds(mz_k, m_z, mu, p, eps_each)
+    n_minus, n_plus = rescaled_bounds(n_k, n_x, mu, p, eps_each, params.tail_bound)
+    nz_minus, nz_plus = rescaled_bounds(nz_k, n_z, mu, p, eps_each, params.tail_bound)
+    m_minus, m_plus = rescaled_bounds(mz_k, m_z, mu, p, eps_each, params.tail_bound)
 
     s0 = vacuum_lower(n_minus, n_plus, mu, tau0)
     s1 = single_photon_lower(n_minus, n_plus, mu, tau0, tau1, s0)
     sz0 = vacuum_lower(nz_minus, nz_plus, mu, tau0)
     sz1 = single_photon_lower(nz_minus, nz_plus, mu, tau0, tau1, sz0)
-    v1 = max(0.0, single_photon_errors_upper(m_minus, m_plus, mu, tau1))
+    # Single-photon errors are a subset of the test basis's observed errors: v ≤ m_Z.
+    v1 = min(float(m_z), max(0.0, single_photon_errors_upper(m_minus, m_plus, mu, tau1)))
 
     if sz1 > 0.0 and s1 > 0.0:
         ratio = v1 / sz1
@@ -61,7 +61,7 @@ def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameter
     return BasisKeyBounds(
         key_basis=key_basis, test_basis=test_basis, epsilon_sec=epsilon_sec,
         n_key_bits=n_x, n_test_bits=n_z, m_test_errors=m_z,
-        delta_key=hoeffding_delta(n_x, eps_each), delta_test_errors=hoeffding_delta(m_z, eps_each),
+        tail_bound=params.tail_bound,
         n_minus=n_minus, n_plus=n_plus, test_n_minus=nz_minus, test_n_plus=nz_plus,
         m_minus=m_minus, m_plus=m_plus, tau0=tau0, tau1=tau1,
         s0_lower=s0, s1_lower=s1, test_s0_lower=sz0, test_s1_lower=sz1, v1_upper=v1,

@@ -18,6 +18,7 @@ INTENSITY_CLASSES: tuple[str, str, str] = ("signal", "decoy", "vacuum")
 BASES: tuple[str, str] = ("Z", "X")
 
 KeyBases = Literal["both", "Z", "X"]
+TailBound = Literal["hoeffding", "chernoff"]
 
 
 class _Frozen(BaseModel):
@@ -38,6 +39,12 @@ class SecurityParameters(_Frozen):
     basis's phase error estimated from the other basis's errors, ε_sec split evenly
     between them (see docs/_security.md); ``"Z"`` or ``"X"`` is Lim et al.'s protocol
     exactly, with key from that basis alone and the other one as test basis.
+
+    ``tail_bound``: how observed counts bound their expectations (the n± of Lim et al.):
+    ``"chernoff"`` (default) the multiplicative Chernoff bound per intensity class, as
+    SatQuMA does, much tighter for the small decoy and vacuum classes; ``"hoeffding"``
+    Lim et al.'s Hoeffding bound, with one deviation sqrt(n/2 ln(21/ε)) for every class.
+    Both are rigorous; see docs/_security.md.
     """
 
     epsilon_sec: float = Field(1e-9, gt=0.0, lt=1.0)
@@ -49,6 +56,7 @@ class SecurityParameters(_Frozen):
     p_decoy: float = Field(0.25, gt=0.0, lt=1.0)
     p_vacuum: float = Field(0.25, gt=0.0, lt=1.0)
     key_bases: KeyBases = "both"
+    tail_bound: TailBound = "chernoff"
 
     @model_validator(mode="after")
     def _check_decoy_conditions(self) -> SecurityParameters:
@@ -143,8 +151,7 @@ class BasisKeyBounds(_Frozen):
     n_key_bits: int  # n_X
     n_test_bits: int  # n_Z
     m_test_errors: int  # m_Z
-    delta_key: float  # sqrt(n_X / 2 ln(21/ε))
-    delta_test_errors: float  # sqrt(m_Z / 2 ln(21/ε))
+    tail_bound: str  # how the n± were bounded: "chernoff" or "hoeffding"
     n_minus: tuple[float, float, float]  # n⁻_{X,k}, k = signal, decoy, vacuum
     n_plus: tuple[float, float, float]  # n⁺_{X,k}
     test_n_minus: tuple[float, float, float]  # n⁻_{Z,k}
@@ -157,7 +164,7 @@ class BasisKeyBounds(_Frozen):
     s1_lower: float  # s_{X,1}
     test_s0_lower: float  # s_{Z,0}
     test_s1_lower: float  # s_{Z,1}
-    v1_upper: float  # v_{Z,1}: single-photon errors in the test basis
+    v1_upper: float  # v_{Z,1}: single-photon errors in the test basis (≤ m_Z)
     phase_error_ratio: float  # v_{Z,1} / s_{Z,1}
     gamma: float  # γ(ε_sec, v/s, s_{Z,1}, s_{X,1})
     phase_error_upper: float  # φ_X, capped at 0.5
