@@ -17,8 +17,13 @@ docs/classical-channel.md): basis 0 = Z (H/V), 1 = X (D/A); class 0 = signal, 1 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from postprocessing.estimation import SiftedCounts
 
 BASIS_NAMES: tuple[str, str] = ("Z", "X")
 CLASS_NAMES: tuple[str, str, str] = ("signal", "decoy", "vacuum")
@@ -139,6 +144,16 @@ class SiftTally(BaseModel):
     def sifted_bits(self) -> int:
         return sum(map(sum, self.sifted))
 
+    def counts(self) -> SiftedCounts:
+        """As the estimation stage's counts model."""
+        from postprocessing.estimation import BasisCounts, ClassCounts, SiftedCounts
+
+        def basis(b: int) -> BasisCounts:
+            return BasisCounts(**{name: ClassCounts(sifted_bits=self.sifted[b][k], errors=self.errors[b][k])
+                                  for k, name in enumerate(CLASS_NAMES)})
+
+        return SiftedCounts(Z=basis(0), X=basis(1))
+
     @property
     def error_count(self) -> int:
         return sum(map(sum, self.errors))
@@ -153,6 +168,15 @@ __all__ = [
     "SiftedChunk",
     "SiftingError",
     "answer",
+    "counts_from_messages",
     "keep",
     "sift_mask",
 ]
+
+
+def counts_from_messages(z: object, x: object) -> SiftedCounts:
+    """The estimation counts from the two :class:`~postprocessing.channel.messages.BasisCountsMsg`."""
+    from postprocessing.estimation import BasisCounts, SiftedCounts
+
+    return SiftedCounts(Z=BasisCounts.model_validate(z.model_dump()),  # type: ignore[attr-defined]
+                        X=BasisCounts.model_validate(x.model_dump()))  # type: ignore[attr-defined]
