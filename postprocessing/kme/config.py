@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from postprocessing.keystore import DEFAULT_BLOCK_BITS
+from postprocessing.kme.levels import LevelsMqttConfig
 from station.config.base import CONFIG_DIR, ConfigPath, Strict
 from station.config.loader import ConfigError, format_errors
 
@@ -88,6 +89,8 @@ class KmeConfig(Strict):
     max_key_count: int = Field(1_000_000, ge=1, description="Reported capacity (status).")
     max_request_bytes: int = Field(65536, ge=1024, le=1 << 22)
     max_json_depth: int = Field(8, ge=3, le=64)
+    mqtt: LevelsMqttConfig | None = Field(
+        default=None, description="Publish the store's levels and low-store alarms (numbers only).")
 
     @model_validator(mode="after")
     def _consistent(self) -> KmeConfig:
@@ -171,9 +174,15 @@ def dump_kme_config(config: KmeConfig) -> str:
     data = config.model_dump(exclude_none=True)
     lines = []
     tables = {k: data.pop(k) for k in ("tls", "saes", "links")}
+    mqtt = data.pop("mqtt", None)
     lines += [f"{k} = {_toml_value(v)}" for k, v in data.items()]
     lines.append("\n[tls]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in tables["tls"].items()]
+    if mqtt is not None:
+        lines.append("\n[mqtt]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in mqtt.items() if not isinstance(v, list)]
+        if mqtt.get("peers"):
+            lines.append("peers = [" + ", ".join(_toml_value(v) for v in mqtt["peers"]) + "]")
     for name in ("saes", "links"):
         for item in tables[name]:
             lines.append(f"\n[[{name}]]")

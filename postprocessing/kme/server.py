@@ -13,6 +13,7 @@ spec's ``{"message", "details"}`` body. The server runs in a process of its own
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from postprocessing.keystore import KeyStore
 from postprocessing.kme.config import KmeConfig
+from postprocessing.kme.levels import LevelsPublisher
 from postprocessing.kme.models import ErrorBody, KeyIdItem, KeyIds, KeyRequest
 from postprocessing.kme.service import DeliveryError, KeyDelivery
 
@@ -207,6 +209,9 @@ class KmeServer:
         self.app = build_app(config, self.store)
         self._runner: web.AppRunner | None = None
         self.port: int = config.port
+        self.levels: LevelsPublisher | None = None
+        self._levels_stop = asyncio.Event()
+        self._levels_task: asyncio.Task[None] | None = None
 
     @property
     def delivery(self) -> KeyDelivery:
@@ -223,8 +228,18 @@ class KmeServer:
             self.port = server.sockets[0].getsockname()[1]
         log.info("KME %s serving ETSI 014 on https://%s:%d", self.config.kme_id,
                  self.config.host, self.port)
+        if self.config.mqtt is not None:
+            self.levels = LevelsPublisher(self.store, self.config.mqtt)
+            self.delivery.on_change = self.levels.changed.set
+            self._levels_stop.clear()
+            self._levels_task = asyncio.create_task(self.levels.run(self._levels_stop),
+                                                    name="kme-levels")
 
     async def stop(self) -> None:
+        if self._levels_task is not None:
+            self._levels_stop.set()
+            await self._levels_task
+            self._levels_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

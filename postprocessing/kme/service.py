@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -57,6 +58,8 @@ class KeyDelivery:
         self.config = config
         self.store = store
         self.counters = DeliveryCounters()
+        #: Called after every delivery (the levels publisher wakes on it).
+        self.on_change: Callable[[], None] | None = None
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -182,4 +185,6 @@ class KeyDelivery:
             raw = block.packed()[: size // 8]
             keys.append(Key(key_ID=str(block.key_id), key=base64.b64encode(raw).decode()))
         self.counters.keys_delivered += len(keys)
+        if self.on_change is not None:
+            self.on_change()
         return KeyContainer(keys=keys)
