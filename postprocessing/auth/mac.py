@@ -77,10 +77,11 @@ class WegmanCarterMac:
         return _tag(self._pool.hash_key(direction), pad, data)
 
     def verify(self, message_parts: Sequence[bytes], direction: Direction, counter: int,
-               tag: bytes) -> None:
+               tag: bytes, *, max_gap: int = 0) -> None:
         """Return if ``tag`` authenticates the message, else raise :class:`AuthenticationError`.
 
-        A replayed or out-of-order counter is refused before any pad is used.
+        A replayed or out-of-order counter is refused before any pad is used. ``max_gap``:
+        see :meth:`KeyPool.take_pad` (accept a counter that far ahead after a peer's crash).
         """
         d = Direction(direction)
         if not isinstance(tag, bytes) or len(tag) != TAG_BYTES:
@@ -90,7 +91,7 @@ class WegmanCarterMac:
             data = encode_for_mac(message_parts, d, counter)
         except (TypeError, ValueError, struct.error) as exc:
             raise AuthenticationError(f"{d.value} message {counter}: malformed message ({exc})") from None
-        pad = self._pool.take_pad(d, counter)
+        pad = self._pool.take_pad(d, counter, max_gap=max_gap)
         if not hmac.compare_digest(_tag(self._pool.hash_key(d), pad, data), tag):
             raise AuthenticationError(
                 f"{d.value} message {counter}: the tag does not match (tampered message or wrong key)")

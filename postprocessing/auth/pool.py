@@ -149,11 +149,15 @@ class KeyPool:
         """The direction's 16-byte Poly1305 hash key ``r`` (secret; reused by design)."""
         return _unb64(self._state["hash_keys"][Direction(direction).value])
 
-    def take_pad(self, direction: Direction, counter: int) -> bytes:
+    def take_pad(self, direction: Direction, counter: int, *, max_gap: int = 0) -> bytes:
         """The 16-byte one-time pad of message ``counter`` in ``direction``, consumed durably.
 
         Raises :class:`AuthenticationError` for a replayed (already used) or out-of-order
         counter, :class:`KeyPoolExhaustedError` when the direction has no pad left.
+        ``max_gap`` > 0 (receivers only) accepts a counter up to that far ahead, burning the
+        skipped pads: for a peer that consumed a pad and crashed before sending. A pad is
+        still never used twice and no older message is accepted afterwards; the limit keeps
+        a forged counter from burning the pool.
         """
         d = Direction(direction)
         expected = self.next_counter(d)
@@ -162,19 +166,21 @@ class KeyPool:
         if counter < expected:
             raise AuthenticationError(
                 f"{d.value} message {counter} is a replay: counters up to {expected - 1} are used")
-        if counter > expected:
+        if counter > expected + max(0, max_gap):
             raise AuthenticationError(
                 f"{d.value} message {counter} is out of order: expected message {expected}")
         pads = _unb64(self._state["pads"][d.value])
-        if len(pads) < PAD_BITS // 8:
+        pad_bytes = PAD_BITS // 8
+        skip = counter - expected
+        if len(pads) < (skip + 1) * pad_bytes:
             raise KeyPoolExhaustedError(
                 f"the authentication pool {self._path} has no pad left for {d.value} "
                 f"(message {counter}); replenish it from distilled key")
-        pad, rest = pads[:PAD_BITS // 8], pads[PAD_BITS // 8:]
+        pad, rest = pads[skip * pad_bytes:(skip + 1) * pad_bytes], pads[(skip + 1) * pad_bytes:]
         new_state = dict(self._state)
         new_state["pads"] = {**self._state["pads"], d.value: _b64(rest)}
-        new_state["next_counter"] = {**self._state["next_counter"], d.value: expected + 1}
-        new_state["consumed_bits"] = int(self._state["consumed_bits"]) + PAD_BITS
+        new_state["next_counter"] = {**self._state["next_counter"], d.value: counter + 1}
+        new_state["consumed_bits"] = int(self._state["consumed_bits"]) + (skip + 1) * PAD_BITS
         _write(self._path, new_state)  # durable before the pad is used: never reused
         self._state = new_state
         return pad
