@@ -60,7 +60,7 @@ class ReconciliationConfig:
     max_rounds: int = 6
     max_iter: int = 100
     bp_method: str = "minimum_sum"
-    ms_scaling_factor: float = 0.875
+    ms_scaling_factor: float = 0.8
     min_tail_bits: int = 4096
     blocks_per_message: int = 256
 

@@ -5,11 +5,15 @@ distribution, seed) and the construction below, which is deterministic: the same
 gives the same matrix bit for bit on both sides (numpy's PCG64 stream), and its SHA-256
 (:attr:`LdpcCode.digest`) travels in every request so a mismatch is refused.
 
-Construction (a few hundred ms for n = 2^15, so codes are built at first use and kept in
-the :class:`CodeCatalog` object; nothing is written to disk):
+Construction takes a few seconds for n = 2^15, so a built code is cached on disk
+(:func:`default_cache_dir`: ``$QKD_STATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/qkd-station``,
+else ``~/.cache/qkd-station``; one ~1 MB ``.npz`` per code, written atomically, checked
+against its digest when loaded, rebuilt if anything is off) and kept in the
+:class:`CodeCatalog` object:
 
 1. variable degrees from the node-perspective distribution, exactly rounded to n nodes;
-   check degrees concentrated (every check d or d+1 edges), the optimum for the BSC;
+   check degrees concentrated (d or d+1 edges; the 4-cycle repair may move one more),
+   the optimum for the BSC;
 2. edges matched by a seeded random permutation of check sockets;
 3. repeated edges and 4-cycles removed by rewiring an offending edge to a random check
    of the lowest degree that creates neither, until none is left (girth ≥ 6);
@@ -22,8 +26,13 @@ the :class:`CodeCatalog` object; nothing is written to disk):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,6 +40,18 @@ import scipy.sparse as sp
 from postprocessing.reconciliation.errors import ReconciliationError, ReconciliationRefused
 
 CONSTRUCTION_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """Where built codes are cached (see the module docstring)."""
+    env = os.environ.get("QKD_STATION_CACHE_DIR")
+    if env:
+        return Path(env) / "ldpc"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "qkd-station" / "ldpc"
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,17 @@ def _four_cycle_edges(rows: np.ndarray, cols: np.ndarray, m: int, n: int,
     return np.fromiter(sorted(bad), dtype=np.int64)
 
 
+def _gather(indptr: np.ndarray, indices: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """All ``indices`` of the compressed rows (or columns) ``items``, concatenated."""
+    starts = indptr[items]
+    lens = indptr[items + 1] - starts
+    total = int(lens.sum())
+    if total == 0:
+        return np.empty(0, dtype=indices.dtype)
+    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
+    return indices[offsets + np.arange(total)]
+
+
 def _rewire(rows: np.ndarray, cols: np.ndarray, check_deg: np.ndarray, bad: np.ndarray,
             m: int, n: int, rng: np.random.Generator) -> None:
     """Move each bad edge (c, v) to a check of low degree that is not within distance 2
@@ -171,13 +203,10 @@ def _rewire(rows: np.ndarray, cols: np.ndarray, check_deg: np.ndarray, bad: np.n
         old = int(rows[e])
         my_checks = csc.indices[csc.indptr[v]:csc.indptr[v + 1]]
         others = my_checks[my_checks != old]
-        near_vars = np.concatenate(
-            [csr.indices[csr.indptr[c]:csr.indptr[c + 1]] for c in others.tolist()]
-            or [np.empty(0, np.int32)])
+        near_vars = _gather(csr.indptr, csr.indices, others)
         forbidden = np.zeros(m, dtype=bool)
         forbidden[my_checks] = True
-        for u in np.unique(near_vars).tolist():
-            forbidden[csc.indices[csc.indptr[u]:csc.indptr[u + 1]]] = True
+        forbidden[_gather(csc.indptr, csc.indices, near_vars)] = True
         deg = np.where(forbidden, np.iinfo(np.int64).max, check_deg)
         lowest = np.flatnonzero(deg == deg.min())
         new = int(lowest[rng.integers(lowest.size)])
@@ -229,14 +258,62 @@ def build_code(spec: CodeSpec) -> LdpcCode:
     puncture_order = _untainted_order(pcm, rng)
     rest = np.setdiff1d(np.arange(spec.n), puncture_order)
     shorten_order = rest[rng.permutation(rest.size)]
+    return LdpcCode(spec=spec, pcm=pcm, puncture_order=puncture_order.astype(np.int64),
+                    shorten_order=shorten_order.astype(np.int64),
+                    digest=_digest(spec, pcm, puncture_order, shorten_order))
+
+
+def _digest(spec: CodeSpec, pcm: sp.csr_matrix, puncture_order: np.ndarray,
+            shorten_order: np.ndarray) -> str:
+    """SHA-256 of the code's canonical form: name, n, m, CSR structure, both orders."""
     h = hashlib.sha256()
     h.update(f"{spec.name}|{spec.n}|{spec.m}|".encode())
     h.update(pcm.indptr.astype("<i8").tobytes())
     h.update(pcm.indices.astype("<i8").tobytes())
     h.update(puncture_order.astype("<i8").tobytes())
     h.update(shorten_order.astype("<i8").tobytes())
-    return LdpcCode(spec=spec, pcm=pcm, puncture_order=puncture_order.astype(np.int64),
-                    shorten_order=shorten_order.astype(np.int64), digest=h.hexdigest())
+    return h.hexdigest()
+
+
+def _cache_path(spec: CodeSpec, cache_dir: Path) -> Path:
+    key = hashlib.sha256(repr((CONSTRUCTION_VERSION, spec)).encode()).hexdigest()[:20]
+    return cache_dir / f"{spec.name}-{key}.npz"
+
+
+def load_or_build(spec: CodeSpec, cache_dir: Path | None) -> LdpcCode:
+    """The code of ``spec`` from the disk cache, or built (and cached) if absent/bad."""
+    if cache_dir is None:
+        return build_code(spec)
+    path = _cache_path(spec, cache_dir)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            indptr, indices = z["indptr"], z["indices"]
+            punct, short = z["puncture_order"], z["shorten_order"]
+            stored = str(z["digest"])
+        pcm = sp.csr_matrix((np.ones(indices.size, np.uint8), indices, indptr),
+                            shape=(spec.m, spec.n))
+        digest = _digest(spec, pcm, punct, short)
+        if digest == stored:
+            return LdpcCode(spec=spec, pcm=pcm, puncture_order=punct.astype(np.int64),
+                            shorten_order=short.astype(np.int64), digest=digest)
+        log.warning("code cache %s does not match its digest; rebuilding", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("code cache %s unreadable (%s); rebuilding", path, exc)
+    code = build_code(spec)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, indptr=code.pcm.indptr, indices=code.pcm.indices,
+                     puncture_order=code.puncture_order, shorten_order=code.shorten_order,
+                     digest=np.array(code.digest))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not cache code %s in %s (%s); it will be rebuilt next time",
+                    spec.name, cache_dir, exc)
+    return code
 
 
 def _untainted_order(pcm: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
@@ -292,9 +369,12 @@ class CodeCatalog:
     _default: CodeCatalog | None = None
 
     def __init__(self, specs: list[CodeSpec],
-                 adaptation_fraction: float = DEFAULT_ADAPTATION_FRACTION) -> None:
+                 adaptation_fraction: float = DEFAULT_ADAPTATION_FRACTION,
+                 cache_dir: Path | None = None) -> None:
+        """``cache_dir``: where built codes are cached on disk (None: no disk cache)."""
         if not specs:
             raise ValueError("a catalog needs at least one code")
+        self.cache_dir = cache_dir
         self._specs = {s.name: s for s in sorted(specs, key=lambda s: s.m)}
         self._codes: dict[str, LdpcCode] = {}
         self.adaptation_fraction = adaptation_fraction
@@ -303,7 +383,7 @@ class CodeCatalog:
     def default(cls) -> CodeCatalog:
         """The process-wide default catalog (codes built lazily, kept for the process)."""
         if cls._default is None:
-            cls._default = cls(family_specs())
+            cls._default = cls(family_specs(), cache_dir=default_cache_dir())
         return cls._default
 
     @property
@@ -320,13 +400,13 @@ class CodeCatalog:
         code = self._codes.get(code_id)
         if code is None:
             spec = self.spec(code_id)
-            code = build_code(spec)
-            object.__setattr__(code, "adaptation_bits",
-                               int(round(self.adaptation_fraction * spec.n)))
+            code = dataclasses.replace(load_or_build(spec, self.cache_dir),
+                                       adaptation_bits=int(round(self.adaptation_fraction
+                                                                 * spec.n)))
             self._codes[code_id] = code
         return code
 
-    def choose(self, qber: float, f_start: float, f_reserve: float = 0.25) -> LdpcCode:
+    def choose_spec(self, qber: float, f_start: float, f_reserve: float = 0.25) -> CodeSpec:
         """The highest-rate code whose syndrome still covers ``f_start + f_reserve``
         times h(qber) per key bit (the reserve is what the blind rounds can add back by
         revealing punctured bits); the lowest-rate code if none does."""
@@ -337,5 +417,9 @@ class CodeCatalog:
         for spec in specs:
             key_bits = spec.n - int(round(self.adaptation_fraction * spec.n))
             if spec.m >= (f_start + f_reserve) * key_bits * h:
-                return self.get(spec.name)
-        return self.get(specs[-1].name)
+                return spec
+        return specs[-1]
+
+    def choose(self, qber: float, f_start: float, f_reserve: float = 0.25) -> LdpcCode:
+        """The code :meth:`choose_spec` names, built."""
+        return self.get(self.choose_spec(qber, f_start, f_reserve).name)
