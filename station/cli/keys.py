@@ -53,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("satellite", help="run the simulated satellite (Alice)")
     s.add_argument("--satellite-config", "-s", type=Path, default=Path("config/satellite-sim.toml"),
                    help="the satellite's own config (default: config/satellite-sim.toml)")
+    s.add_argument("--endpoint", help="bind here instead (tcp://127.0.0.1:0: a free port, printed)")
+    s.add_argument("--state-dir", type=Path, help="key store and state here instead")
+    s.add_argument("--provision", action="append", default=[], metavar="STATION=GROUND_POOL",
+                   help="make the pre-shared pool for STATION if neither copy exists: the "
+                        "satellite's copy per its config, the ground's at GROUND_POOL (the "
+                        "simulation's stand-in for installing it by hand)")
+    s.add_argument("--provision-only", action="store_true", help="provision, then exit")
+    s.add_argument("--provision-bits", type=int, default=DEFAULT_POOL_BITS, help="pool size in bits")
     s.set_defaults(func=_satellite)
 
     i = sub.add_parser("init-auth", help="make the pre-shared authentication pool for both ends")
@@ -175,6 +183,27 @@ def _satellite(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.endpoint:
+        cfg.endpoint = args.endpoint
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    for item in args.provision:
+        name, _, ground = item.partition("=")
+        link = next((st for st in cfg.stations if st.name == name), None)
+        if link is None or not ground:
+            print(f"--provision {item!r}: give STATION=GROUND_POOL for a station of "
+                  f"{args.satellite_config}", file=sys.stderr)
+            return 2
+        try:
+            made = init_auth_pools(Path(ground), link.auth_pool, args.provision_bits)
+        except Exception as exc:  # KeyPoolError, OSError, ValueError: all a clear refusal
+            print(f"--provision {name}: {exc}", file=sys.stderr)
+            return 1
+        if made:
+            print(f"provisioned {made} pre-shared bits for {name}: {ground} and {link.auth_pool}",
+                  file=sys.stderr)
+    if args.provision_only:
+        return 0
     missing = [str(s.auth_pool) for s in cfg.stations if not s.auth_pool.exists()]
     if missing:
         print(f"no authentication pool at {', '.join(missing)}: run `qkd-station keys init-auth`",
@@ -202,32 +231,28 @@ async def _serve_satellite(cfg: object) -> int:
 
 
 def _init_auth(args: argparse.Namespace) -> int:
-    from postprocessing.auth import KeyPoolError
-    from postprocessing.satellite.config import load_satellite_config
-
     cfg = load_or_exit(args.config)
     sat_path = args.satellite_config or cfg.keys.satellite_config
     if sat_path is None:
         print("no satellite config: give --satellite-config or set [keys] satellite_config", file=sys.stderr)
         return 2
-    try:
-        sat = load_satellite_config(sat_path)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    link = next((s for s in sat.stations if s.name == cfg.station_id), None)
-    if link is None:
-        print(f"{sat_path} lists no station {cfg.station_id!r} under [[stations]]", file=sys.stderr)
-        return 2
+    return provision_via_satellite(cfg, Path(sat_path), args.bits)
+
+
+def satellite_command(satellite_config: Path, *extra: str) -> list[str]:
+    """The command line of the simulated satellite's own process."""
+    return [sys.executable, "-m", "station", "keys", "satellite", "-s", str(satellite_config), *extra]
+
+
+def provision_via_satellite(cfg: StationConfig, satellite_config: Path, bits: int = DEFAULT_POOL_BITS) -> int:
+    """Have the satellite's process make both copies of the pre-shared pool: the ground
+    never opens the satellite's config (it holds the seed)."""
+    import subprocess
+
     ground = ground_settings(cfg).auth_pool
-    try:
-        made = init_auth_pools(ground, link.auth_pool, args.bits)
-    except (KeyPoolError, ValueError) as exc:
-        print(f"init-auth: {exc}", file=sys.stderr)
-        return 1
-    print(f"authentication pool: {made} bits at {ground} and {link.auth_pool}" if made
-          else f"authentication pools already exist at {ground} and {link.auth_pool}")
-    return 0
+    cmd = satellite_command(satellite_config, "--provision", f"{cfg.station_id}={ground}",
+                            "--provision-bits", str(bits), "--provision-only")
+    return subprocess.run(cmd, check=False).returncode
 
 
 def init_auth_pools(ground_pool: Path, satellite_pool: Path, bits: int = DEFAULT_POOL_BITS) -> int:

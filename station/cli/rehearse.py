@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     print(_summary(report))
     if args.report:
         print(f"report: {args.report}")
-    return 0 if report.outcome.value == "completed" else 1
+    key_ok = distill_rehearsed(cfg, report)
+    return 0 if report.outcome.value == "completed" and key_ok else 1
 
 
 async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
@@ -175,3 +176,56 @@ def _summary(r: PassReport) -> str:
     lines.append(f"  file      {r.pass_file}")
     lines.append(f"  parked    {r.mount_parked}")
     return "\n".join(lines)
+
+
+def distill_rehearsed(cfg: StationConfig, report: PassReport) -> bool:
+    """The rehearsal's last step: distil the rehearsed pass's key with the simulated
+    satellite and print the key report beside the paper's figures.
+
+    The satellite runs as its own process (``qkd-station keys satellite``, its own config
+    and secret) on a free port with a fresh key store per rehearsal; the ground side runs
+    here, from the pass file, as ``keys distill`` would. Skipped (True) without
+    ``[keys] satellite_config`` or a pass file; False if the key was not distilled.
+    """
+    import subprocess
+    import time
+
+    from postprocessing.ground import PassAborted, distill_pass_file
+    from postprocessing.report import PAPER_MICIUS
+    from station.cli.keys import ground_settings, provision_via_satellite, satellite_command
+
+    sat_cfg = cfg.keys.satellite_config
+    if sat_cfg is None or not report.pass_file:
+        return True
+    run_dir = Path(cfg.state_dir) / cfg.keys.dir / "rehearsals" / time.strftime("%Y%m%dT%H%M%S")
+    if provision_via_satellite(cfg, Path(sat_cfg)) != 0:
+        print("key: the authentication pools could not be provisioned", file=sys.stderr)
+        return False
+    proc = subprocess.Popen(
+        satellite_command(Path(sat_cfg), "--endpoint", "tcp://127.0.0.1:0",
+                          "--state-dir", str(run_dir / "satellite")),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("satellite "):
+            print(f"key: the simulated satellite did not start ({line.strip() or 'no output'})",
+                  file=sys.stderr)
+            return False
+        endpoint = line.split(" on ", 1)[1].strip()
+        settings = ground_settings(cfg, satellite_endpoint=endpoint).model_copy(
+            update={"keystore_dir": run_dir / "ground", "work_dir": run_dir / "work"})
+        try:
+            key = asyncio.run(distill_pass_file(report.pass_file, settings))
+        except PassAborted as exc:
+            key = exc.report
+        print(key.summary(paper=PAPER_MICIUS))
+        (run_dir / "key-report.json").write_text(key.model_dump_json(indent=2) + "\n")
+        print(f"  key report: {run_dir / 'key-report.json'}")
+        return key.outcome != "aborted"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
