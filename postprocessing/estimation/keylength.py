@@ -71,7 +71,8 @@ def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameter
 
 
 def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
-                      params: SecurityParameters | None = None) -> KeyLengthResult:
+                      params: SecurityParameters | None = None, *,
+                      discarded_bits: int = 0) -> KeyLengthResult:
     """ℓ = ⌊ Σ_b [s_b,0 + s_b,1 (1 − h(φ_b))] − λ_EC − Σ_b 6 log2(21/ε_b) − log2(2/ε_cor) ⌋.
 
     (with log2(2/ε_cor) rounded up to the verification tag's bits). Lim et al. Eq. 1, with ``leaked_ec_bits`` = λ_EC (every bit error correction disclosed,
@@ -80,10 +81,17 @@ def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
     each; otherwise from the one basis named, ε_b = ε_sec. ``key_length_bits`` is what
     privacy amplification outputs from the key bases' corrected sifted bits (in the order
     the pipeline holds them; one Toeplitz hash over the lot). Clipped at 0 with a reason.
+
+    ``discarded_bits``: sifted bits counted in ``counts`` but left out of the key (e.g.
+    blocks error correction failed on, whose bits Alice then disclosed so their errors are
+    counted exactly). They are subtracted in full: H(A_kept | E, A_discarded) ≥
+    H(A_all | E) − |A_discarded|. ``sifted_bits`` in the result is then the PA input length.
     """
     params = params or SecurityParameters()
     if leaked_ec_bits < 0:
         raise ValueError(f"leaked_ec_bits must be >= 0, got {leaked_ec_bits}")
+    if discarded_bits < 0:
+        raise ValueError(f"discarded_bits must be >= 0, got {discarded_bits}")
     key_bases: tuple[str, ...] = ("Z", "X") if params.key_bases == "both" else (params.key_bases,)
     eps_b = params.epsilon_sec / len(key_bases)
     per_basis = tuple(basis_bounds(counts, b, params, eps_b) for b in key_bases)
@@ -92,7 +100,10 @@ def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
     # The verification tag's length t = ⌈log2(2/ε_cor)⌉ (Lim et al.'s log2(2/ε_cor), rounded
     # up to the bits the tag actually reveals).
     correctness = float(verification_tag_bits(params.epsilon_cor))
-    raw = entropy - leaked_ec_bits - secrecy - correctness
+    sifted = sum(counts.basis(b).sifted_bits for b in key_bases)
+    if discarded_bits > sifted:
+        raise ValueError(f"discarded_bits ({discarded_bits}) exceed the key bases' sifted bits ({sifted})")
+    raw = entropy - leaked_ec_bits - discarded_bits - secrecy - correctness
     length = max(0, math.floor(raw))
     reason = None
     if length == 0:
@@ -104,10 +115,10 @@ def secret_key_length(counts: SiftedCounts, leaked_ec_bits: int,
             reason = (f"the bounded entropy ({entropy:.0f} bits) does not cover the error-correction "
                       f"leakage ({leaked_ec_bits} bits) and the security terms "
                       f"({secrecy + correctness:.0f} bits)")
-    sifted = sum(counts.basis(b).sifted_bits for b in key_bases)
     return KeyLengthResult(
         key_length_bits=length, raw_key_length_bits=raw, key_bases=key_bases, per_basis=per_basis,
-        sifted_bits=sifted, leaked_ec_bits=leaked_ec_bits, entropy_bits=entropy,
+        sifted_bits=sifted - discarded_bits, leaked_ec_bits=leaked_ec_bits,
+        discarded_bits=discarded_bits, entropy_bits=entropy,
         secrecy_penalty_bits=secrecy, correctness_penalty_bits=correctness,
         epsilon_sec=params.epsilon_sec, epsilon_cor=params.epsilon_cor, reason=reason,
     )

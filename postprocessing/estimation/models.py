@@ -187,6 +187,7 @@ class KeyLengthResult(_Frozen):
     per_basis: tuple[BasisKeyBounds, ...]
     sifted_bits: int  # bits privacy amplification hashes (the key bases' sifted bits)
     leaked_ec_bits: int
+    discarded_bits: int = 0  # sifted bits left out of the key, subtracted in full
     entropy_bits: float
     secrecy_penalty_bits: float
     correctness_penalty_bits: float

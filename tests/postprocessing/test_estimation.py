@@ -210,3 +210,16 @@ def test_defaults_are_the_micius_source_and_stated_epsilons() -> None:
     assert (p.epsilon_sec, p.epsilon_cor) == (1e-9, 1e-15)
     assert p.intensities == (0.8, 0.1, 0.0) and p.probabilities == (0.5, 0.25, 0.25)
     assert p.key_bases == "both" and p.tail_bound == "chernoff"
+
+
+def test_discarded_bits_are_subtracted_in_full() -> None:
+    params = SecurityParameters()
+    whole = secret_key_length(B_COUNTS, 100_000, params)
+    part = secret_key_length(B_COUNTS, 100_000, params, discarded_bits=40_000)
+    assert whole.raw_key_length_bits - part.raw_key_length_bits == pytest.approx(40_000)
+    assert part.sifted_bits == B_COUNTS.sifted_bits - 40_000
+    assert part.discarded_bits == 40_000
+    with pytest.raises(ValueError, match="discarded_bits"):
+        secret_key_length(B_COUNTS, 0, params, discarded_bits=-1)
+    with pytest.raises(ValueError, match="exceed"):
+        secret_key_length(B_COUNTS, 0, params, discarded_bits=B_COUNTS.sifted_bits + 1)
