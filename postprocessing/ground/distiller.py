@@ -118,6 +118,7 @@ class _Progress(BaseModel):
     ec_failed_blocks: int = 0
     ec_round_trips: int = 0
     errors: int = 0
+    last_qber: float | None = None  # the previous session's measured QBER
     tally: SiftTally = SiftTally()  # kept bits and their errors, per basis and class
     sifted_tally: SiftTally = SiftTally()  # every sifted bit, per basis and class
     started_s: float = 0.0
@@ -347,7 +348,9 @@ class PassDistiller:
 
     async def _reconcile(self, lo: int, hi: int) -> None:
         part = self._sifted_range(lo, hi)
-        qber = self.p.errors / self.p.kept_bits if self.p.kept_bits and self.p.errors else self.s.qber_prior
+        # The QBER drifts along the pass (low elevation: more background per signal), so
+        # the previous session's is the estimate, not the pass's average so far.
+        qber = self.p.last_qber if self.p.last_qber else self.s.qber_prior
         qber = min(max(qber, 0.005), 0.11)
         channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
         try:
@@ -365,6 +368,8 @@ class PassDistiller:
         self.p.reconciled_bits = hi
         self.p.kept_bits += result.kept_bits
         self.p.errors += int(flips.sum())
+        if result.kept_bits and flips.any():
+            self.p.last_qber = float(flips.sum()) / result.kept_bits
         self.p.leaked_bits += result.leaked_bits
         self.p.disclosed_bits += result.disclosed_bits
         self.p.ec_blocks += len(result.blocks)
