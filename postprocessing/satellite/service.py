@@ -181,6 +181,9 @@ class SatelliteService:
                                      f"{hello.sync_rate_hz:g} Hz sync; this source sends "
                                      f"{src.rep_rate_hz:g} Hz and {src.sync_rate_hz:g} Hz")
         p = self._passes.get((station, pass_id))
+        if p is None and self.keystore.has_pass(station, pass_id):
+            raise Refusal("bad_state", f"the key of pass {pass_id} with {station} is already in the "
+                                       "satellite's store: a pass is distilled once")
         if p is None:
             p = self._passes[(station, pass_id)] = _Pass(station, pass_id)
             log.info("station %s: pass %s opened", station, pass_id)

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the satellite's own config (default: config/satellite-sim.toml)")
     s.add_argument("--endpoint", help="bind here instead (tcp://127.0.0.1:0: a free port, printed)")
     s.add_argument("--state-dir", type=Path, help="key store and state here instead")
+    s.add_argument("--pool-dir", type=Path, help="the stations' pools are POOL_DIR/<station>.json instead")
     s.add_argument("--provision", action="append", default=[], metavar="STATION=GROUND_POOL",
                    help="make the pre-shared pool for STATION if neither copy exists: the "
                         "satellite's copy per its config, the ground's at GROUND_POOL (the "
@@ -187,6 +188,9 @@ def _satellite(args: argparse.Namespace) -> int:
         cfg.endpoint = args.endpoint
     if args.state_dir:
         cfg.state_dir = args.state_dir
+    if args.pool_dir:
+        for st in cfg.stations:
+            st.auth_pool = args.pool_dir / f"{st.name}.json"
     for item in args.provision:
         name, _, ground = item.partition("=")
         link = next((st for st in cfg.stations if st.name == name), None)

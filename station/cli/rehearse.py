@@ -183,7 +183,8 @@ def distill_rehearsed(cfg: StationConfig, report: PassReport) -> bool:
     satellite and print the key report beside the paper's figures.
 
     The satellite runs as its own process (``qkd-station keys satellite``, its own config
-    and secret) on a free port with a fresh key store per rehearsal; the ground side runs
+    and secret) on a free port with fresh pools and key stores per rehearsal (under
+    ``state_dir/keys/rehearsals/``); the ground side runs
     here, from the pass file, as ``keys distill`` would. Skipped (True) without
     ``[keys] satellite_config`` or a pass file; False if the key was not distilled.
     """
@@ -192,18 +193,19 @@ def distill_rehearsed(cfg: StationConfig, report: PassReport) -> bool:
 
     from postprocessing.ground import PassAborted, distill_pass_file
     from postprocessing.report import PAPER_MICIUS
-    from station.cli.keys import ground_settings, provision_via_satellite, satellite_command
+    from station.cli.keys import ground_settings, satellite_command
 
     sat_cfg = cfg.keys.satellite_config
     if sat_cfg is None or not report.pass_file:
         return True
     run_dir = Path(cfg.state_dir) / cfg.keys.dir / "rehearsals" / time.strftime("%Y%m%dT%H%M%S")
-    if provision_via_satellite(cfg, Path(sat_cfg)) != 0:
-        print("key: the authentication pools could not be provisioned", file=sys.stderr)
-        return False
+    # Fresh pools, stores and state per rehearsal: rehearsals never touch the station's own.
+    ground_pool = run_dir / "ground" / "auth-pool.json"
     proc = subprocess.Popen(
         satellite_command(Path(sat_cfg), "--endpoint", "tcp://127.0.0.1:0",
-                          "--state-dir", str(run_dir / "satellite")),
+                          "--state-dir", str(run_dir / "satellite"),
+                          "--pool-dir", str(run_dir / "satellite" / "auth"),
+                          "--provision", f"{cfg.station_id}={ground_pool}"),
         stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -213,7 +215,8 @@ def distill_rehearsed(cfg: StationConfig, report: PassReport) -> bool:
             return False
         endpoint = line.split(" on ", 1)[1].strip()
         settings = ground_settings(cfg, satellite_endpoint=endpoint).model_copy(
-            update={"keystore_dir": run_dir / "ground", "work_dir": run_dir / "work"})
+            update={"keystore_dir": run_dir / "ground" / "store", "work_dir": run_dir / "work",
+                    "auth_pool": ground_pool})
         try:
             key = asyncio.run(distill_pass_file(report.pass_file, settings))
         except PassAborted as exc:
