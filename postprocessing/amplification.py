@@ -70,7 +70,7 @@ def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, *,
 def _block_product(u: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
     """(u ∗ w)[b − 1 : b − 1 + m] mod 2 for b = len(u), len(w) = b + m − 1."""
     b = u.size
-    size = scipy.fft.next_fast_len(b + m - 1, real=True)
+    size = _fft_size(b + m - 1)
     fu = scipy.fft.rfft(u.astype(np.float64), size, workers=1)
     fw = scipy.fft.rfft(w.astype(np.float64), size, workers=1)
     fu *= fw
@@ -82,6 +82,20 @@ def _block_product(u: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
             f"FFT rounding error too large for an exact Toeplitz product of {b} bits; "
             "lower block_bits")
     return (rounded.astype(np.int64) & 1).astype(np.uint8)
+
+
+def _fft_size(length: int) -> int:
+    """The smallest 2^a·3^b >= ``length``: pocketfft's radix-2/3/4 passes are the fastest
+    (measured here up to twice as fast as ``next_fast_len``'s radix-5 sizes)."""
+    best = 1 << max(0, (length - 1).bit_length())
+    p3 = 1
+    while p3 < best:
+        v = p3
+        while v < length:
+            v *= 2
+        best = min(best, v)
+        p3 *= 3
+    return best
 
 
 def _check_lengths(n: int, m: int) -> None:
