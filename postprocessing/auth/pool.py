@@ -261,13 +261,19 @@ def _read(path: Path) -> dict:
                     _ = state[field][d.value]  # presence check
             for d in Direction:
                 _unb64(state["pads"][d.value])
-                if len(_unb64(state["hash_keys"][d.value])) != 16 or int(state["next_counter"][d.value]) < 0:
+                if len(_unb64(state["hash_keys"][d.value])) != 16 or not _count(state["next_counter"][d.value]):
                     ok = False
+            if not all(_count(state[f]) for f in ("consumed_bits", "replenished_bits", "initial_bits")):
+                ok = False
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         ok = False
     if not ok:
         raise KeyPoolError(f"{path} is not a valid authentication pool (format {_FORMAT} v{_VERSION})")
     return state
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _write(path: Path, state: dict) -> None:

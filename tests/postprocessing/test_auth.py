@@ -198,6 +198,22 @@ def test_malformed_pool_files_are_refused(tmp_path: Path, content: bytes) -> Non
         KeyPool(path)
 
 
+def test_pool_file_with_bad_fields_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "auth.pool"
+    KeyPool.create(path, preshared(1)).close()
+    good = json.loads(path.read_text())
+    for field, value in [("consumed_bits", -1), ("consumed_bits", "7"), ("initial_bits", None),
+                         ("next_counter", {"ground_to_satellite": "0", "satellite_to_ground": 0}),
+                         ("next_counter", {"ground_to_satellite": -1, "satellite_to_ground": 0}),
+                         ("hash_keys", {"ground_to_satellite": "AAAA", "satellite_to_ground": "AAAA"}),
+                         ("pads", {"ground_to_satellite": "not base64!", "satellite_to_ground": ""})]:
+        path.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(KeyPoolError, match="not a valid authentication pool"):
+            KeyPool(path)
+    path.write_text(json.dumps(good))
+    KeyPool(path).close()
+
+
 def test_missing_pool_and_bad_initial_bits(tmp_path: Path) -> None:
     with pytest.raises(KeyPoolError, match="no authentication pool"):
         KeyPool(tmp_path / "absent")
