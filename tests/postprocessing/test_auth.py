@@ -268,3 +268,34 @@ def test_encoding_is_unambiguous_and_bounded() -> None:
     assert a != encode_for_mac([b"ab", b"c"], S2G, 0)
     assert forgery_probability(64 * 1024 * 1024) < 2.0**-80
     assert forgery_probability(16) == 8 / 2.0**106
+
+
+def _poly1305_reference(key: bytes, msg: bytes) -> bytes:
+    """RFC 8439 §2.5.1 Poly1305, written out: ((Σ c_i r^i) mod 2^130 − 5 + s) mod 2^128."""
+    r = int.from_bytes(key[:16], "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
+    s = int.from_bytes(key[16:], "little")
+    p = (1 << 130) - 5
+    acc = 0
+    for i in range(0, len(msg), 16):
+        block = msg[i:i + 16] + b"\x01"
+        acc = (acc + int.from_bytes(block, "little")) * r % p
+    return ((acc + s) % (1 << 128)).to_bytes(16, "little")
+
+
+def test_tag_is_poly1305_of_the_encoding_plus_the_pad(tmp_path: Path) -> None:
+    # RFC 8439 §2.5.2 test vector through our reference, then the MAC through both.
+    rfc_key = bytes.fromhex("85d6be7857556d337f4452fe42d506a80103808afb0db2fd4abff6af4149f51b")
+    rfc_tag = bytes.fromhex("a8061dc1305136c6c22b8baf0c0127a9")
+    assert _poly1305_reference(rfc_key, b"Cryptographic Forum Research Group") == rfc_tag
+    bits = preshared(2, seed=7)
+    pool = KeyPool.create(tmp_path / "p", bits)
+    mac = WegmanCarterMac(pool)
+    raw = pack_bits(bits)
+    r, pad0 = raw[:16], raw[32:48]  # ground→satellite hash key, then its first pad
+    parts = [b"header", b"x" * 1000]
+    tag = mac.sign(parts, G2S, 0)
+    assert tag == _poly1305_reference(r + pad0, encode_for_mac(parts, G2S, 0))
+    # The pad enters additively mod 2^128: the tag minus the pad is the hash, whatever pad.
+    h = (int.from_bytes(tag, "little") - int.from_bytes(pad0, "little")) % (1 << 128)
+    assert h.to_bytes(16, "little") == _poly1305_reference(r + bytes(16), encode_for_mac(parts, G2S, 0))
+    pool.close()
