@@ -43,10 +43,12 @@ def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameter
     nz_minus, nz_plus = rescaled_bounds(nz_k, n_z, mu, p, eps_each, params.tail_bound)
     m_minus, m_plus = rescaled_bounds(mz_k, m_z, mu, p, eps_each, params.tail_bound)
 
-    s0 = vacuum_lower(n_minus, n_plus, mu, tau0)
-    s1 = single_photon_lower(n_minus, n_plus, mu, tau0, tau1, s0)
-    sz0 = vacuum_lower(nz_minus, nz_plus, mu, tau0)
-    sz1 = single_photon_lower(nz_minus, nz_plus, mu, tau0, tau1, sz0)
+    # The bounds are on expectations; the events they count are subsets of the basis's
+    # detections, so s0 <= n and s0 + s1 <= n (capping a lower bound keeps it valid).
+    s0 = min(float(n_x), vacuum_lower(n_minus, n_plus, mu, tau0))
+    s1 = min(n_x - max(0.0, s0), single_photon_lower(n_minus, n_plus, mu, tau0, tau1, s0))
+    sz0 = min(float(n_z), vacuum_lower(nz_minus, nz_plus, mu, tau0))
+    sz1 = min(n_z - max(0.0, sz0), single_photon_lower(nz_minus, nz_plus, mu, tau0, tau1, sz0))
     # Single-photon errors are a subset of the test basis's observed errors: v ≤ m_Z.
     v1 = min(float(m_z), max(0.0, single_photon_errors_upper(m_minus, m_plus, mu, tau1)))
 
