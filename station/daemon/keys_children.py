@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -43,14 +44,22 @@ class KeyChildren:
         self.cfg = cfg
         self.config_path = Path(config_path)
         self.procs: list[asyncio.subprocess.Process] = []
+        self._starting: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KeyChildren:
         k = self.cfg.keys
         if not k.embedded:
             return self
-        if k.satellite_config is None:
-            log.error("[keys] embedded = true needs satellite_config; no key will be distilled")
+        if k.satellite_config is None or not await asyncio.to_thread(os.path.isfile, k.satellite_config):
+            log.error("[keys] embedded = true needs satellite_config, a file (%s); no key will be "
+                      "distilled", k.satellite_config)
             return self
+        # In the background: the daemon's start never waits for the key half.
+        self._starting = asyncio.create_task(self._start(), name="keys-children")
+        return self
+
+    async def _start(self) -> None:
+        k = self.cfg.keys
         ground_pool = Path(self.cfg.state_dir) / k.dir / k.auth_pool
         sat = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "station", "keys", "satellite", "-s", str(k.satellite_config),
@@ -66,8 +75,7 @@ class KeyChildren:
         if not line.startswith("satellite "):
             log.error("the simulated satellite did not start (%s); no key will be distilled",
                       line or f"no word within {START_DEADLINE_S:g} s")
-            await self._stop()
-            return self
+            return
         log.info("keys: %s", line)
         dist = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "station", "keys", "distill", "--connect",
@@ -75,10 +83,12 @@ class KeyChildren:
             preexec_fn=_die_with_parent)
         self.procs.append(dist)
         log.info("keys: distiller (pid %d) follows %s", dist.pid, self.cfg.events.stream_endpoint)
-        return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         await self._stop()
 
     async def _stop(self) -> None:
