@@ -209,7 +209,7 @@ def test_defaults_are_the_micius_source_and_stated_epsilons() -> None:
     p = SecurityParameters()
     assert (p.epsilon_sec, p.epsilon_cor) == (1e-9, 1e-15)
     assert p.intensities == (0.8, 0.1, 0.0) and p.probabilities == (0.5, 0.25, 0.25)
-    assert p.key_bases == "both" and p.tail_bound == "chernoff"
+    assert p.key_bases == "both" and p.tail_bound == "hoeffding"
 
 
 def test_discarded_bits_are_subtracted_in_full() -> None:
