@@ -52,12 +52,13 @@ def basis_bounds(counts: SiftedCounts, key_basis: str, params: SecurityParameter
     # Single-photon errors are a subset of the test basis's observed errors: v ≤ m_Z.
     v1 = min(float(m_z), max(0.0, single_photon_errors_upper(m_minus, m_plus, mu, tau1)))
 
+    ratio: float | None = None
+    g: float | None = None
+    phi = 0.5
     if sz1 > 0.0 and s1 > 0.0:
         ratio = v1 / sz1
         g = gamma(epsilon_sec, ratio, sz1, s1)
         phi = min(0.5, ratio + g)
-    else:
-        ratio, g, phi = math.inf, math.inf, 0.5
     h_phi = binary_entropy(phi)
     entropy = max(0.0, s0) + max(0.0, s1) * (1.0 - h_phi)
     return BasisKeyBounds(

@@ -167,8 +167,8 @@ class BasisKeyBounds(_Frozen):
     test_s0_lower: float  # s_{Z,0}
     test_s1_lower: float  # s_{Z,1}
     v1_upper: float  # v_{Z,1}: single-photon errors in the test basis (≤ m_Z)
-    phase_error_ratio: float  # v_{Z,1} / s_{Z,1}
-    gamma: float  # γ(ε_sec, v/s, s_{Z,1}, s_{X,1})
+    phase_error_ratio: float | None  # v_{Z,1} / s_{Z,1}; None when s_{Z,1} or s_{X,1} <= 0
+    gamma: float | None  # γ(ε_sec, v/s, s_{Z,1}, s_{X,1}); None likewise (φ is then ½)
     phase_error_upper: float  # φ_X, capped at 0.5
     h_phase_error: float  # h(φ_X)
     entropy_bits: float  # s_{X,0} + s_{X,1} (1 − h(φ_X))

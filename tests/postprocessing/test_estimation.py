@@ -160,6 +160,9 @@ def test_a_pass_too_short_gives_no_key_and_says_why() -> None:
     assert result.key_length_bits == 0
     assert result.raw_key_length_bits < 0
     assert result.reason and "basis" in result.reason
+    # Every figure survives a JSON round trip (no infinities for a report or MQTT).
+    again = type(result).model_validate_json(result.model_dump_json())
+    assert again == result
     big_leak = secret_key_length(B_COUNTS, 10_000_000, SecurityParameters())
     assert big_leak.key_length_bits == 0
     assert big_leak.reason and "leakage" in big_leak.reason
