@@ -79,6 +79,7 @@ class KmeConfig(Strict):
     kme_id: str = Field(pattern=_ID_RE)
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=0, le=65535, description="0: any free port (tests).")
+    reuse_port: bool = Field(False, description="SO_REUSEPORT (several worker processes).")
     store_dir: ConfigPath = Field(description="The station's key store (postprocessing.keystore).")
     tls: TlsConfig
     saes: list[SaeConfig] = Field(min_length=1)

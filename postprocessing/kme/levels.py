@@ -109,9 +109,11 @@ class LevelsPublisher:
                     pass
 
     async def _loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.publish_once(client)
+        while True:
             self.changed.clear()
+            await self.publish_once(client)
+            if stop.is_set():  # one last publish on the way out: the final levels
+                return
             stop_wait = asyncio.ensure_future(stop.wait())
             change_wait = asyncio.ensure_future(self.changed.wait())
             try:

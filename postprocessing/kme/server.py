@@ -221,7 +221,8 @@ class KmeServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port,
-                           ssl_context=server_ssl_context(self.config), backlog=256)
+                           ssl_context=server_ssl_context(self.config), backlog=256,
+                           reuse_port=self.config.reuse_port or None)
         await site.start()
         server = site._server  # aiohttp exposes the bound sockets only here
         if server is not None and getattr(server, "sockets", None):

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 
 from station.config import ConfigError
@@ -25,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="KME config (TOML)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="serve from N processes on the same port (SO_REUSEPORT), sharing the "
+                   "key store; needs a fixed port (default 1)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -38,6 +43,28 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level)
+    if not 1 <= args.workers <= 64:
+        print(f"kme: --workers {args.workers}: give 1..64", file=sys.stderr)
+        return 2
+    if args.workers > 1 and config.port == 0:
+        print("kme: --workers needs a fixed port in the config (not 0)", file=sys.stderr)
+        return 2
+    children = []
+    for _ in range(args.workers - 1):
+        # Each worker is this command again; the kernel spreads connections over them.
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "station", "kme", "--config", args.config,
+             "--log-level", args.log_level, "--worker"], stdout=subprocess.PIPE))
+    for child in children:
+        line = child.stdout.readline().decode() if child.stdout else ""
+        if "listening" not in line:
+            print(f"kme: a worker did not start: {line.strip()!r}", file=sys.stderr)
+            _stop(children)
+            return 1
+    if args.worker or args.workers > 1:
+        config = config.model_copy(update={"reuse_port": True})
+    if args.worker:
+        config = config.model_copy(update={"mqtt": None})  # the first process publishes
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -56,4 +83,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"kme: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _stop(children)
     return 0
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+        if child.stdout is not None:
+            child.stdout.close()
