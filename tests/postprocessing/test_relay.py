@@ -28,6 +28,7 @@ from postprocessing.keystore import KeyStore, derive_key_ids
 from postprocessing.kme import KmeConfig, KmeServer
 from postprocessing.kme.pki import CertificateAuthority
 from postprocessing.relay import RelayError, RelayNode, offer, receive
+from postprocessing.relay.image import draw_relay_picture, one_time_pad, read_png, write_png
 from postprocessing.satellite.config import SatelliteConfig, StationLink
 from postprocessing.satellite.service import SatelliteService
 
@@ -254,6 +255,17 @@ async def test_both_kmes_serve_the_relayed_key_under_the_same_ids_and_no_bits_le
         expected = np.packbits(world.keys[A][: 4 * 256]).tobytes()
         assert b"".join(k.key for k in keys) == expected  # Beijing's distilled key
         assert [k.key_id for k in keys] == [str(i) for i in world.a_ids[:4]]
+        # The demo's use: one-time-pad a picture with Beijing's keys, decrypt at Stellenbosch.
+        picture = draw_relay_picture(16, 12)
+        more = await asyncio.to_thread(master.get_enc_keys, "stellenbosch-app", number=18)
+        pad = b"".join(k.key for k in more)
+        cipher = one_time_pad(picture.tobytes(), pad)
+        write_png(tmp_path / "encrypted.png", np.frombuffer(cipher, np.uint8).reshape(12, 16, 3))
+        theirs = await asyncio.to_thread(slave.get_dec_keys, "beijing-app",
+                                         key_ids=[k.key_id for k in more])
+        plain = one_time_pad(read_png(tmp_path / "encrypted.png").tobytes(),
+                             b"".join(k.key for k in theirs))
+        assert plain == picture.tobytes() and cipher != plain
         with pytest.raises(KMEHTTPError):  # once only, at either end
             await asyncio.to_thread(slave.get_dec_keys, "beijing-app", key_ids=[keys[0].key_id])
         with pytest.raises(KMEHTTPError) as e:  # whole blocks across KMEs
