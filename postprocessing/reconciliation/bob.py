@@ -55,10 +55,10 @@ MIN_PLANNING_QBER = 0.002
 class ReconciliationConfig:
     """How Bob plans and decodes. Defaults are those measured in docs/_reconciliation.md."""
 
-    f_start: float = 1.10
+    f_start: float = 1.20
     reveal_step: float = 0.05
     max_rounds: int = 6
-    max_iter: int = 100
+    max_iter: int = 80
     bp_method: str = "minimum_sum"
     ms_scaling_factor: float = 0.8
     min_tail_bits: int = 4096

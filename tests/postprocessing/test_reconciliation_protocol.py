@@ -183,3 +183,40 @@ def test_messages_validate_sizes_and_shapes() -> None:
     # strict: a string where bytes belong is refused rather than coerced
     with pytest.raises(ValidationError):
         BlockSyndrome.model_validate({"block_index": 0, "syndrome_bits": 8, "syndrome": "x"})
+
+
+def test_a_block_converging_to_a_wrong_word_is_caught_by_verification(
+        catalog: CodeCatalog) -> None:
+    """Bob's errors form a codeword of the block's frame: his syndrome equals Alice's, the
+    decoder 'converges' at once to the wrong key. Reconciliation cannot see it; the
+    verification hash does, so the wrong key is never accepted."""
+    import asyncio
+
+    from ldpc.mod2 import nullspace
+
+    from postprocessing.reconciliation import InMemoryChannel, ReconciliationConfig, reconcile
+    from postprocessing.verification import (
+        new_verification_seed,
+        tags_match,
+        verification_tag,
+    )
+
+    code = catalog.get(SMALL.name)
+    rng = np.random.default_rng(11)
+    alice_bits = rng.integers(0, 2, code.key_bits, dtype=np.uint8)
+    # a high QBER estimate makes Bob plan no puncturing: every adaptation position shortened
+    key_pos, punct, _short = code.frame_layout(0, code.n - code.key_bits)
+    assert punct.size == 0
+    kernel = nullspace(code.pcm[:, key_pos].tocsc())
+    word = np.asarray(kernel[0].todense()).ravel().astype(np.uint8) % 2
+    assert word.any() and not ((code.pcm[:, key_pos] @ word) % 2).any()
+    bob_bits = alice_bits ^ word
+    alice = AliceReconciler(alice_bits, catalog=catalog, rng=np.random.default_rng(5))
+    result = asyncio.run(reconcile(bob_bits, 0.05, InMemoryChannel(alice), catalog=catalog,
+                                   config=ReconciliationConfig(min_tail_bits=1000)))
+    assert result.blocks[0].punctured_bits == 0
+    assert result.converged == [True]  # the decoder cannot tell
+    assert not np.array_equal(result.corrected_bits, alice.kept_bits())
+    seed = new_verification_seed(1e-15)
+    assert not tags_match(verification_tag(result.corrected_bits, seed),
+                          verification_tag(alice.kept_bits(), seed))

@@ -1,0 +1,118 @@
+"""Error-correction throughput and efficiency at QBER 1, 2 and 4 %, one core.
+
+For each QBER, a random sifted key of ``--bits`` bits and Bob's copy with exactly
+round(QBER·bits) flipped bits are reconciled end to end: Bob's ``reconcile`` over the
+in-memory channel to an ``AliceReconciler`` in this process, decoding in a single worker
+thread (so Alice's syndromes, Bob's planning and decoding all share one core). Codes are
+built (or loaded from the disk cache) before the clock starts.
+
+Printed per QBER: f = λ_EC / (kept · h(QBER measured)), λ_EC, kept and failed blocks,
+round trips, decode attempts per block, sifted bits per CPU second of this process (the
+one-core figure, not inflated by a busy machine) and per wall second; and the ratios to
+the targets of
+issue 13 (f ≤ 1.2, ≥ 1 Mbit/s): ``f_target/f`` and ``throughput/target`` (≥ 1 meets it).
+
+Usage: .venv/bin/python bench/pp_reconciliation.py [--bits 2e6] [--qber 0.01,0.02,0.04]
+       [--method minimum_sum|product_sum] [--f-start 1.1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from postprocessing.reconciliation import (  # noqa: E402
+    AliceReconciler,
+    CodeCatalog,
+    InMemoryChannel,
+    ReconciliationConfig,
+    reconcile,
+)
+from postprocessing.reconciliation.bob import MIN_PLANNING_QBER  # noqa: E402
+
+F_TARGET = 1.2
+THROUGHPUT_TARGET_BIT_S = 1e6
+
+
+def _pair(n_bits: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    alice = rng.integers(0, 2, n_bits, dtype=np.uint8)
+    bob = alice.copy()
+    bob[rng.choice(n_bits, int(round(qber * n_bits)), replace=False)] ^= 1
+    return alice, bob
+
+
+async def _one(qber: float, n_bits: int, cfg: ReconciliationConfig, catalog: CodeCatalog,
+               executor: ThreadPoolExecutor) -> dict[str, float]:
+    alice_bits, bob_bits = _pair(n_bits, qber, seed=int(qber * 1e5))
+    catalog.choose(max(qber, MIN_PLANNING_QBER), cfg.f_start)  # build/load before timing
+    alice = AliceReconciler(alice_bits, catalog=catalog, rng=np.random.default_rng(1))
+    channel = InMemoryChannel(alice)
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    res = await reconcile(bob_bits, qber, channel, config=cfg, catalog=catalog,
+                          executor=executor)
+    elapsed_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - c0
+    ok = bool(np.array_equal(res.corrected_bits, alice.kept_bits()))
+    attempts = [b.decode_attempts for b in res.blocks]
+    return {
+        "qber": qber, "bits": n_bits, "f": res.efficiency_f, "leaked_bits": res.leaked_bits,
+        "kept_bits": res.kept_bits, "blocks": len(res.blocks),
+        "failed_blocks": res.failed_blocks, "round_trips": res.round_trips,
+        "mean_attempts": float(np.mean(attempts)) if attempts else 0.0,
+        "elapsed_s": elapsed_s, "cpu_s": cpu_s, "wall_bit_s": n_bits / elapsed_s,
+        "throughput_bit_s": n_bits / cpu_s,
+        "keys_equal": ok, "code": res.blocks[0].code_id if res.blocks else "",
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bits", type=float, default=2e6)
+    ap.add_argument("--qber", default="0.01,0.02,0.04")
+    ap.add_argument("--method", default="minimum_sum", choices=["minimum_sum", "product_sum"])
+    ap.add_argument("--f-start", type=float, default=None)
+    ap.add_argument("--json", action="store_true", help="also print one JSON line per point")
+    args = ap.parse_args()
+    base = ReconciliationConfig()
+    cfg = ReconciliationConfig(
+        f_start=args.f_start if args.f_start is not None else base.f_start,
+        bp_method=args.method)
+    catalog = CodeCatalog.default()
+    print(f"reconciliation bench: {int(args.bits)} sifted bits per point, {args.method}, "
+          f"f_start {cfg.f_start}, reveal step {cfg.reveal_step}, max rounds "
+          f"{cfg.max_rounds}, max_iter {cfg.max_iter}, one decoding thread")
+    print(f"{'QBER':>6} {'code':>22} {'f':>6} {'f_tgt/f':>8} {'Mb/cpu-s':>8} {'thr/tgt':>8} "
+          f"{'Mb/wall-s':>9} "
+          f"{'blocks':>6} {'failed':>6} {'attempts':>8} {'trips':>5} {'equal':>5}")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        for q in [float(x) for x in args.qber.split(",")]:
+            r = await _one(q, int(args.bits), cfg, catalog, executor)
+            print(f"{q * 100:5.1f}% {r['code']:>22} {r['f']:6.3f} {F_TARGET / r['f']:8.3f} "
+                  f"{r['throughput_bit_s'] / 1e6:8.3f} "
+                  f"{r['throughput_bit_s'] / THROUGHPUT_TARGET_BIT_S:8.3f} "
+                  f"{r['wall_bit_s'] / 1e6:9.3f} {r['blocks']:6d} "
+                  f"{r['failed_blocks']:6d} {r['mean_attempts']:8.2f} {r['round_trips']:5d} "
+                  f"{'yes' if r['keys_equal'] else 'NO':>5}", flush=True)
+            if args.json:
+                print(json.dumps(r))
+    print(f"targets: f <= {F_TARGET} (f_tgt/f >= 1), >= {THROUGHPUT_TARGET_BIT_S / 1e6:g} "
+          "Mbit/s sifted (thr/tgt >= 1)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
