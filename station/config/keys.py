@@ -32,7 +32,7 @@ class KeysConfig(Strict):
                            "authentication pool, relative to `dir`.")
     gate_ps: float = Field(1000.0, gt=0, le=1e6, description="Coincidence gate around each pulse (±).")
     chunk_batches: int = Field(50, ge=1, le=100_000, description="Stream batches per sifting round.")
-    ec_segment_bits: int = Field(200_000, ge=10_000, le=10_000_000,
+    ec_segment_bits: int = Field(100_000, ge=10_000, le=10_000_000,
                                  description="Sifted bits reconciled per EC session.")
     qber_prior: float = Field(0.02, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
     epsilon_sec: float = Field(1e-9, gt=0, lt=1, description="Secrecy parameter (Liao et al. 2017: 1e-9).")

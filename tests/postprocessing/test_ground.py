@@ -86,3 +86,14 @@ def test_the_report_summary_compares_with_the_paper() -> None:
     text = r.summary(paper=PAPER_MICIUS)
     assert "Liao" in text and "1.000" in text
     assert all(ratio == pytest.approx(1.0) for *_, ratio in r.versus_paper())
+
+
+def test_the_station_configs_keys_defaults_are_the_pipelines() -> None:
+    from postprocessing.ground import GroundSettings
+    from station.config.keys import KeysConfig
+
+    k, g = KeysConfig(), GroundSettings.model_fields
+    for name in ("gate_ps", "chunk_batches", "ec_segment_bits", "qber_prior", "satellite", "satellite_endpoint"):
+        assert getattr(k, name) == g[name].default, name
+    sec = g["security"].default
+    assert (k.epsilon_sec, k.epsilon_cor) == (sec.epsilon_sec, sec.epsilon_cor)
