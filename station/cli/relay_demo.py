@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="everything the demo writes (removed and made afresh)")
     p.add_argument("--mqtt", metavar="HOST:PORT",
                    help="a broker the KMEs publish their key-store levels to (numbers only)")
+    p.add_argument("--keep-passes", action="store_true",
+                   help="reuse the pass files of an earlier run in --out (skip the rehearsals)")
     p.add_argument("--verbose", action="store_true", help="show the stations' own logs")
     p.set_defaults(func=run)
 
@@ -76,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.INFO)
     tune_interpreter()
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfgs = {}
+    _fresh(out, keep_passes=args.keep_passes)
+    cfgs: dict[str, StationConfig] = {}
     for path in (args.beijing, args.stellenbosch):
         cfg = load_or_exit(path)
         cfg.state_dir = out / cfg.station_id
@@ -94,6 +94,22 @@ def run(args: argparse.Namespace) -> int:
 
 class DemoError(Exception):
     pass
+
+
+def _fresh(out: Path, *, keep_passes: bool) -> None:
+    """Empty ``out`` (the demo's own directory), keeping ``*/passes/`` if asked."""
+    if out.exists():
+        for child in out.iterdir():
+            passes = child / "passes"
+            if keep_passes and passes.is_dir():
+                for item in child.iterdir():
+                    if item != passes:
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
+            elif child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _parse_broker(text: str) -> tuple[str, int]:
@@ -125,6 +141,11 @@ async def demo(cfgs: dict[str, StationConfig], satellite_config: Path, out: Path
     # 1. Both passes, rehearsed on the simulated clock at full speed.
     pass_files = {}
     for name, cfg in cfgs.items():
+        kept = sorted((Path(cfg.state_dir) / "passes").glob("*.arrows"))
+        if kept:
+            pass_files[name] = kept[-1]
+            say(f"[1] {name}: reusing the rehearsed pass {kept[-1].stem}")
+            continue
         say(f"[1] {name}: rehearsing the night pass ({cfg.site.name}) ...")
         report = await _rehearse(cfg)
         pass_files[name] = Path(report.pass_file)
