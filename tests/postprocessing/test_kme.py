@@ -395,3 +395,44 @@ def test_plain_http_gets_no_answer(pki, kme):
     with pytest.raises(Exception):  # noqa: B017 - any failure: there is no plain-HTTP service
         urllib.request.urlopen(f"http://127.0.0.1:{kme.port}/api/v1/keys/sae-b/status",
                                timeout=10).read()
+
+
+def test_two_worker_processes_share_the_store_and_never_hand_a_key_out_twice(pki, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import free_port
+
+    n_blocks = 40
+    keys = seed_store(tmp_path / "keys", n_blocks)
+    config_file = tmp_path / "kme.toml"
+    config_file.write_text(dump_kme_config(kme_config(pki, tmp_path / "keys", free_port())))
+    port = load_kme_config(config_file).port
+    log = open(tmp_path / "kme.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station", "kme", "--config", str(config_file), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=log, cwd=REPO)
+    try:
+        assert "listening" in proc.stdout.readline().decode()
+
+        def take(_: int) -> list:
+            # A fresh client (connection) each time, so the kernel spreads them over both.
+            client = qkdsec_client(pki, pki.master, port)
+            try:
+                return client.get_enc_keys("sae-b", number=1)
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(8) as ex:
+            got = [k for ks in ex.map(take, range(n_blocks)) for k in ks]
+        assert len(got) == n_blocks and len({k.key_id for k in got}) == n_blocks
+        assert all(k.key == keys[k.key_id] for k in got)
+        with pytest.raises(KMEHTTPError):
+            take(0)
+        slave = qkdsec_client(pki, pki.slave, port)
+        back = slave.get_dec_keys("sae-a", key_ids=[k.key_id for k in got[:8]])
+        assert [b.key for b in back] == [k.key for k in got[:8]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        proc.stdout.close()
+        log.close()
