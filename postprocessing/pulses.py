@@ -107,14 +107,23 @@ def pulse_index_from_sync(
     return index, offset_ps
 
 
-def tagger_epoch_utc_ps_of(start_ps: int, start_time_s: float) -> int:
+def tagger_epoch_utc_ps_of(start_ps: int, start_time_s: float | str) -> int:
     """UTC (ps since the Unix epoch) of tagger time 0, from one batch's documented
     ``start_ps`` (tagger time) and ``start_time_s`` (UTC Unix seconds of ``start_ps``).
 
-    ``start_time_s`` is a double: about 0.25 µs of resolution in this century, far inside
-    the half sync period (50 µs) the anchor tolerates.
+    ``start_time_s`` is a double (about 0.25 µs of resolution in this century, far inside
+    the half sync period, 50 µs, the anchor tolerates); its decimal text, as the pass file
+    carries it, is read exactly.
     """
-    return round(float(start_time_s) * _PS_PER_S) - int(start_ps)
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        utc_ps = Decimal(str(start_time_s)) * _PS_PER_S
+    except InvalidOperation as exc:
+        raise PulseError(f"start_time_s {start_time_s!r} is not a number") from exc
+    if not utc_ps.is_finite():
+        raise PulseError(f"start_time_s {start_time_s!r} is not finite")
+    return int(utc_ps.to_integral_value()) - int(start_ps)
 
 
 @functools.lru_cache(maxsize=1)

@@ -280,7 +280,7 @@ class PassDistiller:
                 await self._chunk_if_due()
                 return
             self.timing.tagger_epoch_utc_ps = tagger_epoch_utc_ps_of(int(metadata["start_ps"]),
-                                                                     float(start_time))  # type: ignore[arg-type]
+                                                                     start_time)  # type: ignore[arg-type]
             self.p.tagger_epoch_utc_ps = self.timing.tagger_epoch_utc_ps
             self._make_mapper()
         assert self._mapper is not None
