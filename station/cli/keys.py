@@ -95,7 +95,7 @@ def ground_settings(cfg: StationConfig, *, satellite_endpoint: str | None = None
         satellite_endpoint=satellite_endpoint or k.satellite_endpoint,
         auth_pool=base / k.auth_pool, keystore_dir=base / "store", work_dir=base / "work",
         gate_ps=k.gate_ps, chunk_batches=k.chunk_batches, ec_segment_bits=k.ec_segment_bits,
-        qber_prior=k.qber_prior,
+        qber_prior=k.qber_prior, rep_rate_hz=k.rep_rate_hz, sync_rate_hz=k.sync_rate_hz,
         security=SecurityParameters(epsilon_sec=k.epsilon_sec, epsilon_cor=k.epsilon_cor))
 
 
@@ -224,6 +224,10 @@ async def _serve_satellite(cfg: object) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from postprocessing.relay import RelayNode
+
+    # The trusted-node relay (kme): relay requests are answered by the same satellite.
+    RelayNode(service.keystore, set(service.pools)).install(service)
     try:
         service.bind()
         print(f"satellite {service.cfg.name} on {service.server.bound_endpoint if service.server else '?'}",

@@ -30,6 +30,9 @@ class KeysConfig(Strict):
                      "state, relative to state_dir.")
     auth_pool: str = Field("auth-pool.json", description="The ground's copy of the pre-shared "
                            "authentication pool, relative to `dir`.")
+    rep_rate_hz: float = Field(100e6, gt=0, le=1e11, description="The satellite source's pulse rate "
+                               "(Micius 100 MHz); the satellite refuses a session that assumes another.")
+    sync_rate_hz: float = Field(10e3, gt=0, le=1e9, description="The satellite's sync-pulse rate (Micius 10 kHz).")
     gate_ps: float = Field(1000.0, gt=0, le=1e6, description="Coincidence gate around each pulse (±).")
     chunk_batches: int = Field(50, ge=1, le=100_000, description="Stream batches per sifting round.")
     ec_segment_bits: int = Field(100_000, ge=10_000, le=10_000_000,
