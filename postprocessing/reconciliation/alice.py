@@ -1,14 +1,14 @@
 """Alice's side of reconciliation: answer Bob's requests from her sifted bits.
 
 Alice never decodes; she computes syndromes (a sparse matrix-vector product per block)
-and keeps, per block, the random values she put into its punctured positions so she can
-reveal them in order. She enforces the session's rules, so a confused or hostile request
+and keeps, per block, its frame (key bits and the random values she put into its
+punctured positions) so she can reveal positions in the block's reveal order. She enforces the session's rules, so a confused or hostile request
 cannot make her disclose more than the protocol allows:
 
 - a block's key range lies inside her key, and its frame fits the named code;
 - the code is in her catalog and its digest equals hers;
 - each block index gets one syndrome (a replay is refused, not answered again);
-- reveals of a block go in order, each punctured position at most once;
+- reveals of a block go in its reveal order, each position at most once;
 - finish names exactly the blocks she answered, and Bob's leakage count equals hers.
 
 She counts what she discloses (``disclosed_bits``, ``leaked_bits``) independently of Bob.
@@ -41,7 +41,7 @@ class _AliceBlock:
     code: LdpcCode
     punctured: int
     shortened: int
-    fill: np.ndarray  # her random values of the punctured positions, in puncturing order
+    frame: np.ndarray  # key bits, her random fill at the punctured positions, zeros
     syndrome_bits: int
     revealed: int = 0
 
@@ -50,14 +50,19 @@ class _AliceBlock:
         return self.syndrome_bits - (self.punctured - self.revealed)
 
 
-def frame_syndrome(code: LdpcCode, key_bits: np.ndarray, fill: np.ndarray,
-                   punctured: int, shortened: int) -> np.ndarray:
-    """The syndrome (uint8 0/1, m bits) of the frame holding ``key_bits``, the punctured
-    values ``fill`` and zeros in the shortened positions."""
+def make_frame(code: LdpcCode, key_bits: np.ndarray, fill: np.ndarray,
+               punctured: int, shortened: int) -> np.ndarray:
+    """The n-bit frame: ``key_bits`` in the key positions, the punctured values ``fill``
+    (puncturing order), zeros in the shortened positions."""
     key_pos, punct_pos, _short = code.frame_layout(punctured, shortened)
     frame = np.zeros(code.n, dtype=np.uint8)
     frame[key_pos] = key_bits
     frame[punct_pos] = fill
+    return frame
+
+
+def frame_syndrome(code: LdpcCode, frame: np.ndarray) -> np.ndarray:
+    """The syndrome (uint8 0/1, m bits) of a frame."""
     return (code.pcm @ frame.astype(np.int32) % 2).astype(np.uint8)
 
 
@@ -128,15 +133,16 @@ class AliceReconciler:
                 raise ReconciliationRefused(
                     f"block {blk.block_index}: {blk.shortened_bits} shortened bits, code "
                     f"{code.code_id} allows at most {code.shorten_order.size}")
-            fill = self._rng.integers(0, 2, blk.punctured_bits, dtype=np.uint8)
             planned.append((blk.block_index, _AliceBlock(
                 offset=blk.key_offset_bits, length=blk.key_length_bits, code=code,
-                punctured=blk.punctured_bits, shortened=blk.shortened_bits, fill=fill,
-                syndrome_bits=code.m)))
+                punctured=blk.punctured_bits, shortened=blk.shortened_bits,
+                frame=np.empty(0, np.uint8), syndrome_bits=code.m)))
         out = []
         for index, ab in planned:
-            syn = frame_syndrome(ab.code, self._bits[ab.offset:ab.offset + ab.length],
-                                 ab.fill, ab.punctured, ab.shortened)
+            fill = self._rng.integers(0, 2, ab.punctured, dtype=np.uint8)
+            ab.frame = make_frame(ab.code, self._bits[ab.offset:ab.offset + ab.length], fill,
+                                  ab.punctured, ab.shortened)
+            syn = frame_syndrome(ab.code, ab.frame)
             self._blocks[index] = ab
             self.disclosed_bits += ab.syndrome_bits
             out.append(BlockSyndrome(block_index=index, syndrome_bits=ab.syndrome_bits,
@@ -153,14 +159,16 @@ class AliceReconciler:
                 raise ReconciliationRefused(
                     f"block {rv.block_index}: reveal from {rv.first}, but {ab.revealed} are "
                     f"revealed (reveals go in order, each once)")
-            if rv.first + rv.count > ab.punctured:
+            limit = ab.code.max_revealed(ab.punctured, ab.shortened)
+            if rv.first + rv.count > limit:
                 raise ReconciliationRefused(
                     f"block {rv.block_index}: reveal up to {rv.first + rv.count}, the block "
-                    f"has {ab.punctured} punctured bits")
+                    f"can reveal {limit} positions")
         out = []
         for rv in request.blocks:
             ab = self._blocks[rv.block_index]
-            vals = ab.fill[rv.first:rv.first + rv.count]
+            order = ab.code.reveal_order(ab.punctured, ab.shortened)
+            vals = ab.frame[order[rv.first:rv.first + rv.count]]
             ab.revealed += rv.count
             self.disclosed_bits += rv.count
             out.append(RevealedBits(block_index=rv.block_index, first=rv.first,
@@ -188,7 +196,7 @@ class AliceReconciler:
                 keep[ab.offset:ab.offset + ab.length] = True
         self._kept = keep
         for ab in self._blocks.values():
-            ab.fill = np.empty(0, np.uint8)  # the fill is no longer needed
+            ab.frame = np.empty(0, np.uint8)  # no longer needed
         return FinishReply(kept_bits=int(keep.sum()), disclosed_bits=self.disclosed_bits,
                            leaked_bits=self.leaked_bits)
 

@@ -5,13 +5,13 @@ The sync core (:class:`BobReconciler`) holds no event loop and does all numeric 
 :class:`~postprocessing.reconciliation.channel.ReconciliationChannel`, running each decode
 round in an executor so the event loop stays free.
 
-Per block (blind reconciliation after Martinez-Mateo, Elkouss, Martin 2012, on one
-rate-adaptive code): the frame holds ℓ key bits and δ = n − ℓ adaptation positions of
-which p are punctured and δ − p shortened. p is chosen so the first attempt discloses
-``f_start · ℓ · h(QBER)`` net bits (m − p). When a decoding fails, Alice reveals the next
-``reveal_step · ℓ · h(QBER)`` punctured values and Bob decodes again, until it converges,
-the punctured bits are exhausted, or ``max_rounds`` is reached; then the block is
-reported not converged and both sides discard it. All blocks of a round travel in one
+Per block (blind reconciliation after Martinez-Mateo, Elkouss, Martin 2012): the code of
+the family and the block length ℓ are chosen so the syndrome discloses
+``f_start · ℓ · h(QBER)`` bits; the n − ℓ other frame positions are shortened (zeros).
+When a decoding fails, Alice reveals the next ``reveal_step · ℓ · h(QBER)`` positions of
+the block's reveal order (key bits here, as the planner does not puncture) and Bob
+decodes again with those known, until it converges or ``max_rounds`` attempts are
+spent; then the block is reported not converged and both sides discard it. All blocks of a round travel in one
 message, so round trips do not grow with the number of blocks.
 """
 
@@ -105,6 +105,7 @@ class BobReconciler:
     verdicts. One instance per session; not thread-safe (one decode round at a time)."""
 
     def __init__(self, bob_bits: np.ndarray, qber_estimate: float, *,
+                 error_probs: np.ndarray | None = None,
                  config: ReconciliationConfig | None = None,
                  catalog: CodeCatalog | None = None) -> None:
         bits = np.asarray(bob_bits)
@@ -112,6 +113,15 @@ class BobReconciler:
             raise ValueError("bob_bits: expected a 1-D uint8 array of 0/1")
         if not (0.0 <= qber_estimate < 0.5) or math.isnan(qber_estimate):
             raise ValueError(f"qber_estimate: {qber_estimate} outside [0, 0.5)")
+        if error_probs is not None:
+            error_probs = np.asarray(error_probs, dtype=np.float64)
+            if error_probs.shape != bits.shape:
+                raise ValueError(f"error_probs: shape {error_probs.shape}, bob_bits "
+                                 f"{bits.shape}")
+            if error_probs.size and not (np.all(error_probs > 0.0)
+                                         and np.all(error_probs < 0.5)):
+                raise ValueError("error_probs: every prior must lie in (0, 0.5)")
+        self.error_probs = error_probs
         self.bits = bits
         self.qber_estimate = float(qber_estimate)
         self.config = config or ReconciliationConfig()
@@ -124,20 +134,19 @@ class BobReconciler:
         q = max(self.qber_estimate, MIN_PLANNING_QBER)
         hq = binary_entropy(q)
         code = self.catalog.choose(q, self.config.f_start)
-        full = code.key_bits
+        full = max(1, min(code.n, math.floor(code.m / (self.config.f_start * hq))))
         blocks: list[_BobBlock] = []
         offset = 0
         while offset < self.bits.size:
             length = min(full, self.bits.size - offset)
             if length < min(self.config.min_tail_bits, full):
                 break  # a tail too short to pay for a syndrome stays unreconciled
-            delta = code.n - length
-            want_leak = self.config.f_start * length * hq
-            p = int(np.clip(math.floor(code.m - want_leak), 0,
-                            min(code.adaptation_bits, code.max_punctured)))
+            # no puncturing: scaled min-sum loses more on punctured positions than the
+            # puncturing saves (docs/_reconciliation.md); the rest of the frame is shortened
             step = max(1, math.ceil(self.config.reveal_step * length * hq))
             blocks.append(_BobBlock(index=len(blocks), offset=offset, length=length,
-                                    code=code, punctured=p, shortened=delta - p, step=step))
+                                    code=code, punctured=0, shortened=code.n - length,
+                                    step=step))
             offset += length
         return blocks
 
@@ -200,10 +209,13 @@ class BobReconciler:
         y = np.zeros(code.n, dtype=np.uint8)
         y[key_pos] = self.bits[blk.offset:blk.offset + blk.length]
         probs = np.full(code.n, _KNOWN_PROB)
-        probs[key_pos] = max(self.qber_estimate, MIN_PLANNING_QBER)
+        if self.error_probs is not None:
+            probs[key_pos] = self.error_probs[blk.offset:blk.offset + blk.length]
+        else:
+            probs[key_pos] = max(self.qber_estimate, MIN_PLANNING_QBER)
         probs[punct_pos] = 0.5
         if blk.revealed:
-            rev_pos = punct_pos[:blk.revealed]
+            rev_pos = code.reveal_order(blk.punctured, blk.shortened)[:blk.revealed]
             y[rev_pos] = np.concatenate(blk.revealed_vals)
             probs[rev_pos] = _KNOWN_PROB
         target = blk.syndrome ^ (code.pcm @ y.astype(np.int32) % 2).astype(np.uint8)
@@ -217,7 +229,8 @@ class BobReconciler:
             blk.done = True
             blk.corrected = y[key_pos] ^ err_key
             blk.errors = int(err_key.sum())
-        elif blk.revealed >= blk.punctured or blk.attempts >= self.config.max_rounds:
+        elif (blk.attempts >= self.config.max_rounds
+              or blk.revealed >= code.max_revealed(blk.punctured, blk.shortened)):
             blk.done = True
 
     def decode_round(self) -> list[RevealRequest]:
@@ -230,7 +243,8 @@ class BobReconciler:
         asks = []
         for blk in self.blocks:
             if not blk.done:
-                count = min(blk.step, blk.punctured - blk.revealed)
+                count = min(blk.step,
+                            blk.code.max_revealed(blk.punctured, blk.shortened) - blk.revealed)
                 asks.append(BlockReveal(block_index=blk.index, first=blk.revealed, count=count))
         per = self.config.blocks_per_message
         return [RevealRequest(blocks=asks[i:i + per]) for i in range(0, len(asks), per)]
@@ -279,10 +293,16 @@ class BobReconciler:
 
 async def reconcile(bob_bits: np.ndarray, qber_estimate: float,
                     channel: ReconciliationChannel, *,
+                    error_probs: np.ndarray | None = None,
                     config: ReconciliationConfig | None = None,
                     catalog: CodeCatalog | None = None,
                     executor: Executor | None = None) -> ReconciliationResult:
     """Correct ``bob_bits`` to Alice's over ``channel`` (one session).
+
+    ``qber_estimate`` plans the rate. ``error_probs`` (optional, float per bit, in
+    (0, 0.5)) is the decoder's prior per bit when the bits' error rates differ — e.g. the
+    signal and decoy classes' QBERs; without it every bit gets ``qber_estimate``. Pass
+    the bits' mean prior as ``qber_estimate`` then.
 
     Planning and code construction, and every decode round, run in ``executor`` (None:
     the loop's default thread pool). Raises :class:`ReconciliationError` if Alice's replies
@@ -292,8 +312,8 @@ async def reconcile(bob_bits: np.ndarray, qber_estimate: float,
     """
     loop = asyncio.get_running_loop()
     bob = await loop.run_in_executor(
-        executor, lambda: BobReconciler(bob_bits, qber_estimate, config=config,
-                                        catalog=catalog))
+        executor, lambda: BobReconciler(bob_bits, qber_estimate, error_probs=error_probs,
+                                        config=config, catalog=catalog))
     round_trips = 0
     for req in bob.syndrome_requests():
         reply = await channel.syndromes(req)

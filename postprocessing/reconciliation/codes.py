@@ -26,7 +26,6 @@ against its digest when loaded, rebuilt if anything is off) and kept in the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -85,13 +84,6 @@ class LdpcCode:
     puncture_order: np.ndarray = field(repr=False)
     shorten_order: np.ndarray = field(repr=False)
     digest: str
-    # frame positions reserved for rate adaptation (set by the catalog)
-    adaptation_bits: int = 0
-
-    @property
-    def key_bits(self) -> int:
-        """Key bits a full block carries: n minus the adaptation positions."""
-        return self.spec.n - self.adaptation_bits
 
     @property
     def code_id(self) -> str:
@@ -108,6 +100,18 @@ class LdpcCode:
     @property
     def max_punctured(self) -> int:
         return int(self.puncture_order.size)
+
+    def max_revealed(self, punctured: int, shortened: int) -> int:
+        """How many positions a block may reveal: its punctured ones, then its key bits
+        in the shortening order."""
+        return punctured + int(self.shorten_order.size) - shortened
+
+    def reveal_order(self, punctured: int, shortened: int) -> np.ndarray:
+        """The order in which a block's positions are revealed in blind rounds: its
+        punctured positions (puncturing order), then its key positions in the shortening
+        order (which holds no punctured position, so those are key bits)."""
+        return np.concatenate([self.puncture_order[:punctured],
+                               self.shorten_order[shortened:]])
 
     def frame_layout(self, punctured: int, shortened: int) -> tuple[np.ndarray, np.ndarray,
                                                                     np.ndarray]:
@@ -332,53 +336,47 @@ def _untainted_order(pcm: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray
     return np.asarray(chosen, dtype=np.int64)
 
 
-# The default family: one code per design rate, each with the same length and the same
-# fraction of adaptation positions; degree distributions from docs/_reconciliation.md.
+# The default family: 23 codes of one length whose syndrome lengths are 10 % apart
+# (m/n = 0.5 · 0.9^i, design rates 0.50 … 0.95), so shortening at most ~10 % of a frame
+# reaches any rate in between. Degree distributions: docs/_reconciliation.md.
 DEFAULT_N = 32768
-DEFAULT_ADAPTATION_FRACTION = 0.05
-# (design rate, degrees of the non-staircase columns, node fractions)
-DEFAULT_FAMILY: tuple[tuple[float, tuple[int, ...], tuple[float, ...]], ...] = (
-    (0.50, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.55, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.60, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.65, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.70, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.75, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.80, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.85, (3, 6, 16), (0.7, 0.2, 0.1)),
-    (0.90, (3, 6, 16), (0.7, 0.2, 0.1)),
-    # at rate 0.95 the 1638 checks cannot hold degree-16 columns without 4-cycles
-    (0.95, (3, 4), (0.5, 0.5)),
-)
+FAMILY_M_RATIO = 0.9
+FAMILY_SIZE = 23
+
+
+def _family_degrees(m_fraction: float) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    # fewer checks hold fewer high-degree columns without 4-cycles
+    if m_fraction >= 0.09:
+        return (3, 6, 16), (0.7, 0.2, 0.1)
+    if m_fraction >= 0.06:
+        return (3, 6, 12), (0.7, 0.2, 0.1)
+    return (3, 4), (0.5, 0.5)
 
 
 def family_specs(n: int = DEFAULT_N, seed: int = 1) -> list[CodeSpec]:
-    """The catalog's specs for frame length ``n``."""
-    return [CodeSpec(name=f"bsc-r{rate:.2f}-n{n}-v{CONSTRUCTION_VERSION}", n=n,
-                     m=int(round(n * (1.0 - rate))), var_degrees=degs, var_fractions=fr,
-                     seed=seed)
-            for rate, degs, fr in DEFAULT_FAMILY]
+    """The catalog's specs for frame length ``n`` (names carry the design rate)."""
+    out = []
+    for i in range(FAMILY_SIZE):
+        m = int(round(n * 0.5 * FAMILY_M_RATIO**i))
+        degs, fr = _family_degrees(m / n)
+        out.append(CodeSpec(name=f"bsc-r{1 - m / n:.3f}-n{n}-v{CONSTRUCTION_VERSION}", n=n,
+                            m=m, var_degrees=degs, var_fractions=fr, seed=seed))
+    return out
 
 
 class CodeCatalog:
-    """The codes both sides know, by name, built on first use and kept by this object.
-
-    Every code reserves ``adaptation_fraction · n`` frame positions for rate adaptation
-    (punctured or shortened per block), so a full block carries ``key_bits`` key bits.
-    """
+    """The codes both sides know, by name, built (or loaded from the disk cache) on first
+    use and kept by this object."""
 
     _default: CodeCatalog | None = None
 
-    def __init__(self, specs: list[CodeSpec],
-                 adaptation_fraction: float = DEFAULT_ADAPTATION_FRACTION,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(self, specs: list[CodeSpec], cache_dir: Path | None = None) -> None:
         """``cache_dir``: where built codes are cached on disk (None: no disk cache)."""
         if not specs:
             raise ValueError("a catalog needs at least one code")
         self.cache_dir = cache_dir
         self._specs = {s.name: s for s in sorted(specs, key=lambda s: s.m)}
         self._codes: dict[str, LdpcCode] = {}
-        self.adaptation_fraction = adaptation_fraction
 
     @classmethod
     def default(cls) -> CodeCatalog:
@@ -400,27 +398,22 @@ class CodeCatalog:
     def get(self, code_id: str) -> LdpcCode:
         code = self._codes.get(code_id)
         if code is None:
-            spec = self.spec(code_id)
-            code = dataclasses.replace(load_or_build(spec, self.cache_dir),
-                                       adaptation_bits=int(round(self.adaptation_fraction
-                                                                 * spec.n)))
+            code = load_or_build(self.spec(code_id), self.cache_dir)
             self._codes[code_id] = code
         return code
 
-    def choose_spec(self, qber: float, f_start: float, f_reserve: float = 0.25) -> CodeSpec:
-        """The highest-rate code whose syndrome still covers ``f_start + f_reserve``
-        times h(qber) per key bit (the reserve is what the blind rounds can add back by
-        revealing punctured bits); the lowest-rate code if none does."""
+    def choose_spec(self, qber: float, f_start: float) -> CodeSpec:
+        """The code for a first attempt at efficiency ``f_start``: the one with the most
+        syndrome bits m ≤ f_start·n·h(qber), so a block of ℓ = m / (f_start·h) ≤ n key bits
+        (the rest of the frame shortened) discloses f_start·ℓ·h. The smallest code if
+        even that is too much (a low QBER), the largest if none suffices (a high one)."""
         from postprocessing.reconciliation.result import binary_entropy
 
         h = binary_entropy(qber)
-        specs = list(self._specs.values())  # increasing m = decreasing rate
-        for spec in specs:
-            key_bits = spec.n - int(round(self.adaptation_fraction * spec.n))
-            if spec.m >= (f_start + f_reserve) * key_bits * h:
-                return spec
-        return specs[-1]
+        specs = list(self._specs.values())  # increasing m
+        fitting = [s for s in specs if s.m <= f_start * s.n * h]
+        return fitting[-1] if fitting else specs[0]
 
-    def choose(self, qber: float, f_start: float, f_reserve: float = 0.25) -> LdpcCode:
+    def choose(self, qber: float, f_start: float) -> LdpcCode:
         """The code :meth:`choose_spec` names, built."""
-        return self.get(self.choose_spec(qber, f_start, f_reserve).name)
+        return self.get(self.choose_spec(qber, f_start).name)

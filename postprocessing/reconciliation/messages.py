@@ -17,9 +17,10 @@ Message flow of one session (one sifted-key string both sides index alike)::
     Bob -> Alice  RevealRequest(blocks)   (0..k times)  Alice -> Bob  RevealReply
     Bob -> Alice  FinishRequest(verdicts)               Alice -> Bob  FinishReply
 
-Each request/reply pair is one round trip. No key bit of either side appears in a
-message: Alice sends syndromes (parities of her frame) and the values of punctured
-positions, which are her own fresh random bits, never key bits.
+Each request/reply pair is one round trip. Bob sends no bit of his key. Alice sends
+syndromes (parities of her frame) and, in blind rounds, the values of chosen frame
+positions (her random fill, then key bits); every one of those bits is counted in the
+leakage λ_EC, which privacy amplification removes.
 """
 
 from __future__ import annotations
@@ -132,9 +133,12 @@ class SyndromeReply(_Message):
 
 
 class BlockReveal(_Message):
-    """Reveal punctured positions ``first .. first+count-1`` (in the code's puncturing
-    order) of one block. ``first`` must equal the number already revealed for the block:
-    reveals are in order, each position at most once."""
+    """Reveal positions ``first .. first+count-1`` of one block's reveal order: its
+    punctured positions (in the code's puncturing order, values of Alice's random fill),
+    then its key positions in the code's shortening order after the first
+    ``shortened_bits`` (values of her key bits). ``first`` must equal the number already
+    revealed for the block: reveals are in order, each position at most once. Every
+    revealed bit counts one bit of leakage."""
 
     block_index: BlockIndex
     first: BitCount
@@ -142,7 +146,7 @@ class BlockReveal(_Message):
 
 
 class RevealRequest(_Message):
-    """Blind reconciliation: Bob asks for more punctured values of blocks that failed."""
+    """Blind reconciliation: Bob asks for more positions of blocks that failed."""
 
     blocks: Annotated[list[BlockReveal], Field(min_length=1, max_length=MAX_BLOCKS_PER_MESSAGE)]
 
@@ -155,7 +159,7 @@ class RevealRequest(_Message):
 
 
 class RevealedBits(_Message):
-    """The values of the revealed punctured positions, packed (Alice's random fill)."""
+    """The values of the revealed positions, packed, in reveal order."""
 
     block_index: BlockIndex
     first: BitCount

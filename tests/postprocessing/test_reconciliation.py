@@ -147,3 +147,23 @@ def test_catalog_choice_follows_qber(catalog: CodeCatalog) -> None:
     rates = [catalog.choose_spec(q, 1.1).rate for q in (0.01, 0.02, 0.04, 0.08)]
     assert rates == sorted(rates, reverse=True)
     assert rates[0] >= 0.85 and rates[-1] <= 0.6
+
+
+@pytest.mark.slow
+def test_per_bit_priors_for_mixed_classes(catalog: CodeCatalog) -> None:
+    """Signal bits at 0.9 % and decoy bits at 3 % interleaved, as sifting delivers them:
+    with per-bit priors the decoder is told which bits are the noisy ones."""
+    rng = np.random.default_rng(21)
+    n_bits = 150_000
+    decoy = rng.random(n_bits) < 0.1
+    probs = np.where(decoy, 0.03, 0.009)
+    alice_bits = rng.integers(0, 2, n_bits, dtype=np.uint8)
+    bob_bits = alice_bits ^ (rng.random(n_bits) < probs).astype(np.uint8)
+    alice = AliceReconciler(alice_bits, catalog=catalog, rng=np.random.default_rng(3))
+    channel = InMemoryChannel(alice)
+    result = asyncio.run(reconcile(bob_bits, float(probs.mean()), channel, error_probs=probs,
+                                   catalog=catalog))
+    _check_invariants(result, alice, channel, bob_bits)
+    assert result.failed_blocks == 0
+    with pytest.raises(ValueError, match="error_probs"):
+        asyncio.run(reconcile(bob_bits, 0.01, channel, error_probs=probs[:-1], catalog=catalog))

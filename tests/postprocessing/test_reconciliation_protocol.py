@@ -43,7 +43,7 @@ def alice(catalog: CodeCatalog) -> AliceReconciler:
 def _request(catalog: CodeCatalog, *, index: int = 0, offset: int = 0, punctured: int = 50,
              digest: str | None = None) -> SyndromeRequest:
     code = catalog.get(SMALL.name)
-    key = code.key_bits
+    key = SMALL.n - 205
     if punctured < 0:  # one more than the untainted positions, the rest of the frame key
         punctured = code.max_punctured + 1
         key = code.n - punctured
@@ -124,7 +124,11 @@ def test_unknown_code_and_bad_frame_are_refused(alice: AliceReconciler,
     assert alice.disclosed_bits == 0
 
 
-def test_reveals_go_in_order_and_stop_at_the_punctured_bits(alice: AliceReconciler,
+def alice_bits_of(alice: AliceReconciler) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 2, 20_000, dtype=np.uint8)  # the fixture's
+
+
+def test_reveals_go_in_order_and_stop_at_the_limit(alice: AliceReconciler,
                                                              catalog: CodeCatalog) -> None:
     alice.answer_syndromes(_request(catalog, punctured=50))
     with pytest.raises(ReconciliationRefused, match="no syndrome"):
@@ -135,10 +139,22 @@ def test_reveals_go_in_order_and_stop_at_the_punctured_bits(alice: AliceReconcil
     assert r.blocks[0].bit_count == 30 and len(r.blocks[0].bits) == 4
     with pytest.raises(ReconciliationRefused, match="in order"):  # a replayed reveal
         alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=0, count=30)]))
-    with pytest.raises(ReconciliationRefused, match="has 50 punctured"):
-        alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=30, count=21)]))
-    assert alice.disclosed_bits == SMALL.m + 30
-    assert alice.leaked_bits == SMALL.m - 50 + 30
+    code = catalog.get(SMALL.name)
+    limit = code.max_revealed(50, 205 - 50)
+    assert limit == 50 + code.shorten_order.size - 155
+    with pytest.raises(ReconciliationRefused, match=f"can reveal {limit}"):
+        alice.answer_reveal(RevealRequest(blocks=[
+            BlockReveal(block_index=0, first=30, count=limit - 30 + 1)]))
+    # the next ones are key bits (after the 50 punctured values): Alice's own bits
+    r = alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=30, count=40)]))
+    order = code.reveal_order(50, 155)
+    key_pos, _p, _s = code.frame_layout(50, 155)
+    frame_key = {int(pos): i for i, pos in enumerate(key_pos)}
+    vals = np.unpackbits(np.frombuffer(r.blocks[0].bits, np.uint8), count=40)
+    expect = [alice_bits_of(alice)[frame_key[int(pos)]] for pos in order[50:70]]
+    assert list(vals[20:]) == expect
+    assert alice.disclosed_bits == SMALL.m + 70
+    assert alice.leaked_bits == SMALL.m - 50 + 70
 
 
 def test_finish_checks_verdicts_and_counts(alice: AliceReconciler, catalog: CodeCatalog) -> None:
@@ -191,10 +207,16 @@ def test_a_block_converging_to_a_wrong_word_is_caught_by_verification(
     decoder 'converges' at once to the wrong key. Reconciliation cannot see it; the
     verification hash does, so the wrong key is never accepted."""
     import asyncio
+    import math
 
     from ldpc.mod2 import nullspace
 
-    from postprocessing.reconciliation import InMemoryChannel, ReconciliationConfig, reconcile
+    from postprocessing.reconciliation import (
+        InMemoryChannel,
+        ReconciliationConfig,
+        binary_entropy,
+        reconcile,
+    )
     from postprocessing.verification import (
         new_verification_seed,
         tags_match,
@@ -203,9 +225,11 @@ def test_a_block_converging_to_a_wrong_word_is_caught_by_verification(
 
     code = catalog.get(SMALL.name)
     rng = np.random.default_rng(11)
-    alice_bits = rng.integers(0, 2, code.key_bits, dtype=np.uint8)
-    # a high QBER estimate makes Bob plan no puncturing: every adaptation position shortened
-    key_pos, punct, _short = code.frame_layout(0, code.n - code.key_bits)
+    # one block of exactly the length Bob plans at a 5 % estimate: no puncturing, the
+    # rest of the frame shortened
+    length = math.floor(code.m / (1.2 * binary_entropy(0.05)))
+    alice_bits = rng.integers(0, 2, length, dtype=np.uint8)
+    key_pos, punct, _short = code.frame_layout(0, code.n - length)
     assert punct.size == 0
     kernel = nullspace(code.pcm[:, key_pos].tocsc())
     word = np.asarray(kernel[0].todense()).ravel().astype(np.uint8) % 2
@@ -214,7 +238,7 @@ def test_a_block_converging_to_a_wrong_word_is_caught_by_verification(
     alice = AliceReconciler(alice_bits, catalog=catalog, rng=np.random.default_rng(5))
     result = asyncio.run(reconcile(bob_bits, 0.05, InMemoryChannel(alice), catalog=catalog,
                                    config=ReconciliationConfig(min_tail_bits=1000)))
-    assert result.blocks[0].punctured_bits == 0
+    assert len(result.blocks) == 1 and result.blocks[0].key_length_bits == length
     assert result.converged == [True]  # the decoder cannot tell
     assert not np.array_equal(result.corrected_bits, alice.kept_bits())
     seed = new_verification_seed(1e-15)
