@@ -119,6 +119,7 @@ class _Progress(BaseModel):
     ec_round_trips: int = 0
     errors: int = 0
     last_qber: float | None = None  # the previous session's measured QBER
+    prev_qber: float | None = None  # the one before
     tally: SiftTally = SiftTally()  # kept bits and their errors, per basis and class
     sifted_tally: SiftTally = SiftTally()  # every sifted bit, per basis and class
     started_s: float = 0.0
@@ -348,10 +349,7 @@ class PassDistiller:
 
     async def _reconcile(self, lo: int, hi: int) -> None:
         part = self._sifted_range(lo, hi)
-        # The QBER drifts along the pass (low elevation: more background per signal), so
-        # the previous session's is the estimate, not the pass's average so far.
-        qber = self.p.last_qber if self.p.last_qber else self.s.qber_prior
-        qber = min(max(qber, 0.005), 0.11)
+        qber = min(max(self._qber_estimate(), 0.005), 0.11)
         channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
         try:
             result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel)
@@ -369,7 +367,7 @@ class PassDistiller:
         self.p.kept_bits += result.kept_bits
         self.p.errors += int(flips.sum())
         if result.kept_bits and flips.any():
-            self.p.last_qber = float(flips.sum()) / result.kept_bits
+            self.p.prev_qber, self.p.last_qber = self.p.last_qber, float(flips.sum()) / result.kept_bits
         self.p.leaked_bits += result.leaked_bits
         self.p.disclosed_bits += result.disclosed_bits
         self.p.ec_blocks += len(result.blocks)
@@ -379,6 +377,17 @@ class PassDistiller:
         log.info("pass %s: EC session %d over %d bits: %d kept, QBER %.2f %%, f %.3f",
                  self.pass_id, self.p.ec_sessions - 1, hi - lo, result.kept_bits,
                  100 * result.qber_measured, result.efficiency_f)
+
+    def _qber_estimate(self) -> float:
+        """The next session's QBER, from the last two measured: the QBER drifts along the
+        pass (it rises as the elevation drops), a block decoded at too low a QBER fails and
+        costs all its bits, one at too high a QBER only a few more syndrome bits — so the
+        trend is extrapolated and a margin of MARGIN added."""
+        last, prev = self.p.last_qber, self.p.prev_qber
+        if last is None:
+            return self.s.qber_prior
+        trend = max(0.0, last - prev) if prev is not None else 0.0
+        return (last + trend) * _QBER_MARGIN
 
     async def _save(self) -> None:
         self.p.requests = self.link.requests
@@ -406,7 +415,8 @@ class PassDistiller:
         report = self._report(estimate=estimate, fin=fin)
         if fin.leaked_ec_bits < self.p.leaked_bits or fin.key_length_bits != ell or fin.kept_bits != key.size:
             await self._abort(f"the satellite's figures (λ_EC {fin.leaked_ec_bits}, ℓ {fin.key_length_bits}, "
-                              f"{fin.kept_bits} kept) differ from ours ({self.p.leaked_bits}, {ell}, {key.size})",
+                              f"{fin.kept_bits} kept) differ from ours ({self.p.leaked_bits}, {ell}, {key.size}): "
+                              "both ends must run the same estimation with the same parameters",
                               report=report)
         frames = reply.message.frames
         try:
@@ -498,6 +508,7 @@ class PassDistiller:
         raise PassAborted(reason, rep)
 
 
+_QBER_MARGIN = 1.15
 _SIFTED = np.dtype([("pulse", "<i8"), ("basis", "u1"), ("klass", "u1"), ("bit", "u1")])
 
 
