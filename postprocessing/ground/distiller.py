@@ -87,7 +87,8 @@ class GroundSettings(BaseModel):
                                                      "(the 2 ns window of Liao et al. 2017).")
     chunk_batches: int = Field(50, ge=1, description="Batches per sifting round (50 × 0.1 s).")
     ec_segment_bits: int = Field(100_000, ge=10_000, description="Sifted bits per EC session (~3 LDPC blocks).")
-    qber_prior: float = Field(0.02, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
+    qber_prior: float = Field(0.03, gt=0, lt=0.25,
+                              description="QBER assumed for the first EC session (low elevation).")
     rep_rate_hz: float = 100e6
     sync_rate_hz: float = 10e3
     timeout_s: float = Field(60.0, gt=0)

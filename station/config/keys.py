@@ -37,7 +37,7 @@ class KeysConfig(Strict):
     chunk_batches: int = Field(50, ge=1, le=100_000, description="Stream batches per sifting round.")
     ec_segment_bits: int = Field(100_000, ge=10_000, le=10_000_000,
                                  description="Sifted bits reconciled per EC session.")
-    qber_prior: float = Field(0.02, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
+    qber_prior: float = Field(0.03, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
     epsilon_sec: float = Field(1e-9, gt=0, lt=1, description="Secrecy parameter (Liao et al. 2017: 1e-9).")
     epsilon_cor: float = Field(1e-15, gt=0, lt=1, description="Correctness parameter.")
     publish_mqtt: bool = Field(True, description="Publish each pass's key report on MQTT.")
