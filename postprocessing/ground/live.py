@@ -137,6 +137,17 @@ async def follow_stream(endpoint: str, settings: GroundSettings, link: Satellite
     return reports
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this process when the distiller dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _read_header(path: Path) -> dict[str, str]:
     from station.events.passfile import PassFileReader
 
@@ -151,6 +162,7 @@ def _receive(endpoint: str, received_dir: str, consumer: str, pass_id: str | Non
     batches, ok) at each pass's end; ("error", text); ("stopped", None) last."""
     from station.events.client import StreamClient, StreamError
 
+    _die_with_parent()
     stop = threading.Event()
 
     def watch() -> None:

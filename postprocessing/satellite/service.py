@@ -83,6 +83,7 @@ class _Pass:
     chunk_digests: list[str] = field(default_factory=list)
     sifted_index: list[np.ndarray] = field(default_factory=list)
     sifted_total: int = 0
+    last_announced: int = -1
     ec: dict[int, _EcSession] = field(default_factory=dict)
     exchanges: int = 0
     finalize_reply: tuple[FinalizeReply, dict[str, bytes]] | None = None
@@ -219,14 +220,14 @@ class SatelliteService:
                                            "detections; a resumed ground station must repeat it exactly")
             new = False
         elif body.chunk == len(p.chunk_digests):
-            last = int(p.index()[-1]) if p.sifted_total else -1
+            last = p.last_announced
             try:
                 BobAnnouncement(pulse_index=idx, basis=bob_basis).check()
             except ValueError as exc:
                 raise Refusal("bad_message", f"sift chunk {body.chunk}: {exc}") from None
             if n and int(idx[0]) <= last:
                 raise Refusal("bad_message", f"sift chunk {body.chunk} announces pulse {int(idx[0])}, "
-                                             f"not after the last sifted pulse {last}")
+                                             f"not after the last announced pulse {last}")
             new = True
         else:
             raise Refusal("bad_state", f"chunk {body.chunk} announced, expected chunk "
@@ -235,6 +236,8 @@ class SatelliteService:
         if new:
             kept = idx[basis == bob_basis]
             p.chunk_digests.append(digest)
+            if n:
+                p.last_announced = int(idx[-1])
             p.sifted_index.append(kept)
             p.sifted_total += int(kept.size)
         return (SiftReply(chunk=body.chunk, detections=n, sifted_bits_total=p.sifted_total),
