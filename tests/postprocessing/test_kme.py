@@ -436,3 +436,29 @@ def test_two_worker_processes_share_the_store_and_never_hand_a_key_out_twice(pki
         proc.wait(60)
         proc.stdout.close()
         log.close()
+
+
+@pytest.mark.parametrize("links, saes, why", [
+    ([{"master_sae_id": "x", "slave_sae_id": "y", "peer": "p"}], ["a"], "neither SAE"),
+    ([{"master_sae_id": "a", "slave_sae_id": "y", "peer": "p"}], ["a"], "target_kme_id"),
+    ([{"master_sae_id": "a", "slave_sae_id": "a", "peer": "p"}], ["a"], "the same"),
+    ([{"master_sae_id": "a", "slave_sae_id": "y", "peer": "p", "target_kme_id": "k"},
+      {"master_sae_id": "a", "slave_sae_id": "b", "peer": "p"}], ["a", "b"], "of its own"),
+    ([{"master_sae_id": "a", "slave_sae_id": "b", "peer": "p"}] * 2, ["a", "b"], "twice"),
+])
+def test_config_refuses_links_that_break_once_only_delivery(pki, tmp_path, links, saes, why):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=why):
+        KmeConfig.model_validate({
+            "kme_id": "k1", "store_dir": tmp_path, "links": links,
+            "tls": {"certificate": pki.server.cert, "private_key": pki.server.key,
+                    "client_ca": pki.ca_file},
+            "saes": [{"sae_id": s, "subject_cn": s} for s in saes]})
+
+
+def test_kme_config_round_trips_through_toml(pki, tmp_path):
+    cfg = kme_config(pki, tmp_path / "keys", 8443)
+    path = tmp_path / "kme.toml"
+    path.write_text(dump_kme_config(cfg))
+    assert load_kme_config(path) == cfg
