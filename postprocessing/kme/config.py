@@ -104,7 +104,6 @@ class KmeConfig(Strict):
             raise ValueError("an SAE ID appears twice in [[saes]]")
         local = set(ids)
         pairs = set()
-        remote_peers: dict[str, tuple[str, str]] = {}
         for link in self.links:
             pair = (link.master_sae_id, link.slave_sae_id)
             if pair in pairs:
@@ -120,14 +119,11 @@ class KmeConfig(Strict):
             if not (m_local and s_local):
                 # Without a KME-to-KME link, a key's binding to one slave rests on a peer's
                 # store serving one remote pair only (docs/key-delivery.md).
-                if link.peer in remote_peers or any(
-                    lk.peer == link.peer for lk in self.links if lk is not link
-                ):
+                if any(lk.peer == link.peer for lk in self.links if lk is not link):
                     raise ValueError(
                         f"peer {link.peer!r} serves a link with a remote SAE and another link;"
                         " a remote pair needs a peer store of its own"
                     )
-                remote_peers[link.peer] = pair
         return self
 
     def is_local(self, sae_id: str) -> bool:
