@@ -301,6 +301,7 @@ async def _rehearse(cfg: StationConfig):  # type: ignore[no-untyped-def]
 
 
 async def _distill(path: Path, settings, endpoint: str) -> KeyReport:  # type: ignore[no-untyped-def]
+    from postprocessing.channel import ChannelError
     from postprocessing.ground import PassAborted, distill_pass_file
 
     s = settings.model_copy(update={"satellite_endpoint": endpoint})
@@ -308,6 +309,8 @@ async def _distill(path: Path, settings, endpoint: str) -> KeyReport:  # type: i
         return await distill_pass_file(path, s)
     except PassAborted as exc:
         raise DemoError(f"{settings.station}: the pass's key was discarded: {exc}") from None
+    except ChannelError as exc:
+        raise DemoError(f"{settings.station}: distillation failed: {exc}") from None
 
 
 def _rep_rate_hz(cfg: StationConfig) -> tuple[float, float]:
