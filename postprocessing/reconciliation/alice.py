@@ -2,13 +2,13 @@
 
 Alice never decodes; she computes syndromes (a sparse matrix-vector product per block)
 and keeps, per block, its frame (key bits and the random values she put into its
-punctured positions) so she can reveal positions in the block's reveal order. She enforces the session's rules, so a confused or hostile request
+punctured positions) so she can disclose extra parities of it in blind rounds. She enforces the session's rules, so a confused or hostile request
 cannot make her disclose more than the protocol allows:
 
 - a block's key range lies inside her key, and its frame fits the named code;
 - the code is in her catalog and its digest equals hers;
 - each block index gets one syndrome (a replay is refused, not answered again);
-- reveals of a block go in its reveal order, each position at most once;
+- a block's extra parities go in order, each at most once;
 - finish names exactly the blocks she answered, and Bob's leakage count equals hers.
 
 She counts what she discloses (``disclosed_bits``, ``leaked_bits``) independently of Bob.
@@ -22,6 +22,7 @@ import numpy as np
 
 from postprocessing.reconciliation.codes import CodeCatalog, LdpcCode
 from postprocessing.reconciliation.errors import ReconciliationRefused
+from postprocessing.reconciliation.extension import extension_rows
 from postprocessing.reconciliation.messages import (
     BlockSyndrome,
     FinishReply,
@@ -159,16 +160,21 @@ class AliceReconciler:
                 raise ReconciliationRefused(
                     f"block {rv.block_index}: reveal from {rv.first}, but {ab.revealed} are "
                     f"revealed (reveals go in order, each once)")
-            limit = ab.code.max_revealed(ab.punctured, ab.shortened)
+            limit = ab.length  # more parities than key bits would be pointless
             if rv.first + rv.count > limit:
                 raise ReconciliationRefused(
-                    f"block {rv.block_index}: reveal up to {rv.first + rv.count}, the block "
-                    f"can reveal {limit} positions")
+                    f"block {rv.block_index}: parities up to {rv.first + rv.count}, the block "
+                    f"can disclose {limit}")
+            if rv.parity_degree > ab.length:
+                raise ReconciliationRefused(
+                    f"block {rv.block_index}: parity degree {rv.parity_degree} exceeds its "
+                    f"{ab.length} key bits")
         out = []
         for rv in request.blocks:
             ab = self._blocks[rv.block_index]
-            order = ab.code.reveal_order(ab.punctured, ab.shortened)
-            vals = ab.frame[order[rv.first:rv.first + rv.count]]
+            ext = extension_rows(ab.code, ab.punctured, ab.shortened, rv.block_index,
+                                 rv.first, rv.count, rv.parity_degree)
+            vals = (ext @ ab.frame.astype(np.int32) % 2).astype(np.uint8)
             ab.revealed += rv.count
             self.disclosed_bits += rv.count
             out.append(RevealedBits(block_index=rv.block_index, first=rv.first,

@@ -8,10 +8,10 @@ round in an executor so the event loop stays free.
 Per block (blind reconciliation after Martinez-Mateo, Elkouss, Martin 2012): the code of
 the family and the block length ℓ are chosen so the syndrome discloses
 ``f_start · ℓ · h(QBER)`` bits; the n − ℓ other frame positions are shortened (zeros).
-When a decoding fails, Alice reveals the next ``reveal_step · ℓ · h(QBER)`` positions of
-the block's reveal order (key bits here, as the planner does not puncture) and Bob
-decodes again with those known, until it converges or ``max_rounds`` attempts are
-spent; then the block is reported not converged and both sides discard it. All blocks of a round travel in one
+When a decoding fails, Alice discloses ``reveal_step · ℓ · h(QBER)`` extra parities of
+the block (:mod:`.extension`: each the XOR of about 1/QBER key bits, so each carries
+nearly one bit about the errors) and Bob decodes again with them stacked under the code,
+until it converges or ``max_rounds`` attempts are spent; then the block is reported not converged and both sides discard it. All blocks of a round travel in one
 message, so round trips do not grow with the number of blocks.
 """
 
@@ -23,11 +23,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 from ldpc import BpDecoder
 
 from postprocessing.reconciliation.channel import ReconciliationChannel
 from postprocessing.reconciliation.codes import CodeCatalog, LdpcCode
 from postprocessing.reconciliation.errors import ReconciliationError
+from postprocessing.reconciliation.extension import extension_rows, parity_degree_for
 from postprocessing.reconciliation.messages import (
     MAX_BLOCKS_PER_MESSAGE,
     BlockRequest,
@@ -60,6 +62,10 @@ class ReconciliationConfig:
     max_rounds: int = 6
     max_iter: int = 80
     bp_method: str = "minimum_sum"
+    # after a failed first attempt, decode again with this method before asking for more
+    # (no extra disclosure), and use it for the rounds with extra parities; None: always
+    # bp_method
+    fallback_method: str | None = "product_sum"
     ms_scaling_factor: float = 0.8
     min_tail_bits: int = 4096
     blocks_per_message: int = 256
@@ -71,8 +77,11 @@ class ReconciliationConfig:
             raise ValueError(f"reveal_step: {self.reveal_step} outside (0, 1]")
         if self.max_rounds < 1 or self.max_iter < 1:
             raise ValueError("max_rounds and max_iter must be at least 1")
-        if self.bp_method not in ("minimum_sum", "product_sum"):
-            raise ValueError(f"bp_method: {self.bp_method!r} is not minimum_sum or product_sum")
+        for name, method in (("bp_method", self.bp_method),
+                             ("fallback_method", self.fallback_method)):
+            if method not in ("minimum_sum", "product_sum") and not (
+                    name == "fallback_method" and method is None):
+                raise ValueError(f"{name}: {method!r} is not minimum_sum or product_sum")
         if not 1 <= self.blocks_per_message <= MAX_BLOCKS_PER_MESSAGE:
             raise ValueError(f"blocks_per_message: 1..{MAX_BLOCKS_PER_MESSAGE}")
 
@@ -86,10 +95,12 @@ class _BobBlock:
     punctured: int
     shortened: int
     step: int
+    parity_degree: int
     syndrome: np.ndarray | None = None
     revealed_vals: list[np.ndarray] = field(default_factory=list)
     revealed: int = 0
-    attempts: int = 0
+    attempts: int = 0  # decoder runs
+    rounds: int = 0  # decoding rounds (each after a disclosure)
     converged: bool = False
     done: bool = False
     corrected: np.ndarray | None = None
@@ -135,6 +146,7 @@ class BobReconciler:
         hq = binary_entropy(q)
         code = self.catalog.choose(q, self.config.f_start)
         full = max(1, min(code.n, math.floor(code.m / (self.config.f_start * hq))))
+        degree = parity_degree_for(q)
         blocks: list[_BobBlock] = []
         offset = 0
         while offset < self.bits.size:
@@ -146,7 +158,7 @@ class BobReconciler:
             step = max(1, math.ceil(self.config.reveal_step * length * hq))
             blocks.append(_BobBlock(index=len(blocks), offset=offset, length=length,
                                     code=code, punctured=0, shortened=code.n - length,
-                                    step=step))
+                                    step=step, parity_degree=min(degree, length)))
             offset += length
         return blocks
 
@@ -192,14 +204,16 @@ class BobReconciler:
             blk.revealed += rb.bit_count
 
     # --- decoding -------------------------------------------------------------------
-    def _decoder(self, code: LdpcCode) -> BpDecoder:
-        dec = self._decoders.get(code.code_id)
+    def _new_decoder(self, pcm: sp.csr_matrix, method: str) -> BpDecoder:
+        return BpDecoder(pcm, error_rate=0.01, max_iter=self.config.max_iter,
+                         bp_method=method, ms_scaling_factor=self.config.ms_scaling_factor,
+                         schedule="parallel", input_vector_type="syndrome")
+
+    def _decoder(self, code: LdpcCode, method: str) -> BpDecoder:
+        key = f"{code.code_id}/{method}"
+        dec = self._decoders.get(key)
         if dec is None:
-            dec = BpDecoder(code.pcm, error_rate=0.01, max_iter=self.config.max_iter,
-                            bp_method=self.config.bp_method,
-                            ms_scaling_factor=self.config.ms_scaling_factor,
-                            schedule="parallel", input_vector_type="syndrome")
-            self._decoders[code.code_id] = dec
+            dec = self._decoders[key] = self._new_decoder(code.pcm, method)
         return dec
 
     def _decode_block(self, blk: _BobBlock) -> None:
@@ -215,22 +229,39 @@ class BobReconciler:
             probs[key_pos] = max(self.qber_estimate, MIN_PLANNING_QBER)
         probs[punct_pos] = 0.5
         if blk.revealed:
-            rev_pos = code.reveal_order(blk.punctured, blk.shortened)[:blk.revealed]
-            y[rev_pos] = np.concatenate(blk.revealed_vals)
-            probs[rev_pos] = _KNOWN_PROB
-        target = blk.syndrome ^ (code.pcm @ y.astype(np.int32) % 2).astype(np.uint8)
-        dec = self._decoder(code)
-        dec.update_channel_probs(probs)
-        err = dec.decode(target)
-        blk.attempts += 1
-        if dec.converge:
+            # the code's checks with the block's extra parity checks stacked below
+            ext = extension_rows(code, blk.punctured, blk.shortened, blk.index, 0,
+                                 blk.revealed, blk.parity_degree)
+            pcm = sp.vstack([code.pcm, ext], format="csr")
+            alice_syn = np.concatenate([blk.syndrome, *blk.revealed_vals])
+        else:
+            pcm = code.pcm
+            alice_syn = blk.syndrome
+        target = alice_syn ^ (pcm @ y.astype(np.int32) % 2).astype(np.uint8)
+        first = self.config.bp_method
+        fallback = self.config.fallback_method
+        methods = [first] if blk.attempts == 0 else [fallback or first]
+        if blk.attempts == 0 and fallback and fallback != first:
+            methods.append(fallback)  # same disclosure, a stronger decoder
+        converged = False
+        for method in methods:
+            dec = (self._new_decoder(pcm, method) if blk.revealed
+                   else self._decoder(code, method))
+            dec.update_channel_probs(probs)
+            err = dec.decode(target)
+            blk.attempts += 1
+            if dec.converge:
+                converged = True
+                break
+        if converged:
             err_key = err[key_pos]
             blk.converged = True
             blk.done = True
             blk.corrected = y[key_pos] ^ err_key
             blk.errors = int(err_key.sum())
-        elif (blk.attempts >= self.config.max_rounds
-              or blk.revealed >= code.max_revealed(blk.punctured, blk.shortened)):
+        blk.rounds += 1
+        if not converged and (blk.rounds >= self.config.max_rounds
+                              or blk.revealed >= blk.length):
             blk.done = True
 
     def decode_round(self) -> list[RevealRequest]:
@@ -243,9 +274,9 @@ class BobReconciler:
         asks = []
         for blk in self.blocks:
             if not blk.done:
-                count = min(blk.step,
-                            blk.code.max_revealed(blk.punctured, blk.shortened) - blk.revealed)
-                asks.append(BlockReveal(block_index=blk.index, first=blk.revealed, count=count))
+                count = min(blk.step, blk.length - blk.revealed)
+                asks.append(BlockReveal(block_index=blk.index, first=blk.revealed, count=count,
+                                        parity_degree=blk.parity_degree))
         per = self.config.blocks_per_message
         return [RevealRequest(blocks=asks[i:i + per]) for i in range(0, len(asks), per)]
 

@@ -101,18 +101,6 @@ class LdpcCode:
     def max_punctured(self) -> int:
         return int(self.puncture_order.size)
 
-    def max_revealed(self, punctured: int, shortened: int) -> int:
-        """How many positions a block may reveal: its punctured ones, then its key bits
-        in the shortening order."""
-        return punctured + int(self.shorten_order.size) - shortened
-
-    def reveal_order(self, punctured: int, shortened: int) -> np.ndarray:
-        """The order in which a block's positions are revealed in blind rounds: its
-        punctured positions (puncturing order), then its key positions in the shortening
-        order (which holds no punctured position, so those are key bits)."""
-        return np.concatenate([self.puncture_order[:punctured],
-                               self.shorten_order[shortened:]])
-
     def frame_layout(self, punctured: int, shortened: int) -> tuple[np.ndarray, np.ndarray,
                                                                     np.ndarray]:
         """(key positions, punctured positions, shortened positions) of a frame.

@@ -18,9 +18,8 @@ Message flow of one session (one sifted-key string both sides index alike)::
     Bob -> Alice  FinishRequest(verdicts)               Alice -> Bob  FinishReply
 
 Each request/reply pair is one round trip. Bob sends no bit of his key. Alice sends
-syndromes (parities of her frame) and, in blind rounds, the values of chosen frame
-positions (her random fill, then key bits); every one of those bits is counted in the
-leakage λ_EC, which privacy amplification removes.
+syndromes (parities of her frame) and, in blind rounds, extra parities of it; every one
+of those bits is counted in the leakage λ_EC, which privacy amplification removes.
 """
 
 from __future__ import annotations
@@ -133,20 +132,21 @@ class SyndromeReply(_Message):
 
 
 class BlockReveal(_Message):
-    """Reveal positions ``first .. first+count-1`` of one block's reveal order: its
-    punctured positions (in the code's puncturing order, values of Alice's random fill),
-    then its key positions in the code's shortening order after the first
-    ``shortened_bits`` (values of her key bits). ``first`` must equal the number already
-    revealed for the block: reveals are in order, each position at most once. Every
-    revealed bit counts one bit of leakage."""
+    """Disclose extra parities ``first .. first+count-1`` of one block (blind round).
+
+    Each extra parity is the XOR of ``parity_degree`` key positions of the block's frame,
+    chosen as ``extension.extension_rows`` defines (seeded by block index, parity index
+    and degree). ``first`` must equal the number already disclosed for the block: parities
+    go in order, each at most once. Every disclosed parity counts one bit of leakage."""
 
     block_index: BlockIndex
     first: BitCount
     count: Annotated[int, Field(ge=1, le=MAX_FRAME_BITS)]
+    parity_degree: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
 class RevealRequest(_Message):
-    """Blind reconciliation: Bob asks for more positions of blocks that failed."""
+    """Blind reconciliation: Bob asks for extra parities of blocks that failed."""
 
     blocks: Annotated[list[BlockReveal], Field(min_length=1, max_length=MAX_BLOCKS_PER_MESSAGE)]
 
@@ -159,7 +159,7 @@ class RevealRequest(_Message):
 
 
 class RevealedBits(_Message):
-    """The values of the revealed positions, packed, in reveal order."""
+    """The extra parities, packed, in order."""
 
     block_index: BlockIndex
     first: BitCount

@@ -19,11 +19,14 @@ def binary_entropy(p: float) -> float:
 class BlockReport:
     """One block's outcome (no key bits).
 
-    ``disclosed_bits`` = syndrome bits + revealed punctured values (what crossed the
-    channel for this block); ``leaked_bits`` = ``disclosed_bits`` − the punctured
-    positions never revealed (their random values one-time-pad as many syndrome bits:
-    see docs/_reconciliation.md). ``errors_corrected`` is the number of Bob's bits the
-    decoder flipped (0 when not converged).
+    ``revealed_bits``: extra parities disclosed in blind rounds. ``disclosed_bits`` =
+    syndrome bits + extra parities (what crossed the channel for this block);
+    ``leaked_bits`` = syndrome bits − punctured positions + extra parities (the punctured
+    positions' random values one-time-pad as many syndrome bits: see
+    docs/_reconciliation.md; today's planner punctures none, so leaked = disclosed).
+    ``decode_attempts``: decoder runs (a min-sum run and a product-sum run on the same
+    disclosure count two). ``errors_corrected``: Bob's bits the decoder flipped (0 when
+    not converged).
     """
 
     block_index: int
@@ -44,7 +47,7 @@ class BlockReport:
 
     @property
     def leaked_bits(self) -> int:
-        return self.syndrome_bits - (self.punctured_bits - self.revealed_bits)
+        return self.syndrome_bits - self.punctured_bits + self.revealed_bits
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class ReconciliationResult:
       keeps the same positions);
     - ``leaked_bits``: λ_EC, over ALL blocks including those discarded;
     - ``disclosed_bits``: every key-dependent bit that crossed the channel (syndromes and
-      revealed punctured values), ≥ ``leaked_bits``;
+      extra parities), ≥ ``leaked_bits``;
     - ``efficiency_f``: ``leaked_bits / (kept · h(qber_measured))`` (NaN if nothing kept
       or no error seen);
     - ``qber_measured``: errors corrected / kept bits (over converged blocks);

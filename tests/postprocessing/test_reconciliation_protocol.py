@@ -124,37 +124,39 @@ def test_unknown_code_and_bad_frame_are_refused(alice: AliceReconciler,
     assert alice.disclosed_bits == 0
 
 
-def alice_bits_of(alice: AliceReconciler) -> np.ndarray:
-    return np.random.default_rng(1).integers(0, 2, 20_000, dtype=np.uint8)  # the fixture's
+def test_extra_parities_go_in_order_up_to_the_block_length(alice: AliceReconciler,
+                                                            catalog: CodeCatalog) -> None:
+    from postprocessing.reconciliation.extension import extension_rows
 
-
-def test_reveals_go_in_order_and_stop_at_the_limit(alice: AliceReconciler,
-                                                             catalog: CodeCatalog) -> None:
     alice.answer_syndromes(_request(catalog, punctured=50))
+    key_bits = SMALL.n - 205
     with pytest.raises(ReconciliationRefused, match="no syndrome"):
         alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=9, first=0, count=1)]))
     with pytest.raises(ReconciliationRefused, match="in order"):
         alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=5, count=1)]))
-    r = alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=0, count=30)]))
+    r = alice.answer_reveal(RevealRequest(blocks=[
+        BlockReveal(block_index=0, first=0, count=30, parity_degree=40)]))
     assert r.blocks[0].bit_count == 30 and len(r.blocks[0].bits) == 4
-    with pytest.raises(ReconciliationRefused, match="in order"):  # a replayed reveal
+    with pytest.raises(ReconciliationRefused, match="in order"):  # a replayed request
         alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=0, count=30)]))
-    code = catalog.get(SMALL.name)
-    limit = code.max_revealed(50, 205 - 50)
-    assert limit == 50 + code.shorten_order.size - 155
-    with pytest.raises(ReconciliationRefused, match=f"can reveal {limit}"):
+    with pytest.raises(ReconciliationRefused, match=f"can disclose {key_bits}"):
         alice.answer_reveal(RevealRequest(blocks=[
-            BlockReveal(block_index=0, first=30, count=limit - 30 + 1)]))
-    # the next ones are key bits (after the 50 punctured values): Alice's own bits
-    r = alice.answer_reveal(RevealRequest(blocks=[BlockReveal(block_index=0, first=30, count=40)]))
-    order = code.reveal_order(50, 155)
+            BlockReveal(block_index=0, first=30, count=key_bits - 30 + 1)]))
+    with pytest.raises(ReconciliationRefused, match="parity degree"):
+        alice.answer_reveal(RevealRequest(blocks=[
+            BlockReveal(block_index=0, first=30, count=1, parity_degree=key_bits + 1)]))
+    # the parities are of her key bits only (rows never touch punctured positions)
+    code = catalog.get(SMALL.name)
     key_pos, _p, _s = code.frame_layout(50, 155)
-    frame_key = {int(pos): i for i, pos in enumerate(key_pos)}
-    vals = np.unpackbits(np.frombuffer(r.blocks[0].bits, np.uint8), count=40)
-    expect = [alice_bits_of(alice)[frame_key[int(pos)]] for pos in order[50:70]]
-    assert list(vals[20:]) == expect
-    assert alice.disclosed_bits == SMALL.m + 70
-    assert alice.leaked_bits == SMALL.m - 50 + 70
+    ext = extension_rows(code, 50, 155, 0, 0, 30, 40)
+    assert np.asarray(ext.sum(axis=1)).ravel().tolist() == [40] * 30
+    assert ext[:, np.setdiff1d(np.arange(code.n), key_pos)].nnz == 0
+    key = np.random.default_rng(1).integers(0, 2, 20_000, dtype=np.uint8)[:key_bits]
+    expect = (ext[:, key_pos] @ key.astype(np.int32)) % 2
+    got = np.unpackbits(np.frombuffer(r.blocks[0].bits, np.uint8), count=30)
+    assert np.array_equal(got, expect)
+    assert alice.disclosed_bits == SMALL.m + 30
+    assert alice.leaked_bits == SMALL.m - 50 + 30
 
 
 def test_finish_checks_verdicts_and_counts(alice: AliceReconciler, catalog: CodeCatalog) -> None:
