@@ -88,7 +88,7 @@ class GroundSettings(BaseModel):
     chunk_batches: int = Field(50, ge=1, description="Batches per sifting round (50 × 0.1 s).")
     ec_segment_bits: int = Field(100_000, ge=10_000, description="Sifted bits per EC session (~3 LDPC blocks).")
     qber_prior: float = Field(0.03, gt=0, lt=0.25,
-                              description="QBER assumed for the first EC session (low elevation).")
+                              description="QBER assumed when no background estimate is at hand.")
     rep_rate_hz: float = 100e6
     sync_rate_hz: float = 10e3
     timeout_s: float = Field(60.0, gt=0)
@@ -120,7 +120,10 @@ class _Progress(BaseModel):
     ec_round_trips: int = 0
     errors: int = 0
     last_qber: float | None = None  # the previous session's measured QBER
-    prev_qber: float | None = None  # the one before
+    # Noise model of the QBER (see _qber_estimate): per chunk (sifted end, noise fraction).
+    chunk_noise: list[tuple[int, float]] = Field(default_factory=list)
+    noise_marks: tuple[int, int] = (0, 0)  # mapper's (detections, gated) at the last chunk
+    e_opt: float | None = None  # calibrated error rate of the signal itself
     tally: SiftTally = SiftTally()  # kept bits and their errors, per basis and class
     sifted_tally: SiftTally = SiftTally()  # every sifted bit, per basis and class
     started_s: float = 0.0
@@ -323,6 +326,11 @@ class PassDistiller:
         self.p.sifted_tally.add_sifted(sifted["basis"], sifted["klass"])
         await asyncio.to_thread(self.ckpt.save_array, f"chunk-{self.p.chunks:06d}", sifted)
         self._sifted.append(sifted)
+        if self._mapper is not None:
+            det, gated = self._mapper.state.detections, self._mapper.state.gated
+            d_det, d_gated = det - self.p.noise_marks[0], gated - self.p.noise_marks[1]
+            self.p.noise_marks = (det, gated)
+            self.p.chunk_noise.append((self.p.sifted_bits + int(sifted.size), self._noise_fraction(d_det, d_gated)))
         self.p.chunks += 1
         self.p.announced += int(idx.size)
         self.p.sifted_bits += int(sifted.size)
@@ -350,7 +358,8 @@ class PassDistiller:
 
     async def _reconcile(self, lo: int, hi: int) -> None:
         part = self._sifted_range(lo, hi)
-        qber = min(max(self._qber_estimate(), 0.005), 0.11)
+        noise = self._session_noise(lo, hi)
+        qber = min(max(self._qber_estimate(noise), 0.005), 0.11)
         channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
         try:
             result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel)
@@ -368,7 +377,12 @@ class PassDistiller:
         self.p.kept_bits += result.kept_bits
         self.p.errors += int(flips.sum())
         if result.kept_bits and flips.any():
-            self.p.prev_qber, self.p.last_qber = self.p.last_qber, float(flips.sum()) / result.kept_bits
+            self.p.last_qber = float(flips.sum()) / result.kept_bits
+            e_opt = max(0.0005, self.p.last_qber - 0.5 * noise)
+            # The signal's own error rate (polarisation contrast) hardly changes in a pass:
+            # average it over the sessions, weighted by their kept bits.
+            w = result.kept_bits / max(1, self.p.kept_bits)
+            self.p.e_opt = e_opt if self.p.e_opt is None else (1 - w) * self.p.e_opt + w * e_opt
         self.p.leaked_bits += result.leaked_bits
         self.p.disclosed_bits += result.disclosed_bits
         self.p.ec_blocks += len(result.blocks)
@@ -379,16 +393,40 @@ class PassDistiller:
                  self.pass_id, self.p.ec_sessions - 1, hi - lo, result.kept_bits,
                  100 * result.qber_measured, result.efficiency_f)
 
-    def _qber_estimate(self) -> float:
-        """The next session's QBER, from the last two measured: the QBER drifts along the
-        pass (it rises as the elevation drops), a block decoded at too low a QBER fails and
-        costs all its bits, one at too high a QBER only a few more syndrome bits — so the
-        trend is extrapolated and a margin of MARGIN added."""
-        last, prev = self.p.last_qber, self.p.prev_qber
-        if last is None:
+    def _noise_fraction(self, detections: int, gated: int) -> float:
+        """Fraction of the gated detections that are background: background arrives
+        uniformly in time, so the detections outside the gate (2g of every pulse period T
+        is gate) tell how many fell inside it."""
+        g2 = 2 * self.s.gate_ps
+        period = self.timing.period_ps
+        outside = max(0, detections - gated)
+        if gated <= 0 or g2 >= period:
+            return 0.0
+        return min(1.0, outside * g2 / (period - g2) / gated)
+
+    def _session_noise(self, lo: int, hi: int) -> float:
+        """The background fraction of the chunks that sifted bits [lo, hi), by overlap."""
+        total = weight = 0.0
+        start = 0
+        for end, frac in self.p.chunk_noise:
+            overlap = min(end, hi) - max(start, lo)
+            if overlap > 0:
+                total += overlap * frac
+                weight += overlap
+            start = end
+        return total / weight if weight else 0.0
+
+    def _qber_estimate(self, noise: float) -> float:
+        """The next session's QBER before EC, from no disclosed bit: the signal's own error
+        rate e_opt (calibrated on the sessions so far; Liao's 280:1 contrast, 0.36 %, to
+        begin with) plus half the background fraction ν of the session's detections (a
+        background click is a coin toss): QBER ≈ e_opt + ν/2. The QBER drifts along the pass
+        with ν (low elevation: weak signal, same background), and a block decoded at too low
+        a QBER fails and costs all its bits, so a margin is added."""
+        if not self.p.chunk_noise:
             return self.s.qber_prior
-        trend = max(0.0, last - prev) if prev is not None else 0.0
-        return (last + trend) * _QBER_MARGIN
+        e_opt = self.p.e_opt if self.p.e_opt is not None else _E_OPT_PRIOR
+        return (e_opt + 0.5 * noise) * _QBER_MARGIN
 
     async def _save(self) -> None:
         self.p.requests = self.link.requests
@@ -509,7 +547,8 @@ class PassDistiller:
         raise PassAborted(reason, rep)
 
 
-_QBER_MARGIN = 1.15
+_QBER_MARGIN = 1.10
+_E_OPT_PRIOR = 0.0036
 _SIFTED = np.dtype([("pulse", "<i8"), ("basis", "u1"), ("klass", "u1"), ("bit", "u1")])
 
 
