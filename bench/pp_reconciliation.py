@@ -13,7 +13,8 @@ the targets of
 issue 13 (f ≤ 1.2, ≥ 1 Mbit/s): ``f_target/f`` and ``throughput/target`` (≥ 1 meets it).
 
 Usage: .venv/bin/python bench/pp_reconciliation.py [--bits 2e6] [--qber 0.01,0.02,0.04]
-       [--method minimum_sum|product_sum] [--f-start 1.1] [--json]
+       [--method minimum_sum|product_sum] [--fallback product_sum|minimum_sum|none]
+       [--f-start 1.2] [--json]
 """
 
 from __future__ import annotations
@@ -102,14 +103,19 @@ async def main() -> None:
     ap.add_argument("--qber", default="0.01,0.02,0.04")
     ap.add_argument("--method", default="minimum_sum", choices=["minimum_sum", "product_sum"])
     ap.add_argument("--f-start", type=float, default=None)
+    ap.add_argument("--fallback", default="product_sum",
+                    choices=["product_sum", "minimum_sum", "none"],
+                    help="decoder for the retry and the blind rounds (none: the first's)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line per point")
     args = ap.parse_args()
     base = ReconciliationConfig()
     cfg = ReconciliationConfig(
         f_start=args.f_start if args.f_start is not None else base.f_start,
-        bp_method=args.method)
+        bp_method=args.method,
+        fallback_method=None if args.fallback == "none" else args.fallback)
     catalog = CodeCatalog.default()
-    print(f"reconciliation bench: {int(args.bits)} sifted bits per point, {args.method}, "
+    print(f"reconciliation bench: {int(args.bits)} sifted bits per point, {args.method} "
+          f"then {cfg.fallback_method or args.method}, "
           f"f_start {cfg.f_start}, reveal step {cfg.reveal_step}, max rounds "
           f"{cfg.max_rounds}, max_iter {cfg.max_iter}, one decoding thread")
     print(f"ldpc {args.method} now costs {decoder_speed_ns(catalog, args.method):.1f} CPU ns per "
