@@ -3,21 +3,22 @@
 Alice (the satellite) holds the reference key; Bob (ground) corrects his sifted bits to
 hers. Bob drives, one session per sifted-key string that both sides index alike:
 
-- Bob cuts his bits into blocks, picks from the estimated QBER a code of the catalog
-  (:mod:`.codes`: irregular LDPC codes built deterministically by progressive edge
-  growth) and a rate adaptation per block (punctured and shortened positions);
+- Bob picks from the estimated QBER a code of the catalog (:mod:`.codes`: irregular
+  repeat-accumulate LDPC codes of girth ≥ 6, built deterministically, cached on disk)
+  and a block length, the rest of each frame shortened, and cuts his bits into blocks;
 - he asks Alice for the blocks' syndromes (:class:`SyndromeRequest`); Alice
   (:class:`AliceReconciler`) answers from her bits;
-- he decodes with ``ldpc``'s belief-propagation decoder; for a block that fails he asks
-  Alice to reveal some punctured values (:class:`RevealRequest`, blind reconciliation)
-  and decodes again, up to a bounded number of rounds;
+- he decodes with ``ldpc``'s belief-propagation decoder (min-sum, then product-sum on
+  the same disclosure); for a block that still fails he asks Alice for extra parities
+  (:class:`RevealRequest`, blind reconciliation; :mod:`.extension`) and decodes again,
+  up to a bounded number of rounds;
 - he tells Alice which blocks converged (:class:`FinishRequest`); both keep those and
   discard the rest. λ_EC counts every block, kept or not.
 
 Entry points:
 
-- ``await reconcile(bob_bits, qber_estimate, channel, config=..., catalog=...,
-  executor=None) -> ReconciliationResult`` (Bob). Decoding runs off the event loop
+- ``await reconcile(bob_bits, qber_estimate, channel, error_probs=None, config=...,
+  catalog=..., executor=None) -> ReconciliationResult`` (Bob). Decoding runs off the event loop
   (``run_in_executor``; pass an executor or get the default thread pool); the sync core
   is :class:`BobReconciler`.
 - ``AliceReconciler(alice_bits, rng=...)``: ``answer_syndromes``, ``answer_reveal``,

@@ -34,6 +34,9 @@ from postprocessing.reconciliation.messages import (
     SyndromeRequest,
 )
 
+# Extra-parity terms (count × degree) one reveal request may ask for: ~0.1 s of work.
+MAX_PARITY_WORK = 1 << 23
+
 
 @dataclass
 class _AliceBlock:
@@ -152,6 +155,10 @@ class AliceReconciler:
 
     def answer_reveal(self, request: RevealRequest) -> RevealReply:
         self._refuse_if_finished()
+        work = sum(rv.count * rv.parity_degree for rv in request.blocks)
+        if work > MAX_PARITY_WORK:
+            raise ReconciliationRefused(
+                f"reveal: {work} parity terms in one request, at most {MAX_PARITY_WORK}")
         for rv in request.blocks:
             ab = self._blocks.get(rv.block_index)
             if ab is None:

@@ -142,7 +142,8 @@ class BlockReveal(_Message):
     block_index: BlockIndex
     first: BitCount
     count: Annotated[int, Field(ge=1, le=MAX_FRAME_BITS)]
-    parity_degree: Annotated[int, Field(ge=1, le=4096)] = 32
+    # bounded so one request cannot make Alice build a huge matrix (count · degree)
+    parity_degree: Annotated[int, Field(ge=1, le=256)] = 32
 
 
 class RevealRequest(_Message):

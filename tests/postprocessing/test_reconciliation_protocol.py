@@ -142,9 +142,12 @@ def test_extra_parities_go_in_order_up_to_the_block_length(alice: AliceReconcile
     with pytest.raises(ReconciliationRefused, match=f"can disclose {key_bits}"):
         alice.answer_reveal(RevealRequest(blocks=[
             BlockReveal(block_index=0, first=30, count=key_bits - 30 + 1)]))
-    with pytest.raises(ReconciliationRefused, match="parity degree"):
+    with pytest.raises(ValidationError):  # a degree that would make Alice build a huge matrix
+        BlockReveal(block_index=0, first=30, count=1, parity_degree=key_bits + 1)
+    with pytest.raises(ReconciliationRefused, match="parity terms"):  # a flood of work
         alice.answer_reveal(RevealRequest(blocks=[
-            BlockReveal(block_index=0, first=30, count=1, parity_degree=key_bits + 1)]))
+            BlockReveal(block_index=i, first=0, count=3000, parity_degree=256)
+            for i in range(12)]))
     # the parities are of her key bits only (rows never touch punctured positions)
     code = catalog.get(SMALL.name)
     key_pos, _p, _s = code.frame_layout(50, 155)
