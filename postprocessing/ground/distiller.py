@@ -120,7 +120,7 @@ class _Progress(BaseModel):
     ec_round_trips: int = 0
     errors: int = 0
     last_qber: float | None = None  # the previous session's measured QBER
-    # Noise model of the QBER (see _qber_estimate): per chunk (sifted end, noise fraction).
+    # Noise model of the QBER (see _error_priors): per chunk (sifted end, noise fraction).
     chunk_noise: list[tuple[int, float]] = Field(default_factory=list)
     noise_marks: tuple[int, int] = (0, 0)  # mapper's (detections, gated) at the last chunk
     e_opt: float | None = None  # calibrated error rate of the signal itself
@@ -358,11 +358,11 @@ class PassDistiller:
 
     async def _reconcile(self, lo: int, hi: int) -> None:
         part = self._sifted_range(lo, hi)
-        noise = self._session_noise(lo, hi)
-        qber = min(max(self._qber_estimate(noise), 0.005), 0.11)
+        priors, nu = self._error_priors(lo, hi, part)
+        qber = float(min(max(priors.mean(), 0.005), 0.11)) if priors is not None else self.s.qber_prior
         channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
         try:
-            result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel)
+            result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
         except ReconciliationError as exc:
             await self._abort(f"error correction failed: {exc}")
         kept = result.kept_mask
@@ -378,11 +378,15 @@ class PassDistiller:
         self.p.errors += int(flips.sum())
         if result.kept_bits and flips.any():
             self.p.last_qber = float(flips.sum()) / result.kept_bits
-            e_opt = max(0.0005, self.p.last_qber - 0.5 * noise)
-            # The signal's own error rate (polarisation contrast) hardly changes in a pass:
-            # average it over the sessions, weighted by their kept bits.
-            w = result.kept_bits / max(1, self.p.kept_bits)
-            self.p.e_opt = e_opt if self.p.e_opt is None else (1 - w) * self.p.e_opt + w * e_opt
+            if nu is not None:
+                # errors = Σ e_opt (1 − ν) + ν/2 over the kept bits: solve for e_opt. The
+                # signal's own error rate (polarisation contrast) hardly changes in a pass:
+                # average it over the sessions, weighted by their kept bits.
+                k_nu = nu[kept]
+                e_opt = (float(flips.sum()) - 0.5 * float(k_nu.sum())) / max(1.0, float((1 - k_nu).sum()))
+                e_opt = min(max(e_opt, 0.0005), 0.2)
+                w = result.kept_bits / max(1, self.p.kept_bits)
+                self.p.e_opt = e_opt if self.p.e_opt is None else (1 - w) * self.p.e_opt + w * e_opt
         self.p.leaked_bits += result.leaked_bits
         self.p.disclosed_bits += result.disclosed_bits
         self.p.ec_blocks += len(result.blocks)
@@ -404,29 +408,37 @@ class PassDistiller:
             return 0.0
         return min(1.0, outside * g2 / (period - g2) / gated)
 
-    def _session_noise(self, lo: int, hi: int) -> float:
-        """The background fraction of the chunks that sifted bits [lo, hi), by overlap."""
-        total = weight = 0.0
-        start = 0
-        for end, frac in self.p.chunk_noise:
-            overlap = min(end, hi) - max(start, lo)
-            if overlap > 0:
-                total += overlap * frac
-                weight += overlap
-            start = end
-        return total / weight if weight else 0.0
+    def _error_priors(self, lo: int, hi: int, part: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-bit error probabilities of sifted bits [lo, hi) before EC, from no disclosed
+        bit, and each bit's background fraction ν.
 
-    def _qber_estimate(self, noise: float) -> float:
-        """The next session's QBER before EC, from no disclosed bit: the signal's own error
-        rate e_opt (calibrated on the sessions so far; Liao's 280:1 contrast, 0.36 %, to
-        begin with) plus half the background fraction ν of the session's detections (a
-        background click is a coin toss): QBER ≈ e_opt + ν/2. The QBER drifts along the pass
-        with ν (low elevation: weak signal, same background), and a block decoded at too low
-        a QBER fails and costs all its bits, so a margin is added."""
-        if not self.p.chunk_noise:
-            return self.s.qber_prior
+        Background clicks arrive uniformly in time, so a chunk's detections outside the gate
+        tell its background fraction ν (the gate is 2g of every period T); the class is
+        Alice's random label, so class k gets the background in proportion to its
+        probability p_k: ν_k = ν · p_k · n / n_k (vacuum: ν_k ≈ 1). A background click is a
+        coin toss, the signal errs at e_opt (its polarisation contrast; calibrated on the
+        sessions so far, Liao's 280:1, 0.36 %, to begin with): P(error) = e_opt (1 − ν_k)
+        + ν_k / 2, with a margin — a block decoded at too low a QBER fails and costs all its
+        bits. On the Micius pass ν goes 5.6 % → 0.8 % → 3.4 % along the pass."""
+        if not self.p.chunk_noise or part.size == 0:
+            return None, None
+        probs_k = np.asarray(self.s.security.probabilities, dtype=np.float64)
+        ends = np.array([e for e, _ in self.p.chunk_noise], dtype=np.int64)
+        fracs = np.array([f for _, f in self.p.chunk_noise], dtype=np.float64)
+        starts = np.concatenate(([0], ends[:-1]))
+        pos = np.arange(lo, hi, dtype=np.int64)
+        chunk = np.minimum(np.searchsorted(ends, pos, side="right"), ends.size - 1)
+        klass = part["klass"].astype(np.int64)
+        counts = np.zeros((ends.size, 3))
+        for c in np.unique(chunk):  # each chunk's class shares, from all its sifted bits
+            a, b = int(starts[c]), int(ends[c])
+            counts[c] = np.bincount(self._sifted_range(a, b)["klass"].astype(np.int64), minlength=3)[:3]
+        n = counts.sum(axis=1, keepdims=True)
+        share = np.where(counts > 0, probs_k[None, :] * n / np.maximum(counts, 1.0), 1.0)
+        nu = np.minimum(1.0, fracs[chunk] * share[chunk, klass])
         e_opt = self.p.e_opt if self.p.e_opt is not None else _E_OPT_PRIOR
-        return (e_opt + 0.5 * noise) * _QBER_MARGIN
+        priors = np.clip((e_opt * (1 - nu) + 0.5 * nu) * _QBER_MARGIN, 1e-4, 0.49)
+        return priors, nu
 
     async def _save(self) -> None:
         self.p.requests = self.link.requests
