@@ -126,11 +126,13 @@ async def follow_stream(endpoint: str, settings: GroundSettings, link: Satellite
                 await _deliver(exc.report, reports, on_report)
             if max_passes is not None and len(reports) >= max_passes:
                 break
+            if pass_id is not None and any(r.pass_id == pass_id for r in reports):
+                break  # the named pass is done
     finally:
         halt.set()
         if waiter is not None:
             waiter.cancel()
-        await asyncio.to_thread(child.join, 30.0)
+        await asyncio.to_thread(child.join, 10.0)
         if child.is_alive():
             child.terminate()
             await asyncio.to_thread(child.join, 10.0)
