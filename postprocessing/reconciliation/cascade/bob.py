@@ -67,7 +67,7 @@ class CascadeConfig:
     """
 
     k1_factor: float = 0.73
-    passes: int = 8
+    passes: int = 4
     min_qber: float = 0.002
     max_round_trips: int = 20_000
     max_ranges_per_request: int = MAX_RANGES_PER_REQUEST
