@@ -14,10 +14,11 @@ Cascade", QIC 15 (2015): k1 ≈ 0.73/QBER, k_i = 2·k_{i-1}, no BICONF):
    Alice's) are bisected once passes < i are settled — but every bisection under way, in
    any pass, advances one level per round trip: Bob asks the parities of the left halves
    of all of them in one request, keeps the half whose parity differs (the other half's
-   parity is inferred, not asked), and flips the bit a search ends on. A flip changes
-   the parity of the block holding that bit in every other pass; those that become odd
-   start their own bisections in the next round (the cascade step), batched the same way.
-   A search whose current range a flip made even again is dropped (its block is even).
+   parity is inferred, not asked), and flips the bit a search ends on. Every parity
+   learnt stays known: each pass is a partition into intervals of known parity. A flip
+   toggles Bob's parity of the interval holding that bit in every other pass; those made
+   odd are bisected from the next round on (the cascade step), batched the same way and
+   starting at that smallest known interval, not at the top-level block.
 4. Done when every block of every pass has Bob's parity equal to Alice's.
 
 Every parity Alice reveals is one bit of leakage, counted exactly (inferred parities
@@ -92,7 +93,15 @@ def block_schedule(n_bits: int, qber: float, config: CascadeConfig) -> list[int]
 
 
 class CascadeBob:
-    """The sync core: Bob's bits, the passes' state and the bisections under way.
+    """The sync core: Bob's bits and, per pass, a partition of the pass's order into
+    intervals of known parity (Alice's, revealed or inferred, and Bob's current one).
+
+    Each pass starts partitioned into its top-level blocks; a bisection step splits an
+    interval in two at its middle, both halves' Alice parities known (one asked, one
+    inferred). An interval whose parities differ holds an odd number of Bob's errors: it
+    is bisected (a one-bit odd interval is a wrong bit: flipped). A flip toggles Bob's
+    parity of the interval holding that bit in every pass, so a re-check (the cascade
+    step) starts at the smallest interval of known parity, never above it.
 
     ``top_level_ranges()`` then ``accept_top(parities)``; then repeatedly
     ``next_ranges()`` (None once settled) and ``accept_step(parities)``.
@@ -105,153 +114,106 @@ class CascadeBob:
         self.n_passes = len(self.k)
         self.perm = [pass_permutation(seed, p, n) for p in range(self.n_passes)]
         self.inv = [inverse(pm) for pm in self.perm]
-        self.n_blocks = [-(-n // k) for k in self.k]
-        self.alice_top: list[np.ndarray] = []
-        self.bob_top: list[np.ndarray] = []
-        self.active = [np.zeros(nb, dtype=bool) for nb in self.n_blocks]
+        # per pass: interval starts (sorted; the last interval ends at n), parities
+        self._cut = [np.arange(-(-n // k), dtype=np.int64) * k for k in self.k]
+        self._alice: list[np.ndarray] = []
+        self._bob: list[np.ndarray] = []
         self.current_pass = 0
         self.flips = 0
         self.top_parities = 0
         self.bisection_parities = 0
-        # the searches under way: pass, range [s, e) in the pass's order, Alice's parity
-        self._sp = np.zeros(0, dtype=np.int64)
-        self._ss = np.zeros(0, dtype=np.int64)
-        self._se = np.zeros(0, dtype=np.int64)
-        self._sa = np.zeros(0, dtype=np.uint8)
-        self._mid = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
-    # -- parities of Bob's current bits -------------------------------------------------
-    def _block_starts(self, p: int) -> np.ndarray:
-        return np.arange(self.n_blocks[p], dtype=np.int64) * self.k[p]
+    def _ends(self, p: int) -> np.ndarray:
+        return np.append(self._cut[p][1:], self.n)
 
-    def _range_parity(self, passes: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-        out = np.empty(s.size, dtype=np.uint8)
-        for p in np.unique(passes):
-            sel = np.flatnonzero(passes == p)
-            ss, ee = s[sel], e[sel]
-            lengths = ee - ss
-            offs = np.zeros(sel.size, dtype=np.int64)
-            np.cumsum(lengths[:-1], out=offs[1:])
-            idx = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offs - ss, lengths)
-            vals = self.bits[self.perm[int(p)][idx]]
-            out[sel] = np.bitwise_xor.reduceat(vals, offs)
-        return out
+    def _range_parity(self, p: int, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Bob's parities of ranges [s, e) of pass p (all non-empty), by one gather."""
+        lengths = e - s
+        offs = np.zeros(s.size, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offs[1:])
+        idx = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offs - s, lengths)
+        return np.bitwise_xor.reduceat(self.bits[self.perm[p][idx]], offs)
 
     # -- top level ----------------------------------------------------------------------
     def top_level_ranges(self) -> Ranges:
-        passes, starts, ends = [], [], []
-        for p in range(self.n_passes):
-            st = self._block_starts(p)
-            passes.append(np.full(st.size, p, dtype=np.int64))
-            starts.append(st)
-            ends.append(np.minimum(st + self.k[p], self.n))
-        return np.concatenate(passes), np.concatenate(starts), np.concatenate(ends)
+        passes = [np.full(c.size, p, dtype=np.int64) for p, c in enumerate(self._cut)]
+        ends = [self._ends(p) for p in range(self.n_passes)]
+        return np.concatenate(passes), np.concatenate(self._cut), np.concatenate(ends)
 
     def accept_top(self, parities: np.ndarray) -> None:
         at = 0
         for p in range(self.n_passes):
-            nb = self.n_blocks[p]
-            self.alice_top.append(parities[at:at + nb].astype(np.uint8))
+            nb = self._cut[p].size
+            self._alice.append(parities[at:at + nb].astype(np.uint8))
             at += nb
-            self.bob_top.append(np.bitwise_xor.reduceat(self.bits[self.perm[p]],
-                                                        self._block_starts(p)))
+            self._bob.append(np.bitwise_xor.reduceat(self.bits[self.perm[p]], self._cut[p]))
         self.top_parities += at
 
     # -- bisection rounds ---------------------------------------------------------------
     def _flip(self, key_positions: np.ndarray) -> None:
-        """Flip Bob's bits; update every pass's block parities; drop searches made even."""
-        if key_positions.size == 0:
-            return
         key_positions = np.unique(key_positions)
         self.bits[key_positions] ^= 1
         self.flips += int(key_positions.size)
-        keep = np.ones(self._sp.size, dtype=bool)
         for p in range(self.n_passes):
-            pos = self.inv[p][key_positions].astype(np.int64)
-            np.bitwise_xor.at(self.bob_top[p], pos // self.k[p], 1)
-            sel = np.flatnonzero(self._sp == p)
-            if sel.size:
-                pos.sort()
-                inside = (np.searchsorted(pos, self._se[sel])
-                          - np.searchsorted(pos, self._ss[sel]))
-                odd = sel[(inside & 1) == 1]
-                keep[odd] = False
-                self.active[p][self._ss[odd] // self.k[p]] = False
-        if not keep.all():
-            self._sp, self._ss, self._se, self._sa = (
-                self._sp[keep], self._ss[keep], self._se[keep], self._sa[keep])
-
-    def _start_searches(self) -> None:
-        """Start a search on every odd block of the passes worked so far; flip the bit of
-        any one-bit block at once (its parity is the bit)."""
-        while True:
-            new_p, new_s = [], []
-            for p in range(self.current_pass + 1):
-                odd = np.flatnonzero((self.alice_top[p] != self.bob_top[p]) & ~self.active[p])
-                if odd.size:
-                    self.active[p][odd] = True
-                    new_p.append(np.full(odd.size, p, dtype=np.int64))
-                    new_s.append(odd.astype(np.int64) * self.k[p])
-            if new_p:
-                ps = np.concatenate(new_p)
-                ss = np.concatenate(new_s)
-                ks = np.asarray(self.k, dtype=np.int64)[ps]
-                es = np.minimum(ss + ks, self.n)
-                alice = self._alice_top_of(ps, ss)
-                self._sp = np.concatenate([self._sp, ps])
-                self._ss = np.concatenate([self._ss, ss])
-                self._se = np.concatenate([self._se, es])
-                self._sa = np.concatenate([self._sa, alice.astype(np.uint8)])
-            if not self._resolve_single_bits():
-                if self._sp.size or self.current_pass + 1 >= self.n_passes:
-                    return
-                self.current_pass += 1
-
-    def _alice_top_of(self, ps: np.ndarray, ss: np.ndarray) -> np.ndarray:
-        out = np.empty(ps.size, dtype=np.uint8)
-        for p in np.unique(ps):
-            sel = ps == p
-            out[sel] = self.alice_top[int(p)][ss[sel] // self.k[int(p)]]
-        return out
-
-    def _resolve_single_bits(self) -> bool:
-        """Searches narrowed to one bit: that bit is wrong. Returns whether any flipped."""
-        done = (self._se - self._ss) == 1
-        if not done.any():
-            return False
-        ps, ss = self._sp[done], self._ss[done]
-        key_pos = np.empty(ps.size, dtype=np.int64)
-        for p in np.unique(ps):
-            sel = ps == p
-            key_pos[sel] = self.perm[int(p)][ss[sel]]
-            self.active[int(p)][ss[sel] // self.k[int(p)]] = False
-        keep = ~done
-        self._sp, self._ss, self._se, self._sa = (
-            self._sp[keep], self._ss[keep], self._se[keep], self._sa[keep])
-        self._flip(key_pos)
-        return True
+            where = np.searchsorted(self._cut[p], self.inv[p][key_positions], side="right") - 1
+            np.bitwise_xor.at(self._bob[p], where, 1)
 
     def next_ranges(self) -> Ranges | None:
-        """The left halves of every search under way (None: every block is even)."""
-        self._start_searches()
-        if not self._sp.size:
-            return None
-        self._mid = self._ss + (self._se - self._ss) // 2
-        return self._sp.copy(), self._ss.copy(), self._mid.copy()
+        """The left halves of every odd interval of the passes worked so far (flipping the
+        bit of every one-bit odd interval first); None once every interval is even."""
+        while True:
+            odd_by_pass: list[tuple[int, np.ndarray]] = []
+            singles = []
+            for p in range(self.current_pass + 1):
+                odd = np.flatnonzero(self._alice[p] != self._bob[p])
+                if not odd.size:
+                    continue
+                length = self._ends(p)[odd] - self._cut[p][odd]
+                one = length == 1
+                if one.any():
+                    singles.append(self.perm[p][self._cut[p][odd[one]]])
+                odd_by_pass.append((p, odd[~one]))
+            if singles:
+                self._flip(np.concatenate(singles))
+                continue
+            odd_by_pass = [(p, o) for p, o in odd_by_pass if o.size]
+            if odd_by_pass:
+                break
+            if self.current_pass + 1 >= self.n_passes:
+                return None
+            self.current_pass += 1
+        self._pending = []
+        passes, starts, mids = [], [], []
+        for p, odd in odd_by_pass:
+            s = self._cut[p][odd]
+            mid = s + (self._ends(p)[odd] - s) // 2
+            self._pending.append((p, odd, mid))
+            passes.append(np.full(odd.size, p, dtype=np.int64))
+            starts.append(s)
+            mids.append(mid)
+        return np.concatenate(passes), np.concatenate(starts), np.concatenate(mids)
 
     def accept_step(self, parities: np.ndarray) -> None:
-        mine = self._range_parity(self._sp, self._ss, self._mid)
-        left = parities != mine
-        self._sa = np.where(left, parities, self._sa ^ parities).astype(np.uint8)
-        self._ss = np.where(left, self._ss, self._mid)
-        self._se = np.where(left, self._mid, self._se)
+        """Split every interval asked about at its middle; both halves' parities known."""
+        at = 0
+        for p, odd, mid in self._pending:
+            alice_left = parities[at:at + odd.size].astype(np.uint8)
+            at += odd.size
+            bob_left = self._range_parity(p, self._cut[p][odd], mid)
+            alice_right = self._alice[p][odd] ^ alice_left
+            bob_right = self._bob[p][odd] ^ bob_left
+            self._alice[p][odd] = alice_left
+            self._bob[p][odd] = bob_left
+            self._cut[p] = np.insert(self._cut[p], odd + 1, mid)
+            self._alice[p] = np.insert(self._alice[p], odd + 1, alice_right)
+            self._bob[p] = np.insert(self._bob[p], odd + 1, bob_right)
         self.bisection_parities += int(parities.size)
-        self._resolve_single_bits()
+        self._pending = []
 
     def settled(self) -> bool:
-        return (self.current_pass + 1 >= self.n_passes and not self._sp.size
-                and all((a == b).all() for a, b in zip(self.alice_top, self.bob_top,
-                                                       strict=True)))
+        return (self.current_pass + 1 >= self.n_passes
+                and all((a == b).all() for a, b in zip(self._alice, self._bob, strict=True)))
 
 
 async def cascade_reconcile(bob_bits: np.ndarray, qber_estimate: float,
