@@ -81,3 +81,15 @@ __all__ = [
     "SyndromeRequest",
     "binary_entropy",
 ]
+
+# Cascade (interactive alternative; its own subpackage, imported last: it uses .errors/.result)
+from postprocessing.reconciliation.cascade import (
+    CascadeAlice,
+    CascadeChannel,
+    CascadeConfig,
+    InMemoryCascadeChannel,
+    cascade_reconcile,
+)
+
+__all__ += ["CascadeAlice", "CascadeChannel", "CascadeConfig", "InMemoryCascadeChannel",
+            "cascade_reconcile"]
