@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from postprocessing.reconciliation.cascade import (
     CascadeAlice,
     CascadeConfig,
+    CascadeFinishRequest,
     CascadeSetupRequest,
     InMemoryCascadeChannel,
     ParityReply,
@@ -53,6 +54,7 @@ async def test_cascade_then_verification_gives_equal_keys(qber: float) -> None:
         assert _verified_equal(alice_bits, res.corrected_bits)
         assert np.array_equal(res.corrected_bits, alice_bits)
         assert res.kept_bits == N_BITS
+        assert alice.finished and alice.kept_mask().all()
         # leakage: exactly the parities that crossed, counted alike by Bob, Alice, channel
         assert res.leaked_bits == channel.parity_bits_carried == alice.leaked_bits
         assert res.leaked_bits == res.blocks[0].syndrome_bits + res.blocks[0].revealed_bits
@@ -78,7 +80,7 @@ async def test_equal_keys_leak_only_the_top_level() -> None:
     res = await cascade_reconcile(bits.copy(), 0.01, channel)
     sizes = block_schedule(10_000, 0.01, CascadeConfig())
     assert res.leaked_bits == sum(-(-10_000 // k) for k in sizes)
-    assert res.round_trips == 2  # setup, top level
+    assert res.round_trips == 3  # setup, top level, finish
     assert np.isnan(res.efficiency_f)
 
 
@@ -171,6 +173,18 @@ def test_alice_refuses_setup_twice_and_before(alice: CascadeAlice) -> None:
         fresh.answer_setup(CascadeSetupRequest(key_bits=999, block_sizes=[73]))
 
 
+def test_alice_refuses_a_wrong_finish_and_parities_after_it(alice: CascadeAlice) -> None:
+    alice.answer_parities(_req(1, [0, 1], [0, 0], [73, 146]))
+    with pytest.raises(ReconciliationRefused, match="Bob counts 1 requests and 5 parities, "
+                                                    "Alice answered 1 requests revealing 2"):
+        alice.answer_finish(CascadeFinishRequest(parity_requests=1, leaked_bits=5))
+    assert alice.answer_finish(CascadeFinishRequest(parity_requests=1, leaked_bits=2)).leaked_bits == 2
+    with pytest.raises(ReconciliationRefused, match="after the session finished"):
+        alice.answer_parities(_req(2, [0], [0], [1]))
+    with pytest.raises(ReconciliationRefused, match="already finished"):
+        alice.answer_finish(CascadeFinishRequest(parity_requests=1, leaked_bits=2))
+
+
 def test_alice_caps_the_leak(alice: CascadeAlice) -> None:
     # asking every bit singly would reveal the key: refused past the cap (500 of 1000)
     with pytest.raises(ReconciliationRefused, match="exceed the session's cap of 500"):
@@ -185,6 +199,9 @@ async def test_bob_refuses_a_reply_to_another_request() -> None:
     class Skewed:
         async def setup(self, request: CascadeSetupRequest):  # type: ignore[no-untyped-def]
             return await inner.setup(request)
+
+        async def finish(self, request: CascadeFinishRequest):  # type: ignore[no-untyped-def]
+            return await inner.finish(request)
 
         async def parities(self, request: ParityRequest) -> ParityReply:
             reply = await inner.parities(request)

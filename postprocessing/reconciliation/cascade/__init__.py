@@ -10,9 +10,9 @@ Entry points:
 
 - ``await cascade_reconcile(bob_bits, qber_estimate, channel, config=None,
   executor=None) -> ReconciliationResult`` (Bob; the LDPC stage's result type);
-- ``CascadeAlice(alice_bits)``: ``answer_setup``, ``answer_parities`` (sync, O(1) per
+- ``CascadeAlice(alice_bits)``: ``answer_setup``, ``answer_parities``, ``answer_finish`` (sync, O(1) per
   range after an O(n) prefix per pass), ``leaked_bits``;
-- :class:`CascadeChannel` (Protocol: ``setup``, ``parities``) and
+- :class:`CascadeChannel` (Protocol: ``setup``, ``parities``, ``finish``) and
   :class:`InMemoryCascadeChannel`.
 
 Cascade does not prove the keys equal: run the verification hash after it.
@@ -27,6 +27,8 @@ from postprocessing.reconciliation.cascade.bob import (
 )
 from postprocessing.reconciliation.cascade.channel import CascadeChannel, InMemoryCascadeChannel
 from postprocessing.reconciliation.cascade.messages import (
+    CascadeFinishReply,
+    CascadeFinishRequest,
     CascadeSetupReply,
     CascadeSetupRequest,
     ParityReply,
@@ -38,6 +40,8 @@ __all__ = [
     "CascadeBob",
     "CascadeChannel",
     "CascadeConfig",
+    "CascadeFinishReply",
+    "CascadeFinishRequest",
     "CascadeSetupReply",
     "CascadeSetupRequest",
     "InMemoryCascadeChannel",

@@ -10,6 +10,8 @@ import numpy as np
 from postprocessing.bits import as_bits
 from postprocessing.reconciliation.cascade.messages import (
     SEED_BYTES,
+    CascadeFinishReply,
+    CascadeFinishRequest,
     CascadeSetupReply,
     CascadeSetupRequest,
     ParityReply,
@@ -27,9 +29,12 @@ class CascadeAlice:
     """Answers one Cascade session from ``alice_bits`` (her reference key, never changed).
 
     ``answer_setup`` once (she draws the public permutation seed), then
-    ``answer_parities`` for requests numbered 1, 2, 3, ... in order. Refusals raise
-    :class:`ReconciliationRefused` naming the reason (never a key bit). ``leaked_bits``
-    counts every parity revealed: λ_EC on her side.
+    ``answer_parities`` for requests numbered 1, 2, 3, ... in order, then
+    ``answer_finish``. Refusals raise :class:`ReconciliationRefused` naming the reason
+    (never a key bit). ``leaked_bits`` counts every parity revealed: λ_EC on her side.
+    ``finished``, ``kept_mask()`` and ``kept_bits()`` mirror the LDPC
+    :class:`~postprocessing.reconciliation.AliceReconciler` (Cascade keeps every bit), so
+    a service can hold either.
     """
 
     def __init__(self, alice_bits: np.ndarray, *,
@@ -44,6 +49,7 @@ class CascadeAlice:
         self._next_index = 1
         self.leaked_bits = 0
         self.round_trips = 0
+        self.finished = False
 
     @property
     def key_bits(self) -> int:
@@ -72,9 +78,35 @@ class CascadeAlice:
             self._prefix[p] = pre
         return pre
 
+    def kept_mask(self) -> np.ndarray:
+        """Cascade keeps every bit (all True)."""
+        return np.ones(self._bits.size, dtype=bool)
+
+    def kept_bits(self) -> np.ndarray:
+        """Alice's key (unchanged by Cascade), a copy."""
+        return self._bits.copy()
+
+    def answer_finish(self, request: CascadeFinishRequest) -> CascadeFinishReply:
+        if self._seed is None:
+            raise ReconciliationRefused("cascade finish before setup")
+        if self.finished:
+            raise ReconciliationRefused("cascade finish: the session is already finished")
+        if (request.parity_requests, request.leaked_bits) != (self._next_index - 1,
+                                                              self.leaked_bits):
+            raise ReconciliationRefused(
+                f"cascade finish: Bob counts {request.parity_requests} requests and "
+                f"{request.leaked_bits} parities, Alice answered {self._next_index - 1} "
+                f"requests revealing {self.leaked_bits}")
+        self.finished = True
+        self.round_trips += 1
+        return CascadeFinishReply(leaked_bits=self.leaked_bits)
+
     def answer_parities(self, request: ParityRequest) -> ParityReply:
         if self._seed is None or self._block_sizes is None:
             raise ReconciliationRefused("parity request before cascade setup")
+        if self.finished:
+            raise ReconciliationRefused(f"parity request {request.request_index} after the "
+                                        "session finished")
         if request.request_index != self._next_index:
             what = ("replayed (already answered)" if request.request_index < self._next_index
                     else "out of order")

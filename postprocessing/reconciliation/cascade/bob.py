@@ -19,7 +19,8 @@ Cascade", QIC 15 (2015): k1 ≈ 0.73/QBER, k_i = 2·k_{i-1}, no BICONF):
    toggles Bob's parity of the interval holding that bit in every other pass; those made
    odd are bisected from the next round on (the cascade step), batched the same way and
    starting at that smallest known interval, not at the top-level block.
-4. Done when every block of every pass has Bob's parity equal to Alice's.
+4. Done when every block of every pass has Bob's parity equal to Alice's; Bob sends
+   his leakage count (1 round trip) and Alice confirms it or refuses.
 
 Every parity Alice reveals is one bit of leakage, counted exactly (inferred parities
 cost nothing). Cascade leaves an even number of errors in every block undetected with a
@@ -43,6 +44,7 @@ from postprocessing.reconciliation.cascade.messages import (
     MAX_PASSES,
     MAX_RANGES_PER_REQUEST,
     PERMUTATION_SCHEME,
+    CascadeFinishRequest,
     CascadeSetupRequest,
     ParityRequest,
 )
@@ -271,6 +273,10 @@ async def cascade_reconcile(bob_bits: np.ndarray, qber_estimate: float,
             executor, lambda par=par: (bob.accept_step(par), bob.next_ranges())[1])
     converged = nxt is None and bob.settled()
     leaked = bob.top_parities + bob.bisection_parities
+    fin = await channel.finish(CascadeFinishRequest(parity_requests=index, leaked_bits=leaked))
+    trips += 1
+    if fin.leaked_bits != leaked:
+        raise ReconciliationError(f"Alice counts {fin.leaked_bits} revealed parities, Bob {leaked}")
     n = bob.n
     q_meas = bob.flips / n
     h = binary_entropy(q_meas)

@@ -6,6 +6,8 @@ from typing import Protocol, runtime_checkable
 
 from postprocessing.reconciliation.cascade.alice import CascadeAlice
 from postprocessing.reconciliation.cascade.messages import (
+    CascadeFinishReply,
+    CascadeFinishRequest,
     CascadeSetupReply,
     CascadeSetupRequest,
     ParityReply,
@@ -15,7 +17,7 @@ from postprocessing.reconciliation.cascade.messages import (
 
 @runtime_checkable
 class CascadeChannel(Protocol):
-    """Bob's two questions to Alice; each call is one round trip. A refusal by Alice
+    """Bob's three questions to Alice; each call is one round trip. A refusal by Alice
     raises :class:`~postprocessing.reconciliation.errors.ReconciliationRefused` (over the
     wire: the peer's error message carried back and raised as that)."""
 
@@ -25,6 +27,10 @@ class CascadeChannel(Protocol):
 
     async def parities(self, request: ParityRequest) -> ParityReply:
         """The parities of Alice's key over the requested ranges of the passes."""
+        ...
+
+    async def finish(self, request: CascadeFinishRequest) -> CascadeFinishReply:
+        """End the session; Alice confirms the leakage count."""
         ...
 
 
@@ -54,3 +60,8 @@ class InMemoryCascadeChannel:
         reply = ParityReply.model_validate(self._alice.answer_parities(req).model_dump())
         self.parity_bits_carried += reply.range_count
         return reply
+
+    async def finish(self, request: CascadeFinishRequest) -> CascadeFinishReply:
+        self.round_trips += 1
+        req = CascadeFinishRequest.model_validate(request.model_dump())
+        return CascadeFinishReply.model_validate(self._alice.answer_finish(req).model_dump())

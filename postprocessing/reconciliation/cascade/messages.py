@@ -5,6 +5,7 @@ Message flow of one session (one sifted-key string both sides index alike)::
     Bob -> Alice  CascadeSetupRequest(key_bits, block_sizes)   Alice -> Bob  CascadeSetupReply(seed)
     Bob -> Alice  ParityRequest(index 1, ranges)               Alice -> Bob  ParityReply(parities)
     ...           ParityRequest(index 2, 3, ...)               ...
+    Bob -> Alice  CascadeFinishRequest(requests, leaked)       Alice -> Bob  CascadeFinishReply(leaked)
 
 Each request/reply pair is one round trip. Bob sends no bit of his key. Alice reveals
 one parity per requested range, each counted as exactly one bit of leakage λ_EC.
@@ -137,12 +138,31 @@ class ParityReply(_Message):
         return np.unpackbits(np.frombuffer(self.parities, dtype=np.uint8))[: self.range_count]
 
 
+class CascadeFinishRequest(_Message):
+    """Bob ends the session: how many parity requests he sent and parities he counts.
+
+    Alice refuses a count other than hers (the two sides' λ_EC must agree) and answers no
+    parity request after it.
+    """
+
+    parity_requests: Annotated[int, Field(ge=0, lt=1 << 31)]
+    leaked_bits: Annotated[int, Field(ge=0, le=MAX_KEY_BITS)]
+
+
+class CascadeFinishReply(_Message):
+    """Alice's count of the parities she revealed (λ_EC), equal to Bob's."""
+
+    leaked_bits: Annotated[int, Field(ge=0, le=MAX_KEY_BITS)]
+
+
 __all__ = [
     "MAX_KEY_BITS",
     "MAX_PASSES",
     "MAX_RANGES_PER_REQUEST",
     "PERMUTATION_SCHEME",
     "SEED_BYTES",
+    "CascadeFinishReply",
+    "CascadeFinishRequest",
     "CascadeSetupReply",
     "CascadeSetupRequest",
     "ParityReply",
