@@ -24,9 +24,9 @@ from postprocessing.reconciliation.errors import ReconciliationError, Reconcilia
 from postprocessing.verification import new_verification_seed, tags_match, verification_tag
 
 N_BITS = 100_000
-# Measured mean f over 20 trials of 200 kbit (4 passes, k1 = 0.73/QBER): 1.125, 1.140,
-# 1.191, 1.234 at 0.5, 1, 4, 8 %; single 100 kbit trials scatter by ~±0.03.
-F_BOUND = {0.005: 1.20, 0.01: 1.20, 0.02: 1.22, 0.04: 1.24, 0.08: 1.28}
+# Measured mean f over 20 trials of 200 kbit (4 passes, k1 = 1.0/QBER): 1.092, 1.105,
+# 1.120, 1.143, 1.186 at 0.5, 1, 2, 4, 8 % (max 1.096 ... 1.187); 100 kbit trials scatter more.
+F_BOUND = {0.005: 1.15, 0.01: 1.15, 0.02: 1.17, 0.04: 1.19, 0.08: 1.23}
 
 
 def _pair(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +63,7 @@ async def test_cascade_then_verification_gives_equal_keys(qber: float) -> None:
         assert res.qber_measured == pytest.approx(qber, abs=1e-5)
         fs.append(res.efficiency_f)
         assert 1.0 < res.efficiency_f <= F_BOUND[qber], res.efficiency_f
-        assert res.round_trips <= 120
+        assert res.round_trips <= 180
     assert float(np.mean(fs)) <= F_BOUND[qber] - 0.02
 
 
