@@ -2,11 +2,12 @@
 
 The reference consumer :class:`station.events.client.StreamClient` (public API: it checks
 and stores every batch in ``received_dir/<pass_id>.arrows``, acknowledges it, resumes from
-what its file holds) runs in a process of its own, so that nothing this process does (BP
-decoding holds the GIL) can starve its keep-alives; each batch it stored is handed over a
-queue to this loop and fed to the pass's :class:`PassDistiller`, so sifting and EC keep
-pace with the pass. A distiller restarted mid-pass resumes from its checkpoint and catches
-up from the received file, which holds every batch the stream delivered before the crash.
+what its file holds) runs in a thread; each batch it stored is handed to this loop and fed
+to the pass's :class:`PassDistiller`, so sifting and EC keep pace with the pass. (The BP
+decoder holds the GIL while it decodes a block; a block decodes in well under a second,
+far inside the stream's 10 s consumer timeout, and the client resumes if it is dropped.) A
+distiller restarted mid-pass resumes from its checkpoint and catches up from the received
+file, which holds every batch the stream delivered before the crash.
 """
 
 from __future__ import annotations
@@ -36,28 +37,36 @@ async def follow_stream(endpoint: str, settings: GroundSettings, link: Satellite
                         stop: asyncio.Event | None = None, max_passes: int | None = None,
                         on_report: OnReport | None = None, consumer: str | None = None) -> list[KeyReport]:
     """Distil passes from the stream at ``endpoint`` (one named pass, or follow mode)."""
-    import multiprocessing as mp
+    from station.events.client import StreamClient, StreamError
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    halt = threading.Event()
     await asyncio.to_thread(received_dir.mkdir, parents=True, exist_ok=True)
-    ctx = mp.get_context("spawn")  # never fork a process that holds ZeroMQ and threads
-    mpq = ctx.Queue()
-    halt = ctx.Event()
-    child = ctx.Process(target=_receive, name="keys-stream", daemon=True,
-                        args=(endpoint, str(received_dir), consumer or f"keys-{settings.station}",
-                              pass_id, max_passes, mpq, halt))
-    child.start()
 
-    def pump() -> None:  # blocking reads off the loop
-        while True:
-            item = mpq.get()
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-            if item[0] == "stopped":
-                return
+    def on_batch(hdr: Any, ts: np.ndarray, ch: np.ndarray) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, ("batch", (hdr, ts.copy(), ch.copy())))
 
-    pumper = threading.Thread(target=pump, name="keys-stream-pump", daemon=True)
-    pumper.start()
+    def on_pass(rp: Any) -> bool:
+        loop.call_soon_threadsafe(queue.put_nowait, ("end", (rp, time.perf_counter())))
+        return False
+
+    client = StreamClient(endpoint, received_dir, consumer=consumer or f"keys-{settings.station}",
+                          on_batch=on_batch)
+
+    def run_client() -> None:
+        try:
+            if pass_id is not None:
+                on_pass(client.receive_pass(pass_id, stop=halt))
+            else:
+                client.follow(on_pass, stop=halt, max_passes=max_passes)
+        except StreamError as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, ("stopped", None))
+
+    thread = threading.Thread(target=run_client, name="keys-stream", daemon=True)
+    thread.start()
     distillers: dict[str, PassDistiller] = {}
     reports: list[KeyReport] = []
 
@@ -98,26 +107,27 @@ async def follow_stream(endpoint: str, settings: GroundSettings, link: Satellite
             if getter not in done:
                 getter.cancel()
                 break
-            msg = getter.result()
-            kind, item = msg[0], msg[1:]
+            kind, item = getter.result()
             if kind == "stopped":
                 break
             if kind == "error":
-                raise RuntimeError(f"the event stream at {endpoint} failed: {item[0]}")
+                raise item
             try:
                 if kind == "batch":
-                    pid, seq, md, ts, ch = item
-                    d = await distiller_for(pid)
-                    if seq < d.next_seq:
+                    hdr, ts, ch = item
+                    d = await distiller_for(hdr.pass_id)
+                    if hdr.seq < d.next_seq:
                         continue
-                    await catch_up(d, seq)
-                    await d.feed(seq, ts, ch, md)
+                    await catch_up(d, hdr.seq)
+                    md = {"start_ps": str(hdr.start_ps)}
+                    if hdr.start_time_s is not None:
+                        md["start_time_s"] = repr(float(hdr.start_time_s))
+                    await d.feed(hdr.seq, ts, ch, md)
                 elif kind == "end":
-                    pid, batches, _ok = item
-                    t_end = time.perf_counter()
-                    d = await distiller_for(pid)
-                    await catch_up(d, batches)
-                    distillers.pop(pid, None)
+                    rp, t_end = item
+                    d = await distiller_for(rp.pass_id)
+                    await catch_up(d, rp.batches)
+                    distillers.pop(rp.pass_id, None)
                     report = await d.finish(end_of_stream_s=t_end)
                     await _deliver(report, reports, on_report)
             except PassAborted as exc:
@@ -132,22 +142,9 @@ async def follow_stream(endpoint: str, settings: GroundSettings, link: Satellite
         halt.set()
         if waiter is not None:
             waiter.cancel()
-        await asyncio.to_thread(child.join, 10.0)
-        if child.is_alive():
-            child.terminate()
-            await asyncio.to_thread(child.join, 10.0)
+        await asyncio.to_thread(thread.join, 30.0)
+        client.close()
     return reports
-
-
-def _die_with_parent() -> None:
-    """SIGTERM this process when the distiller dies, even by SIGKILL (Linux prctl)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _read_header(path: Path) -> dict[str, str]:
@@ -155,46 +152,6 @@ def _read_header(path: Path) -> dict[str, str]:
 
     with PassFileReader(path) as reader:
         return dict(reader.header)
-
-
-def _receive(endpoint: str, received_dir: str, consumer: str, pass_id: str | None,
-             max_passes: int | None, out: Any, halt: Any) -> None:
-    """The receiving process: the reference stream client, each stored batch put on
-    ``out`` as ("batch", pass_id, seq, metadata, timestamps, channels); ("end", pass_id,
-    batches, ok) at each pass's end; ("error", text); ("stopped", None) last."""
-    from station.events.client import StreamClient, StreamError
-
-    _die_with_parent()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not halt.wait(0.2):
-            pass
-        stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-
-    def on_batch(hdr: Any, ts: np.ndarray, ch: np.ndarray) -> None:
-        md = {"start_ps": str(hdr.start_ps)}
-        if hdr.start_time_s is not None:
-            md["start_time_s"] = repr(float(hdr.start_time_s))
-        out.put(("batch", hdr.pass_id, hdr.seq, md, ts.copy(), ch.copy()))
-
-    def on_pass(rp: Any) -> bool:
-        out.put(("end", rp.pass_id, rp.batches, rp.ok))
-        return False
-
-    client = StreamClient(endpoint, Path(received_dir), consumer=consumer, on_batch=on_batch)
-    try:
-        if pass_id is not None:
-            on_pass(client.receive_pass(pass_id, stop=stop))
-        else:
-            client.follow(on_pass, stop=stop, max_passes=max_passes)
-    except StreamError as exc:
-        out.put(("error", str(exc)))
-    finally:
-        client.close()
-        out.put(("stopped", None))
 
 
 async def _deliver(report: KeyReport, reports: list[KeyReport], on_report: OnReport | None) -> None:
