@@ -220,3 +220,19 @@ async def test_bad_inputs_are_refused() -> None:
         await cascade_reconcile(np.full(10, 2, dtype=np.uint8), 0.01, ch)
     with pytest.raises(ValueError, match="passes must be"):
         CascadeConfig(passes=0)
+
+
+async def test_tail_splitting_trades_leakage_for_round_trips() -> None:
+    alice_bits, bob_bits = _pair(100_000, 0.02, seed=9)
+    plain_ch = InMemoryCascadeChannel(CascadeAlice(alice_bits))
+    plain = await cascade_reconcile(bob_bits, 0.02, plain_ch)
+    alice = CascadeAlice(alice_bits)
+    tail_ch = InMemoryCascadeChannel(alice)
+    tail = await cascade_reconcile(bob_bits, 0.02, tail_ch,
+                                   CascadeConfig(tail_ranges=256, tail_depth=3))
+    for res, ch in ((plain, plain_ch), (tail, tail_ch)):
+        assert _verified_equal(alice_bits, res.corrected_bits)
+        assert res.leaked_bits == ch.parity_bits_carried
+    assert tail.leaked_bits == alice.leaked_bits
+    assert tail.round_trips < plain.round_trips
+    assert tail.leaked_bits > plain.leaked_bits

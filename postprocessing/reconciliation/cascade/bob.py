@@ -69,7 +69,11 @@ class CascadeConfig:
     - ``min_qber``: the QBER the schedule assumes at least (an estimate of 0 would give
       one huge block);
     - ``max_round_trips``: a session that has not settled by then ends not converged;
-    - ``max_ranges_per_request``: Bob splits a larger set of ranges into several requests.
+    - ``max_ranges_per_request``: Bob splits a larger set of ranges into several requests;
+    - ``tail_ranges``, ``tail_depth``: when at most ``tail_ranges`` intervals are odd (the
+      long tail of cascade steps), each is split ``tail_depth`` levels deep in one round
+      trip (2^d − 1 parities instead of d over d round trips): fewer round trips for a
+      little more leakage. ``tail_depth`` 1 is plain bisection.
     """
 
     k1_factor: float = 1.0
@@ -77,6 +81,8 @@ class CascadeConfig:
     min_qber: float = 0.002
     max_round_trips: int = 20_000
     max_ranges_per_request: int = MAX_RANGES_PER_REQUEST
+    tail_ranges: int = 0
+    tail_depth: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.passes <= MAX_PASSES:
@@ -85,6 +91,9 @@ class CascadeConfig:
             raise ValueError(f"k1_factor must be > 0, got {self.k1_factor}")
         if not 0 < self.min_qber < 0.5:
             raise ValueError(f"min_qber must be in (0, 0.5), got {self.min_qber}")
+        if not 1 <= self.tail_depth <= 8 or self.tail_ranges < 0:
+            raise ValueError(f"tail_depth must be in [1, 8] and tail_ranges >= 0, got "
+                             f"{self.tail_depth}, {self.tail_ranges}")
         if not 1 <= self.max_ranges_per_request <= MAX_RANGES_PER_REQUEST:
             raise ValueError("max_ranges_per_request must be in "
                              f"[1, {MAX_RANGES_PER_REQUEST}], got {self.max_ranges_per_request}")
@@ -112,8 +121,10 @@ class CascadeBob:
     ``next_ranges()`` (None once settled) and ``accept_step(parities)``.
     """
 
-    def __init__(self, bob_bits: np.ndarray, block_sizes: list[int], seed: bytes) -> None:
+    def __init__(self, bob_bits: np.ndarray, block_sizes: list[int], seed: bytes, *,
+                 tail_ranges: int = 0, tail_depth: int = 1) -> None:
         self.bits = as_bits(bob_bits, name="bob_bits").copy()
+        self.tail_ranges, self.tail_depth = tail_ranges, tail_depth
         n = self.n = int(self.bits.size)
         self.k = list(block_sizes)
         self.n_passes = len(self.k)
@@ -127,6 +138,7 @@ class CascadeBob:
         self.flips = 0
         self.top_parities = 0
         self.bisection_parities = 0
+        # per request: (pass, starts, mids) of each layer of splits, in request order
         self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     def _ends(self, p: int) -> np.ndarray:
@@ -188,24 +200,35 @@ class CascadeBob:
             if self.current_pass + 1 >= self.n_passes:
                 return None
             self.current_pass += 1
+        n_odd = sum(o.size for _, o in odd_by_pass)
+        depth = self.tail_depth if n_odd <= self.tail_ranges else 1
         self._pending = []
         passes, starts, mids = [], [], []
         for p, odd in odd_by_pass:
-            s = self._cut[p][odd]
-            mid = s + (self._ends(p)[odd] - s) // 2
-            self._pending.append((p, odd, mid))
-            passes.append(np.full(odd.size, p, dtype=np.int64))
-            starts.append(s)
-            mids.append(mid)
+            cs = self._cut[p][odd]
+            ce = self._ends(p)[odd]
+            cd = np.full(odd.size, depth, dtype=np.int64)
+            while cs.size:  # one layer of the split tree per pass: every node at its middle
+                mid = cs + (ce - cs) // 2
+                self._pending.append((p, cs, mid))
+                passes.append(np.full(cs.size, p, dtype=np.int64))
+                starts.append(cs)
+                mids.append(mid)
+                ns, ne, nd = (np.concatenate([cs, mid]), np.concatenate([mid, ce]),
+                              np.concatenate([cd, cd]) - 1)
+                keep = (nd > 0) & (ne - ns >= 2)
+                cs, ce, cd = ns[keep], ne[keep], nd[keep]
         return np.concatenate(passes), np.concatenate(starts), np.concatenate(mids)
 
     def accept_step(self, parities: np.ndarray) -> None:
-        """Split every interval asked about at its middle; both halves' parities known."""
+        """Split every interval asked about at its middle (layer by layer in tail rounds);
+        both halves' parities known."""
         at = 0
-        for p, odd, mid in self._pending:
-            alice_left = parities[at:at + odd.size].astype(np.uint8)
-            at += odd.size
-            bob_left = self._range_parity(p, self._cut[p][odd], mid)
+        for p, starts, mid in self._pending:
+            alice_left = parities[at:at + starts.size].astype(np.uint8)
+            at += starts.size
+            odd = np.searchsorted(self._cut[p], starts)
+            bob_left = self._range_parity(p, starts, mid)
             alice_right = self._alice[p][odd] ^ alice_left
             bob_right = self._bob[p][odd] ^ bob_left
             self._alice[p][odd] = alice_left
@@ -247,7 +270,9 @@ async def cascade_reconcile(bob_bits: np.ndarray, qber_estimate: float,
     if setup.scheme != PERMUTATION_SCHEME:
         raise ReconciliationError(f"Alice's permutation scheme {setup.scheme!r} is not "
                                   f"{PERMUTATION_SCHEME!r}")
-    bob = await loop.run_in_executor(executor, CascadeBob, bits, sizes, setup.seed)
+    bob = await loop.run_in_executor(
+        executor, lambda: CascadeBob(bits, sizes, setup.seed, tail_ranges=cfg.tail_ranges,
+                                     tail_depth=cfg.tail_depth))
     trips = 1
     index = 0
 
