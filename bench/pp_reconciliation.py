@@ -20,7 +20,8 @@ comparison and the verification hash).
 Usage: .venv/bin/python bench/pp_reconciliation.py [--bits 2e6] [--qber 0.01,0.02,0.04]
        [--method minimum_sum|product_sum] [--fallback product_sum|minimum_sum|none]
        [--f-start 1.2] [--json]
-       .venv/bin/python bench/pp_reconciliation.py --cascade [--passes 4] [--k1-factor 0.73]
+       .venv/bin/python bench/pp_reconciliation.py --cascade [--passes 4] [--k1-factor 1.0]
+       [--tail-ranges 0 --tail-depth 1]
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ async def _one_cascade(qber: float, n_bits: int, cfg: CascadeConfig,
 
 
 async def main_cascade(args: argparse.Namespace) -> None:
-    cfg = CascadeConfig(passes=args.passes, k1_factor=args.k1_factor)
+    cfg = CascadeConfig(passes=args.passes, k1_factor=args.k1_factor,
+                        tail_ranges=args.tail_ranges, tail_depth=args.tail_depth)
     print(f"cascade bench: {int(args.bits)} sifted bits per point, {cfg.passes} passes, "
-          f"k1 = round({cfg.k1_factor}/QBER) doubling, one worker thread for Bob, Alice in "
-          "this process")
+          f"k1 = round({cfg.k1_factor}/QBER) doubling, tail splitting "
+          f"{cfg.tail_depth} deep at <= {cfg.tail_ranges} odd intervals, one worker thread for "
+          "Bob, Alice in this process")
     print(f"{'QBER':>6} {'f':>6} {'f_tgt/f':>8} {'Mb/cpu-s':>8} {'thr/tgt':>8} {'Mb/wall-s':>9} "
           f"{'trips':>5} {'trips/Mb':>8} {'req MB':>6} {'leak=carried':>12} {'verified':>8} "
           f"{'equal':>5}")
@@ -178,6 +181,8 @@ async def main() -> None:
                     help="reconcile by Cascade instead of LDPC")
     ap.add_argument("--passes", type=int, default=CascadeConfig().passes)
     ap.add_argument("--k1-factor", type=float, default=CascadeConfig().k1_factor)
+    ap.add_argument("--tail-ranges", type=int, default=CascadeConfig().tail_ranges)
+    ap.add_argument("--tail-depth", type=int, default=CascadeConfig().tail_depth)
     args = ap.parse_args()
     if args.cascade:
         await main_cascade(args)
