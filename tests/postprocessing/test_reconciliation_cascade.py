@@ -236,3 +236,25 @@ async def test_tail_splitting_trades_leakage_for_round_trips() -> None:
     assert tail.leaked_bits == alice.leaked_bits
     assert tail.round_trips < plain.round_trips
     assert tail.leaked_bits > plain.leaked_bits
+
+
+async def test_all_bisections_of_a_pass_share_one_round_trip_per_level() -> None:
+    # one pass of 64-bit blocks: ~220 odd blocks (of 625), all found in log2(64) = 6 levels
+    alice_bits, bob_bits = _pair(40_000, 0.01, seed=4)
+    res = await cascade_reconcile(bob_bits, 0.01, InMemoryCascadeChannel(CascadeAlice(alice_bits)),
+                                  CascadeConfig(passes=1, k1_factor=0.64))
+    assert block_schedule(40_000, 0.01, CascadeConfig(passes=1, k1_factor=0.64)) == [64]
+    assert res.round_trips == 1 + 1 + 6 + 1  # setup, top level, 6 levels, finish
+    assert res.blocks[0].errors_corrected > 150
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 1001])
+async def test_short_and_ragged_keys(n: int) -> None:
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        alice_bits = rng.integers(0, 2, n, dtype=np.uint8)
+        bob_bits = alice_bits.copy()
+        bob_bits[rng.integers(0, n)] ^= 1
+        res = await cascade_reconcile(bob_bits, 0.05,
+                                      InMemoryCascadeChannel(CascadeAlice(alice_bits)))
+        assert np.array_equal(res.corrected_bits, alice_bits)
