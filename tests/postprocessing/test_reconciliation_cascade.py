@@ -248,7 +248,7 @@ async def test_all_bisections_of_a_pass_share_one_round_trip_per_level() -> None
     assert res.blocks[0].errors_corrected > 150
 
 
-@pytest.mark.parametrize("n", [2, 3, 17, 1001])
+@pytest.mark.parametrize("n", [17, 33, 1001])
 async def test_short_and_ragged_keys(n: int) -> None:
     for seed in range(5):
         rng = np.random.default_rng(seed)
@@ -258,3 +258,12 @@ async def test_short_and_ragged_keys(n: int) -> None:
         res = await cascade_reconcile(bob_bits, 0.05,
                                       InMemoryCascadeChannel(CascadeAlice(alice_bits)))
         assert np.array_equal(res.corrected_bits, alice_bits)
+
+
+async def test_a_tiny_key_is_refused_rather_than_revealed() -> None:
+    # 3 bits with an error: finding it would reveal all 3 parities; Alice's cap (0.75 n) refuses
+    alice_bits = np.array([1, 0, 1], dtype=np.uint8)
+    bob_bits = np.array([1, 1, 1], dtype=np.uint8)
+    assert block_schedule(3, 0.05, CascadeConfig()) == [3]
+    with pytest.raises(ReconciliationRefused, match="cap of 2 revealed bits"):
+        await cascade_reconcile(bob_bits, 0.05, InMemoryCascadeChannel(CascadeAlice(alice_bits)))

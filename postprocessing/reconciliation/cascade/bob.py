@@ -100,10 +100,17 @@ class CascadeConfig:
 
 
 def block_schedule(n_bits: int, qber: float, config: CascadeConfig) -> list[int]:
-    """The block size of each pass: k1 = round(k1_factor / QBER), doubling, ≤ n, ≥ 2."""
+    """The block size of each pass: k1 = round(k1_factor / QBER), doubling, ≥ 2; the
+    passes stop at the first whose one block is the whole key (another would only repeat
+    its parity)."""
     q = max(qber, config.min_qber)
     k1 = max(2, round(config.k1_factor / q))
-    return [max(2, min(k1 << i, n_bits)) for i in range(config.passes)]
+    sizes: list[int] = []
+    for i in range(config.passes):
+        sizes.append(max(2, min(k1 << i, n_bits)))
+        if sizes[-1] >= n_bits:
+            break
+    return sizes
 
 
 class CascadeBob:
