@@ -119,7 +119,7 @@ class KeyDelivery:
         except KeyStoreError as exc:
             raise DeliveryError(503, f"key store error: {exc}") from None
         log.info("enc_keys %s -> %s: %d keys of %d bits: %s", caller, slave, len(blocks), size,
-                 ",".join(str(b.key_id) for b in blocks))
+                 _ids(blocks))
         return self._container(blocks, [size] * len(blocks))
 
     async def dec_keys(self, caller: str, master: str, req: KeyIds) -> KeyContainer:
@@ -154,8 +154,7 @@ class KeyDelivery:
             ) from None
         except KeyStoreError as exc:
             raise DeliveryError(503, f"key store error: {exc}") from None
-        log.info("dec_keys %s <- %s: %d keys: %s", caller, master, len(blocks),
-                 ",".join(str(b.key_id) for b in blocks))
+        log.info("dec_keys %s <- %s: %d keys: %s", caller, master, len(blocks), _ids(blocks))
         return self._container(blocks, sizes)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -188,3 +187,9 @@ class KeyDelivery:
         if self.on_change is not None:
             self.on_change()
         return KeyContainer(keys=keys)
+
+
+def _ids(blocks: list[KeyBlock], shown: int = 4) -> str:
+    """The first key IDs for a log line (IDs are not secret; a full list is noise)."""
+    text = ",".join(str(b.key_id) for b in blocks[:shown])
+    return text + (f",... ({len(blocks) - shown} more)" if len(blocks) > shown else "")
