@@ -17,7 +17,6 @@ bits, so it is wiped when the pass ends, stored or aborted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -574,10 +573,6 @@ def _tag_bits(epsilon_cor: float) -> int:
     from postprocessing.verification import verification_tag_bits
 
     return verification_tag_bits(epsilon_cor)
-
-
-def header_json(header: dict[str, str]) -> str:
-    return json.dumps({k: v for k, v in header.items() if k != "qkd.header"})
 
 
 __all__ = ["Checkpoint", "GroundSettings", "PassAborted", "PassDistiller"]
