@@ -8,7 +8,7 @@ CONFIG ?= config/sim.toml
 TEST_DEBS := mosquitto mosquitto-clients libhamlib-utils indi-bin chromium chromium-driver systemd
 TEST_TOOLS := mosquitto mosquitto_sub rotctld indiserver indi_simulator_telescope chromium chromedriver systemd-analyze
 
-.PHONY: run test lint venv venv-dev system-deps bench clean
+.PHONY: run test lint venv venv-dev system-deps bench clean relay-demo
 
 # The stamp files make both targets idempotent: a second run reuses .venv.
 $(BIN)/python:
@@ -28,6 +28,11 @@ venv-dev: $(VENV)/.installed-dev
 
 run: venv
 	$(BIN)/qkd-station run --config $(CONFIG)
+
+# The seeds' experiment in simulation: Beijing and Stellenbosch share a key through the
+# (trusted) satellite and move a one-time-padded image between their ETSI 014 KMEs.
+relay-demo: venv
+	$(BIN)/qkd-station relay-demo
 
 system-deps:
 	@bash .ci/system-deps $(TEST_DEBS) -- $(TEST_TOOLS)

@@ -10,7 +10,7 @@ where the satellite is and how well it points.
 Time bases: tagger time 0 is UTC :attr:`SimTimeTagger.tagger_epoch_utc_ps` (the clock
 reading at ``start()``, whole microseconds). A detection at tagger time ``t`` came from
 pulse ``n`` with ``n × period_ps + tof ≈ tagger_epoch_utc_ps + t``; downstream recovers
-``n`` from the sync channel (:func:`drivers.timetagger.bb84.pulse_index_from_sync`); the
+``n`` from the sync channel (``postprocessing.pulses.pulse_index_from_sync``); the
 simulator's ground truth is :meth:`SimTimeTagger.pulse_index_at`.
 
 Deterministic: the same seed, start time, options and link give the same events.

@@ -11,6 +11,7 @@ from station.config.base import ConfigPath
 from station.config.clock import ClockConfig
 from station.config.events import EventsConfig
 from station.config.instruments import InstrumentsConfig
+from station.config.keys import KeysConfig
 from station.config.mount import MountConfig, SafetyConfig, TrackingConfig
 from station.config.mqtt import MqttConfig
 from station.config.operations import OperationsConfig
@@ -60,6 +61,7 @@ class StationConfig(BaseSettings):
     instruments: InstrumentsConfig = Field(default_factory=InstrumentsConfig)
     operations: OperationsConfig = Field(default_factory=OperationsConfig, json_schema_extra=LIVE)
     web: WebConfig = Field(default_factory=WebConfig)
+    keys: KeysConfig = Field(default_factory=KeysConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from station.clock import Clock
 from station.config import ConfigError, StationConfig, load_config
 from station.daemon.alarms import AlarmBook, Severity
 from station.daemon.context import StationContext, clock_from_config
+from station.daemon.keys_children import KeyChildren
 from station.daemon.supervisor import Supervisor
 from station.daemon.watchdog import Heartbeat, beat_period_s, feed_watchdog
 from station.mqtt.broker import BrokerStartError
@@ -89,7 +90,7 @@ class Daemon:
             log.error("cannot start the event stream on %s: %s", cfg.events.stream_endpoint, exc)
             return EXIT_UNAVAILABLE
         try:
-            async with mqtt, web_child(cfg, self.config_path):
+            async with mqtt, KeyChildren(cfg, self.config_path), web_child(cfg, self.config_path):
                 mqtt.publish_state(supervisor.state_message())
                 return await self._serve(ctx, supervisor, heartbeat, mqtt)
         except BrokerStartError as exc:

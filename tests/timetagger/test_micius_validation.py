@@ -20,8 +20,9 @@ import pytest
 from skyfield.api import EarthSatellite
 
 from drivers.timetagger.base import Channel
-from drivers.timetagger.bb84 import anchor_sync_index, pulse_index_from_sync, sift_qber
 from drivers.timetagger.sim import C_M_S, SimOptions, SimTimeTagger
+from postprocessing.pulses import anchor_sync_index, pulse_index_from_sync
+from postprocessing.satellite.truth import sift_qber
 from station.clock import SimClock
 from station.config.site import SiteConfig
 from station.orbit.geometry import SatelliteLinkGeometry, load_timescale

@@ -338,7 +338,8 @@ async def test_link_comes_and_goes_between_batches() -> None:
 
 
 async def test_jinan1_preset_at_625_mhz_maps_detections_to_pulses() -> None:
-    from drivers.timetagger.bb84 import anchor_sync_index, pulse_index_from_sync, sift_qber
+    from postprocessing.pulses import anchor_sync_index, pulse_index_from_sync
+    from postprocessing.satellite.truth import sift_qber
 
     clock = SimClock(START_S, speed=math.inf)
     tagger = await started(clock, LinearRange(600.0, -6.0, 50.0), preset="jinan1", seed=5)

@@ -1,0 +1,52 @@
+"""Authentication of the classical channel (seam 2): Wegman–Carter MAC, pre-shared pool.
+
+    pool = KeyPool.create(path, preshared_bits)   # once, the same bits at both ends
+    pool = KeyPool(path)                          # after that
+    mac = WegmanCarterMac(pool)
+    c = pool.next_counter(Direction.GROUND_TO_SATELLITE)
+    tag = mac.sign([header, payload], Direction.GROUND_TO_SATELLITE, c)
+    # peer: mac.verify([header, payload], Direction.GROUND_TO_SATELLITE, c, tag)
+    pool.replenish(distilled_bits[:256 * k])      # both ends, the same bits
+
+Each message consumes 128 pad bits of its direction; the pool counts bits consumed and
+replenished (``pool.level()``). Replays, reordering and tampering raise
+:class:`AuthenticationError`; an empty pool :class:`KeyPoolExhaustedError`.
+"""
+
+from postprocessing.auth.mac import (
+    MAX_MESSAGE_BYTES,
+    TAG_BYTES,
+    WegmanCarterMac,
+    encode_for_mac,
+    forgery_probability,
+)
+from postprocessing.auth.pool import (
+    HASH_KEY_BITS,
+    MIN_INITIAL_BITS,
+    PAD_BITS,
+    REPLENISH_UNIT_BITS,
+    AuthenticationError,
+    Direction,
+    KeyPool,
+    KeyPoolError,
+    KeyPoolExhaustedError,
+    PoolLevel,
+)
+
+__all__ = [
+    "HASH_KEY_BITS",
+    "MAX_MESSAGE_BYTES",
+    "MIN_INITIAL_BITS",
+    "PAD_BITS",
+    "REPLENISH_UNIT_BITS",
+    "TAG_BYTES",
+    "AuthenticationError",
+    "Direction",
+    "KeyPool",
+    "KeyPoolError",
+    "KeyPoolExhaustedError",
+    "PoolLevel",
+    "WegmanCarterMac",
+    "encode_for_mac",
+    "forgery_probability",
+]
