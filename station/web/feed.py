@@ -35,7 +35,7 @@ MODEL_TOPICS: dict[str, type[BaseModel]] = {
     "timetagger": m.TimeTaggerTelemetry, "pass": m.PassProgress, "health": m.HealthMessage,
     "alarms": m.AlarmMessage, "transitions": m.PhaseTransition,
 }
-_PASS_TOPIC = re.compile(r"^passes/(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})/(?P<kind>summary|keys)$")
+_PASS_TOPIC = re.compile(r"^passes/(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})/(?P<kind>summary|key)$")
 KEY_LEVELS = "keys/levels"
 #: Largest payload relayed at all (a schedule of a month of passes is ~100 kB).
 MAX_PAYLOAD_BYTES = 512 * 1024

@@ -67,7 +67,7 @@ def test_no_secret_reaches_the_feed_or_the_page(web_station: Any, browser: Any) 
 
     pass_id = "41731-20161219T164844Z"
     port = ws.mqtt_port
-    _pub(port, f"{prefix}/passes/{pass_id}/keys", {
+    _pub(port, f"{prefix}/passes/{pass_id}/key", {
         "qber": 0.0105, "sifted_bits": 123456, "final_key_bits": 45678, "secure": True,
         "key": "0110100110010110", "key_b64": "SECRETKEYMATERIAL", "bits": [0, 1, 1, 0],
         "nested": {"key_hex": "deadbeefcafef00d", "blocks": 7, "deeper": {"x": {"seed": SEED}}},

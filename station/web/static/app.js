@@ -226,7 +226,7 @@ function handle(topic, p) {
     case "sky": S.sky = p; want(drawSky); stamp(topic); break;
     case "keys/levels": S.keyLevels = p; renderKeys(); stamp(topic); break;
     default: {
-      const mm = /^passes\/([^/]+)\/(summary|keys)$/.exec(topic);
+      const mm = /^passes\/([^/]+)\/(summary|key)$/.exec(topic);
       if (mm && mm[2] === "summary") { S.summaries[mm[1]] = p; renderSummaries(); stamp("summary"); }
       else if (mm) { S.keyReports[mm[1]] = p; renderKeys(); stamp("keys"); }
     }
