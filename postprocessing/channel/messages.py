@@ -68,6 +68,12 @@ class Sift(Body):
     detections: Annotated[int, Field(ge=0, le=MAX_DETECTIONS_PER_CHUNK)]
 
 
+#: EC ops: LDPC (``syndromes``, ``reveal``, ``finish``; postprocessing.reconciliation) and
+#: Cascade (``cascade_setup``, ``cascade_parities``, ``cascade_finish``;
+#: postprocessing.reconciliation.cascade). A session's first op fixes its method.
+EcOpName = Literal["syndromes", "reveal", "finish", "cascade_setup", "cascade_parities", "cascade_finish"]
+
+
 class EcOp(Body):
     """One reconciliation round trip of EC session ``session`` over the sifted-key range
     ``[offset_bits, offset_bits + length_bits)``. ``request`` is the reconciliation
@@ -78,7 +84,7 @@ class EcOp(Body):
     session: Annotated[int, Field(ge=0, lt=1 << 20)]
     offset_bits: Count
     length_bits: Annotated[int, Field(ge=1, lt=1 << 32)]
-    op: Literal["syndromes", "reveal", "finish"]
+    op: EcOpName
     request: dict[str, Any]
 
 
@@ -149,7 +155,7 @@ class SiftReply(Body):
 class EcReply(Body):
     TYPE: ClassVar[str] = "ec_reply"
     session: Annotated[int, Field(ge=0, lt=1 << 20)]
-    op: Literal["syndromes", "reveal", "finish"]
+    op: EcOpName
     reply: dict[str, Any]
 
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -66,6 +66,15 @@ from postprocessing.reconciliation import (
     SyndromeRequest,
     reconcile,
 )
+from postprocessing.reconciliation.cascade import (
+    CascadeFinishReply,
+    CascadeFinishRequest,
+    CascadeSetupReply,
+    CascadeSetupRequest,
+    ParityReply,
+    ParityRequest,
+    cascade_reconcile,
+)
 from postprocessing.report import EcFigures, KeyReport, basis_class_table, decoy_figures
 from postprocessing.sifting import AliceAnnouncement, BobAnnouncement, SiftTally, sift_mask
 from postprocessing.verification import VerificationSeed, tags_match, verification_tag
@@ -85,7 +94,12 @@ class GroundSettings(BaseModel):
     gate_ps: float = Field(1000.0, gt=0, description="Detections within ±gate of a pulse count "
                                                      "(the 2 ns window of Liao et al. 2017).")
     chunk_batches: int = Field(50, ge=1, description="Batches per sifting round (50 × 0.1 s).")
-    ec_segment_bits: int = Field(100_000, ge=10_000, description="Sifted bits per EC session (~3 LDPC blocks).")
+    ec_method: Literal["ldpc", "cascade"] = Field(
+        "cascade", description="Error correction: Cascade (f ≈ 1.1, ~130 round trips per session) "
+                               "or LDPC syndromes (f ≈ 1.5, a few round trips).")
+    ec_segment_bits: int = Field(100_000, ge=10_000, description="Sifted bits per LDPC EC session (~3 LDPC blocks).")
+    cascade_segment_bits: int = Field(500_000, ge=10_000, description="Sifted bits per Cascade EC "
+                                      "session (long: each costs ~130 round trips whatever its length).")
     qber_prior: float = Field(0.03, gt=0, lt=0.25,
                               description="QBER assumed when no background estimate is at hand.")
     rep_rate_hz: float = 100e6
@@ -204,6 +218,20 @@ class _EcChannel:
 
     async def finish(self, request: FinishRequest) -> FinishReply:
         return await self._ask("finish", request, FinishReply)
+
+
+class _CascadeEcChannel(_EcChannel):
+    """Cascade's :class:`~postprocessing.reconciliation.cascade.CascadeChannel` over the link
+    (its ``finish`` is Cascade's, so it is a class of its own)."""
+
+    async def setup(self, request: CascadeSetupRequest) -> CascadeSetupReply:
+        return await self._ask("cascade_setup", request, CascadeSetupReply)
+
+    async def parities(self, request: ParityRequest) -> ParityReply:
+        return await self._ask("cascade_parities", request, ParityReply)
+
+    async def finish(self, request: CascadeFinishRequest) -> CascadeFinishReply:  # type: ignore[override]
+        return await self._ask("cascade_finish", request, CascadeFinishReply)
 
 
 class PassDistiller:
@@ -342,7 +370,7 @@ class PassDistiller:
         await self._save()
 
     async def _reconcile_due(self, *, final: bool) -> None:
-        seg = self.s.ec_segment_bits
+        seg = self.s.cascade_segment_bits if self.s.ec_method == "cascade" else self.s.ec_segment_bits
         while self.p.sifted_bits - self.p.reconciled_bits >= (1 if final else seg):
             lo = self.p.reconciled_bits
             hi = min(lo + seg, self.p.sifted_bits)
@@ -359,9 +387,14 @@ class PassDistiller:
         part = self._sifted_range(lo, hi)
         priors, nu = self._error_priors(lo, hi, part)
         qber = float(min(max(priors.mean(), 0.005), 0.11)) if priors is not None else self.s.qber_prior
-        channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
         try:
-            result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
+            if self.s.ec_method == "cascade":
+                # Cascade sizes its blocks from the mean QBER; per-bit priors are LDPC's.
+                cascade = _CascadeEcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
+                result = await cascade_reconcile(np.ascontiguousarray(part["bit"]), qber, cascade)
+            else:
+                channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
+                result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
         except ReconciliationError as exc:
             await self._abort(f"error correction failed: {exc}")
         kept = result.kept_mask

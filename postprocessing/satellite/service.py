@@ -56,21 +56,38 @@ from postprocessing.reconciliation import (
     SyndromeRequest,
 )
 from postprocessing.reconciliation.alice import AliceReconciler
+from postprocessing.reconciliation.cascade import (
+    CascadeAlice,
+    CascadeFinishRequest,
+    CascadeSetupRequest,
+    ParityRequest,
+)
 from postprocessing.satellite.config import SatelliteConfig
 from postprocessing.sifting import BobAnnouncement, SiftTally, counts_from_messages
 from postprocessing.verification import new_verification_seed, verification_tag
 
 log = logging.getLogger(__name__)
 
-_EC_REQUESTS = {"syndromes": SyndromeRequest, "reveal": RevealRequest, "finish": FinishRequest}
-_EC_ANSWER = {"syndromes": "answer_syndromes", "reveal": "answer_reveal", "finish": "answer_finish"}
+_EC_REQUESTS: dict[str, type[Any]] = {
+    "syndromes": SyndromeRequest, "reveal": RevealRequest, "finish": FinishRequest,
+    "cascade_setup": CascadeSetupRequest, "cascade_parities": ParityRequest,
+    "cascade_finish": CascadeFinishRequest}
+_EC_ANSWER = {"syndromes": "answer_syndromes", "reveal": "answer_reveal", "finish": "answer_finish",
+              "cascade_setup": "answer_setup", "cascade_parities": "answer_parities",
+              "cascade_finish": "answer_finish"}
+#: The reconciliation method each EC op belongs to; a session's first op names its method
+#: (LDPC sessions open with ``syndromes``, Cascade sessions with ``cascade_setup``).
+_EC_METHOD = {"syndromes": "ldpc", "reveal": "ldpc", "finish": "ldpc", "cascade_setup": "cascade",
+              "cascade_parities": "cascade", "cascade_finish": "cascade"}
+_EC_OPENING = {"ldpc": "syndromes", "cascade": "cascade_setup"}
 
 
 @dataclass
 class _EcSession:
     offset_bits: int
     length_bits: int
-    reconciler: AliceReconciler
+    method: str
+    reconciler: AliceReconciler | CascadeAlice
     replies: dict[str, tuple[dict[str, Any], tuple[bytes, ...]]] = field(default_factory=dict)
 
 
@@ -259,12 +276,27 @@ class SatelliteService:
                 raise Refusal("bad_state", f"EC session {body.session} over bits [{body.offset_bits}, "
                                            f"{body.offset_bits + body.length_bits}): sessions tile the "
                                            f"sifted key in order ({covered} reconciled, {p.sifted_total} sifted)")
+            method = _EC_METHOD[body.op]
+            if body.op != _EC_OPENING[method]:
+                raise Refusal("bad_state", f"EC session {body.session} must open with "
+                                           f"{_EC_OPENING[method]!r}, not {body.op!r}")
+            earlier = {s.method for s in p.ec.values()}
+            if earlier and method not in earlier:
+                raise Refusal("refused", f"EC session {body.session} asks for {method}, but this "
+                                         f"pass reconciles by {earlier.pop()}: both ends must use "
+                                         f"one method per pass (ground [keys] ec_method)")
             bits, _, _ = self._alice_bits(p, body.offset_bits, body.offset_bits + body.length_bits)
-            sess = p.ec[body.session] = _EcSession(
-                body.offset_bits, body.length_bits,
-                AliceReconciler(bits, rng=self._rng(p, f"ec-{body.session}")))
+            rng = self._rng(p, f"ec-{body.session}")
+            reconciler: AliceReconciler | CascadeAlice = (
+                AliceReconciler(bits, rng=rng) if method == "ldpc"
+                else CascadeAlice(bits, random_bytes=rng.bytes))
+            sess = p.ec[body.session] = _EcSession(body.offset_bits, body.length_bits, method, reconciler)
         elif (sess.offset_bits, sess.length_bits) != (body.offset_bits, body.length_bits):
             raise Refusal("bad_state", f"EC session {body.session} is over other bits")
+        elif _EC_METHOD[body.op] != sess.method:
+            raise Refusal("refused", f"EC session {body.session} reconciles by {sess.method}; "
+                                     f"{body.op!r} is a {_EC_METHOD[body.op]} op: both ends must "
+                                     f"use the same method")
         key = hashlib.sha256(json.dumps([body.op, body.request], sort_keys=True).encode()
                              + b"".join(hashlib.sha256(f).digest() for f in msg.extra_frames)).hexdigest()
         if key in sess.replies:  # a resumed ground repeating itself: nothing new disclosed
