@@ -71,7 +71,27 @@ class Sift(Body):
 #: EC ops: LDPC (``syndromes``, ``reveal``, ``finish``; postprocessing.reconciliation) and
 #: Cascade (``cascade_setup``, ``cascade_parities``, ``cascade_finish``;
 #: postprocessing.reconciliation.cascade). A session's first op fixes its method.
-EcOpName = Literal["syndromes", "reveal", "finish", "cascade_setup", "cascade_parities", "cascade_finish"]
+#: ``cascade_vacuum`` (Cascade sessions only): Alice discloses her bits of the session's
+#: vacuum-class pulses outright (each counted as one leaked bit); Cascade runs over the rest.
+EcOpName = Literal["syndromes", "reveal", "finish", "cascade_setup", "cascade_parities", "cascade_finish",
+                   "cascade_vacuum"]
+
+
+class VacuumDiscloseRequest(BaseModel):
+    """Bob asks for Alice's bits of the session's vacuum-class pulses, in sifted order:
+    with a ~50 % error rate they cost Cascade far more parities (about log2 of the block
+    per error) than disclosing them (one bit each, f = 1 at h(0.5) = 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    vacuum_bits: Annotated[int, Field(ge=0, lt=1 << 32)]
+
+
+class VacuumDiscloseReply(BaseModel):
+    """Alice's vacuum-class bits of the session, packed (``np.packbits``, big-endian)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    vacuum_bits: Annotated[int, Field(ge=0, lt=1 << 32)]
+    bits: Annotated[bytes, Field(max_length=1 << 29)]
 
 
 class EcOp(Body):

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,8 @@ from postprocessing.channel.messages import (
     HelloReply,
     Sift,
     SiftReply,
+    VacuumDiscloseReply,
+    VacuumDiscloseRequest,
 )
 from postprocessing.estimation import SecurityParameters, secret_key_length
 from postprocessing.keystore import KeyStore, derive_key_ids
@@ -60,6 +63,7 @@ from postprocessing.reconciliation import (
     FinishReply,
     FinishRequest,
     ReconciliationError,
+    ReconciliationResult,
     RevealReply,
     RevealRequest,
     SyndromeReply,
@@ -223,6 +227,9 @@ class _EcChannel:
 class _CascadeEcChannel(_EcChannel):
     """Cascade's :class:`~postprocessing.reconciliation.cascade.CascadeChannel` over the link
     (its ``finish`` is Cascade's, so it is a class of its own)."""
+
+    async def vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
+        return await self._ask("cascade_vacuum", request, VacuumDiscloseReply)
 
     async def setup(self, request: CascadeSetupRequest) -> CascadeSetupReply:
         return await self._ask("cascade_setup", request, CascadeSetupReply)
@@ -389,9 +396,7 @@ class PassDistiller:
         qber = float(min(max(priors.mean(), 0.005), 0.11)) if priors is not None else self.s.qber_prior
         try:
             if self.s.ec_method == "cascade":
-                # Cascade sizes its blocks from the mean QBER; per-bit priors are LDPC's.
-                cascade = _CascadeEcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
-                result = await cascade_reconcile(np.ascontiguousarray(part["bit"]), qber, cascade)
+                result = await self._cascade(lo, hi, part, priors)
             else:
                 channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
                 result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
@@ -428,6 +433,38 @@ class PassDistiller:
         log.info("pass %s: EC session %d over %d bits: %d kept, QBER %.2f %%, f %.3f",
                  self.pass_id, self.p.ec_sessions - 1, hi - lo, result.kept_bits,
                  100 * result.qber_measured, result.efficiency_f)
+
+    async def _cascade(self, lo: int, hi: int, part: np.ndarray, priors: np.ndarray | None) -> ReconciliationResult:
+        """One Cascade session over sifted bits [lo, hi): Alice discloses her vacuum-class
+        bits (~50 % errors: one leaked bit each is cheaper than Cascade's parities), Cascade
+        corrects the rest, its blocks sized from their mean prior error rate."""
+        channel = _CascadeEcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
+        vac = part["klass"] == 2
+        n_vac = int(vac.sum())
+        got = await channel.vacuum(VacuumDiscloseRequest(vacuum_bits=n_vac))
+        try:
+            alice_vac = unpack_bits(got.bits, n_vac)
+        except ValueError as exc:
+            raise ReconciliationError(f"the satellite's vacuum-class bits: {exc}") from None
+        if got.vacuum_bits != n_vac:
+            raise ReconciliationError(f"the satellite disclosed {got.vacuum_bits} vacuum-class bits, "
+                                      f"asked {n_vac}")
+        rest = np.ascontiguousarray(part["bit"][~vac])
+        q = (float(min(max(priors[~vac].mean(), 0.005), 0.11)) if priors is not None and rest.size
+             else self.s.qber_prior)
+        res = await cascade_reconcile(rest, q, channel)
+        corrected = np.array(part["bit"], dtype=np.uint8)
+        corrected[~vac] = res.corrected_bits
+        corrected[vac] = alice_vac
+        n = int(corrected.size)
+        errors = int((corrected != part["bit"]).sum())
+        leaked = res.leaked_bits + n_vac
+        h = _h(errors / n) if n else 0.0
+        return replace(res, corrected_bits=corrected, kept_mask=np.ones(n, dtype=bool), leaked_bits=leaked,
+                       disclosed_bits=res.disclosed_bits + n_vac, qber_estimate=q,
+                       qber_measured=errors / n if n else 0.0,
+                       efficiency_f=leaked / (n * h) if h > 0 else float("nan"),
+                       round_trips=res.round_trips + 1)
 
     def _noise_fraction(self, detections: int, gated: int) -> float:
         """Fraction of the gated detections that are background: background arrives

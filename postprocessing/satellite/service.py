@@ -46,6 +46,8 @@ from postprocessing.channel.messages import (
     HelloReply,
     Sift,
     SiftReply,
+    VacuumDiscloseReply,
+    VacuumDiscloseRequest,
 )
 from postprocessing.estimation import secret_key_length
 from postprocessing.keystore import KeyStore, derive_key_ids
@@ -71,15 +73,62 @@ log = logging.getLogger(__name__)
 _EC_REQUESTS: dict[str, type[Any]] = {
     "syndromes": SyndromeRequest, "reveal": RevealRequest, "finish": FinishRequest,
     "cascade_setup": CascadeSetupRequest, "cascade_parities": ParityRequest,
-    "cascade_finish": CascadeFinishRequest}
+    "cascade_finish": CascadeFinishRequest, "cascade_vacuum": VacuumDiscloseRequest}
 _EC_ANSWER = {"syndromes": "answer_syndromes", "reveal": "answer_reveal", "finish": "answer_finish",
               "cascade_setup": "answer_setup", "cascade_parities": "answer_parities",
-              "cascade_finish": "answer_finish"}
+              "cascade_finish": "answer_finish", "cascade_vacuum": "answer_vacuum"}
 #: The reconciliation method each EC op belongs to; a session's first op names its method
 #: (LDPC sessions open with ``syndromes``, Cascade sessions with ``cascade_setup``).
 _EC_METHOD = {"syndromes": "ldpc", "reveal": "ldpc", "finish": "ldpc", "cascade_setup": "cascade",
-              "cascade_parities": "cascade", "cascade_finish": "cascade"}
-_EC_OPENING = {"ldpc": "syndromes", "cascade": "cascade_setup"}
+              "cascade_parities": "cascade", "cascade_finish": "cascade", "cascade_vacuum": "cascade"}
+_EC_OPENING = {"ldpc": "syndromes", "cascade": "cascade_vacuum"}
+
+
+class _CascadeSession:
+    """Alice's Cascade session over a range of sifted bits: her vacuum-class bits are
+    disclosed outright (``cascade_vacuum``, first), Cascade runs over the others. Keeps
+    every bit; ``leaked_bits`` = revealed parities + disclosed vacuum bits."""
+
+    def __init__(self, bits: np.ndarray, klass: np.ndarray, rng: np.random.Generator) -> None:
+        self._vacuum = klass == 2
+        self._n = int(bits.size)
+        self._vacuum_bits = bits[self._vacuum]
+        self.cascade = CascadeAlice(bits[~self._vacuum], random_bytes=rng.bytes)
+        self.disclosed = False
+
+    def answer_vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
+        if request.vacuum_bits != self._vacuum_bits.size:
+            raise ReconciliationError(f"the ground counts {request.vacuum_bits} vacuum-class bits, "
+                                      f"the satellite {self._vacuum_bits.size}")
+        self.disclosed = True
+        return VacuumDiscloseReply(vacuum_bits=int(self._vacuum_bits.size), bits=pack_bits(self._vacuum_bits))
+
+    def _opened(self, op: str) -> None:
+        if not self.disclosed:
+            raise ReconciliationError(f"cascade {op} before cascade_vacuum")
+
+    def answer_setup(self, request: CascadeSetupRequest) -> Any:
+        self._opened("setup")
+        return self.cascade.answer_setup(request)
+
+    def answer_parities(self, request: ParityRequest) -> Any:
+        self._opened("parities")
+        return self.cascade.answer_parities(request)
+
+    def answer_finish(self, request: CascadeFinishRequest) -> Any:
+        self._opened("finish")
+        return self.cascade.answer_finish(request)
+
+    @property
+    def finished(self) -> bool:
+        return self.disclosed and self.cascade.finished
+
+    @property
+    def leaked_bits(self) -> int:
+        return self.cascade.leaked_bits + (int(self._vacuum_bits.size) if self.disclosed else 0)
+
+    def kept_mask(self) -> np.ndarray:
+        return np.ones(self._n, dtype=bool)
 
 
 @dataclass
@@ -87,7 +136,7 @@ class _EcSession:
     offset_bits: int
     length_bits: int
     method: str
-    reconciler: AliceReconciler | CascadeAlice
+    reconciler: AliceReconciler | _CascadeSession
     replies: dict[str, tuple[dict[str, Any], tuple[bytes, ...]]] = field(default_factory=dict)
 
 
@@ -285,11 +334,10 @@ class SatelliteService:
                 raise Refusal("refused", f"EC session {body.session} asks for {method}, but this "
                                          f"pass reconciles by {earlier.pop()}: both ends must use "
                                          f"one method per pass (ground [keys] ec_method)")
-            bits, _, _ = self._alice_bits(p, body.offset_bits, body.offset_bits + body.length_bits)
+            bits, _, klass = self._alice_bits(p, body.offset_bits, body.offset_bits + body.length_bits)
             rng = self._rng(p, f"ec-{body.session}")
-            reconciler: AliceReconciler | CascadeAlice = (
-                AliceReconciler(bits, rng=rng) if method == "ldpc"
-                else CascadeAlice(bits, random_bytes=rng.bytes))
+            reconciler: AliceReconciler | _CascadeSession = (
+                AliceReconciler(bits, rng=rng) if method == "ldpc" else _CascadeSession(bits, klass, rng))
             sess = p.ec[body.session] = _EcSession(body.offset_bits, body.length_bits, method, reconciler)
         elif (sess.offset_bits, sess.length_bits) != (body.offset_bits, body.length_bits):
             raise Refusal("bad_state", f"EC session {body.session} is over other bits")
