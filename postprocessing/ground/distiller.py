@@ -450,7 +450,9 @@ class PassDistiller:
             raise ReconciliationError(f"the satellite disclosed {got.vacuum_bits} vacuum-class bits, "
                                       f"asked {n_vac}")
         rest = np.ascontiguousarray(part["bit"][~vac])
-        q = (float(min(max(priors[~vac].mean(), 0.005), 0.11)) if priors is not None and rest.size
+        # Cascade needs the expected QBER, not LDPC's safety margin (too high a QBER only
+        # makes its first blocks smaller and costs parities; it cannot make it fail).
+        q = (float(min(max(priors[~vac].mean() / _QBER_MARGIN, 0.005), 0.11)) if priors is not None and rest.size
              else self.s.qber_prior)
         res = await cascade_reconcile(rest, q, channel)
         corrected = np.array(part["bit"], dtype=np.uint8)
