@@ -3,7 +3,9 @@
 She knows what she sent (``sent_pulses(seed, n)``, the simulator's ground truth, with the
 seed from her own config); she answers the ground's sifting announcements with her bases
 and intensity classes, its reconciliation requests from her sifted bits (the ec stage's
-:class:`~postprocessing.reconciliation.alice.AliceReconciler`), computes the key length
+:class:`~postprocessing.reconciliation.alice.AliceReconciler` for LDPC sessions, its
+:class:`~postprocessing.reconciliation.cascade.CascadeAlice` for Cascade sessions, whichever
+the ground opens the session with; one method per pass), computes the key length
 from the counts, draws the verification and privacy-amplification seeds, and on the
 ground's confirmation stores the final key in her own key store for that station
 (replenishing the authentication pool first).
