@@ -42,7 +42,7 @@ class KeysConfig(Strict):
                                "(syndromes, f ≈ 1.5); the satellite answers either.")
     ec_segment_bits: int = Field(100_000, ge=10_000, le=10_000_000,
                                  description="Sifted bits reconciled per LDPC EC session.")
-    cascade_segment_bits: int = Field(500_000, ge=10_000, le=10_000_000,
+    cascade_segment_bits: int = Field(1_000_000, ge=10_000, le=10_000_000,
                                       description="Sifted bits reconciled per Cascade EC session.")
     qber_prior: float = Field(0.03, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
     epsilon_sec: float = Field(1e-9, gt=0, lt=1, description="Secrecy parameter (Liao et al. 2017: 1e-9).")
