@@ -68,6 +68,32 @@ class Sift(Body):
     detections: Annotated[int, Field(ge=0, le=MAX_DETECTIONS_PER_CHUNK)]
 
 
+#: EC ops: LDPC (``syndromes``, ``reveal``, ``finish``; postprocessing.reconciliation) and
+#: Cascade (``cascade_setup``, ``cascade_parities``, ``cascade_finish``;
+#: postprocessing.reconciliation.cascade). A session's first op fixes its method.
+#: ``cascade_vacuum`` (Cascade sessions only): Alice discloses her bits of the session's
+#: vacuum-class pulses outright (each counted as one leaked bit); Cascade runs over the rest.
+EcOpName = Literal["syndromes", "reveal", "finish", "cascade_setup", "cascade_parities", "cascade_finish",
+                   "cascade_vacuum"]
+
+
+class VacuumDiscloseRequest(BaseModel):
+    """Bob asks for Alice's bits of the session's vacuum-class pulses, in sifted order:
+    with a ~50 % error rate they cost Cascade far more parities (about log2 of the block
+    per error) than disclosing them (one bit each, f = 1 at h(0.5) = 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    vacuum_bits: Annotated[int, Field(ge=0, lt=1 << 32)]
+
+
+class VacuumDiscloseReply(BaseModel):
+    """Alice's vacuum-class bits of the session, packed (``np.packbits``, big-endian)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    vacuum_bits: Annotated[int, Field(ge=0, lt=1 << 32)]
+    bits: Annotated[bytes, Field(max_length=1 << 29)]
+
+
 class EcOp(Body):
     """One reconciliation round trip of EC session ``session`` over the sifted-key range
     ``[offset_bits, offset_bits + length_bits)``. ``request`` is the reconciliation
@@ -78,7 +104,7 @@ class EcOp(Body):
     session: Annotated[int, Field(ge=0, lt=1 << 20)]
     offset_bits: Count
     length_bits: Annotated[int, Field(ge=1, lt=1 << 32)]
-    op: Literal["syndromes", "reveal", "finish"]
+    op: EcOpName
     request: dict[str, Any]
 
 
@@ -149,7 +175,7 @@ class SiftReply(Body):
 class EcReply(Body):
     TYPE: ClassVar[str] = "ec_reply"
     session: Annotated[int, Field(ge=0, lt=1 << 20)]
-    op: Literal["syndromes", "reveal", "finish"]
+    op: EcOpName
     reply: dict[str, Any]
 
 

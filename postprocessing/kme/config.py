@@ -159,6 +159,8 @@ def _toml_value(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)  # a Python float repr is a valid TOML float (finite values only)
     if isinstance(v, Path):
         v = str(v)
     if isinstance(v, str):

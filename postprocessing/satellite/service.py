@@ -3,7 +3,9 @@
 She knows what she sent (``sent_pulses(seed, n)``, the simulator's ground truth, with the
 seed from her own config); she answers the ground's sifting announcements with her bases
 and intensity classes, its reconciliation requests from her sifted bits (the ec stage's
-:class:`~postprocessing.reconciliation.alice.AliceReconciler`), computes the key length
+:class:`~postprocessing.reconciliation.alice.AliceReconciler` for LDPC sessions, its
+:class:`~postprocessing.reconciliation.cascade.CascadeAlice` for Cascade sessions, whichever
+the ground opens the session with; one method per pass), computes the key length
 from the counts, draws the verification and privacy-amplification seeds, and on the
 ground's confirmation stores the final key in her own key store for that station
 (replenishing the authentication pool first).
@@ -46,6 +48,8 @@ from postprocessing.channel.messages import (
     HelloReply,
     Sift,
     SiftReply,
+    VacuumDiscloseReply,
+    VacuumDiscloseRequest,
 )
 from postprocessing.estimation import secret_key_length
 from postprocessing.keystore import KeyStore, derive_key_ids
@@ -56,21 +60,85 @@ from postprocessing.reconciliation import (
     SyndromeRequest,
 )
 from postprocessing.reconciliation.alice import AliceReconciler
+from postprocessing.reconciliation.cascade import (
+    CascadeAlice,
+    CascadeFinishRequest,
+    CascadeSetupRequest,
+    ParityRequest,
+)
 from postprocessing.satellite.config import SatelliteConfig
 from postprocessing.sifting import BobAnnouncement, SiftTally, counts_from_messages
 from postprocessing.verification import new_verification_seed, verification_tag
 
 log = logging.getLogger(__name__)
 
-_EC_REQUESTS = {"syndromes": SyndromeRequest, "reveal": RevealRequest, "finish": FinishRequest}
-_EC_ANSWER = {"syndromes": "answer_syndromes", "reveal": "answer_reveal", "finish": "answer_finish"}
+_EC_REQUESTS: dict[str, type[Any]] = {
+    "syndromes": SyndromeRequest, "reveal": RevealRequest, "finish": FinishRequest,
+    "cascade_setup": CascadeSetupRequest, "cascade_parities": ParityRequest,
+    "cascade_finish": CascadeFinishRequest, "cascade_vacuum": VacuumDiscloseRequest}
+_EC_ANSWER = {"syndromes": "answer_syndromes", "reveal": "answer_reveal", "finish": "answer_finish",
+              "cascade_setup": "answer_setup", "cascade_parities": "answer_parities",
+              "cascade_finish": "answer_finish", "cascade_vacuum": "answer_vacuum"}
+#: The reconciliation method each EC op belongs to; a session's first op names its method
+#: (LDPC sessions open with ``syndromes``, Cascade sessions with ``cascade_setup``).
+_EC_METHOD = {"syndromes": "ldpc", "reveal": "ldpc", "finish": "ldpc", "cascade_setup": "cascade",
+              "cascade_parities": "cascade", "cascade_finish": "cascade", "cascade_vacuum": "cascade"}
+_EC_OPENING = {"ldpc": "syndromes", "cascade": "cascade_vacuum"}
+
+
+class _CascadeSession:
+    """Alice's Cascade session over a range of sifted bits: her vacuum-class bits are
+    disclosed outright (``cascade_vacuum``, first), Cascade runs over the others. Keeps
+    every bit; ``leaked_bits`` = revealed parities + disclosed vacuum bits."""
+
+    def __init__(self, bits: np.ndarray, klass: np.ndarray, rng: np.random.Generator) -> None:
+        self._vacuum = klass == 2
+        self._n = int(bits.size)
+        self._vacuum_bits = bits[self._vacuum]
+        self.cascade = CascadeAlice(bits[~self._vacuum], random_bytes=rng.bytes)
+        self.disclosed = False
+
+    def answer_vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
+        if request.vacuum_bits != self._vacuum_bits.size:
+            raise ReconciliationError(f"the ground counts {request.vacuum_bits} vacuum-class bits, "
+                                      f"the satellite {self._vacuum_bits.size}")
+        self.disclosed = True
+        return VacuumDiscloseReply(vacuum_bits=int(self._vacuum_bits.size), bits=pack_bits(self._vacuum_bits))
+
+    def _opened(self, op: str) -> None:
+        if not self.disclosed:
+            raise ReconciliationError(f"cascade {op} before cascade_vacuum")
+
+    def answer_setup(self, request: CascadeSetupRequest) -> Any:
+        self._opened("setup")
+        return self.cascade.answer_setup(request)
+
+    def answer_parities(self, request: ParityRequest) -> Any:
+        self._opened("parities")
+        return self.cascade.answer_parities(request)
+
+    def answer_finish(self, request: CascadeFinishRequest) -> Any:
+        self._opened("finish")
+        return self.cascade.answer_finish(request)
+
+    @property
+    def finished(self) -> bool:
+        return self.disclosed and self.cascade.finished
+
+    @property
+    def leaked_bits(self) -> int:
+        return self.cascade.leaked_bits + (int(self._vacuum_bits.size) if self.disclosed else 0)
+
+    def kept_mask(self) -> np.ndarray:
+        return np.ones(self._n, dtype=bool)
 
 
 @dataclass
 class _EcSession:
     offset_bits: int
     length_bits: int
-    reconciler: AliceReconciler
+    method: str
+    reconciler: AliceReconciler | _CascadeSession
     replies: dict[str, tuple[dict[str, Any], tuple[bytes, ...]]] = field(default_factory=dict)
 
 
@@ -259,12 +327,26 @@ class SatelliteService:
                 raise Refusal("bad_state", f"EC session {body.session} over bits [{body.offset_bits}, "
                                            f"{body.offset_bits + body.length_bits}): sessions tile the "
                                            f"sifted key in order ({covered} reconciled, {p.sifted_total} sifted)")
-            bits, _, _ = self._alice_bits(p, body.offset_bits, body.offset_bits + body.length_bits)
-            sess = p.ec[body.session] = _EcSession(
-                body.offset_bits, body.length_bits,
-                AliceReconciler(bits, rng=self._rng(p, f"ec-{body.session}")))
+            method = _EC_METHOD[body.op]
+            if body.op != _EC_OPENING[method]:
+                raise Refusal("bad_state", f"EC session {body.session} must open with "
+                                           f"{_EC_OPENING[method]!r}, not {body.op!r}")
+            earlier = {s.method for s in p.ec.values()}
+            if earlier and method not in earlier:
+                raise Refusal("refused", f"EC session {body.session} asks for {method}, but this "
+                                         f"pass reconciles by {earlier.pop()}: both ends must use "
+                                         f"one method per pass (ground [keys] ec_method)")
+            bits, _, klass = self._alice_bits(p, body.offset_bits, body.offset_bits + body.length_bits)
+            rng = self._rng(p, f"ec-{body.session}")
+            reconciler: AliceReconciler | _CascadeSession = (
+                AliceReconciler(bits, rng=rng) if method == "ldpc" else _CascadeSession(bits, klass, rng))
+            sess = p.ec[body.session] = _EcSession(body.offset_bits, body.length_bits, method, reconciler)
         elif (sess.offset_bits, sess.length_bits) != (body.offset_bits, body.length_bits):
             raise Refusal("bad_state", f"EC session {body.session} is over other bits")
+        elif _EC_METHOD[body.op] != sess.method:
+            raise Refusal("refused", f"EC session {body.session} reconciles by {sess.method}; "
+                                     f"{body.op!r} is a {_EC_METHOD[body.op]} op: both ends must "
+                                     f"use the same method")
         key = hashlib.sha256(json.dumps([body.op, body.request], sort_keys=True).encode()
                              + b"".join(hashlib.sha256(f).digest() for f in msg.extra_frames)).hexdigest()
         if key in sess.replies:  # a resumed ground repeating itself: nothing new disclosed

@@ -94,7 +94,8 @@ def ground_settings(cfg: StationConfig, *, satellite_endpoint: str | None = None
         station=cfg.station_id, satellite=k.satellite,
         satellite_endpoint=satellite_endpoint or k.satellite_endpoint,
         auth_pool=base / k.auth_pool, keystore_dir=base / "store", work_dir=base / "work",
-        gate_ps=k.gate_ps, chunk_batches=k.chunk_batches, ec_segment_bits=k.ec_segment_bits,
+        gate_ps=k.gate_ps, chunk_batches=k.chunk_batches, ec_method=k.ec_method,
+        ec_segment_bits=k.ec_segment_bits, cascade_segment_bits=k.cascade_segment_bits,
         qber_prior=k.qber_prior, rep_rate_hz=k.rep_rate_hz, sync_rate_hz=k.sync_rate_hz,
         security=SecurityParameters(epsilon_sec=k.epsilon_sec, epsilon_cor=k.epsilon_cor))
 

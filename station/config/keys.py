@@ -8,6 +8,8 @@ holds the satellite's secret: the simulated satellite has its own config file.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from station.config.base import ConfigPath, Strict
@@ -35,8 +37,13 @@ class KeysConfig(Strict):
     sync_rate_hz: float = Field(10e3, gt=0, le=1e9, description="The satellite's sync-pulse rate (Micius 10 kHz).")
     gate_ps: float = Field(1000.0, gt=0, le=1e6, description="Coincidence gate around each pulse (±).")
     chunk_batches: int = Field(50, ge=1, le=100_000, description="Stream batches per sifting round.")
+    ec_method: Literal["ldpc", "cascade"] = Field(
+        "cascade", description="Error correction: cascade (interactive, f ≈ 1.1) or ldpc "
+                               "(syndromes, f ≈ 1.5); the satellite answers either.")
     ec_segment_bits: int = Field(100_000, ge=10_000, le=10_000_000,
-                                 description="Sifted bits reconciled per EC session.")
+                                 description="Sifted bits reconciled per LDPC EC session.")
+    cascade_segment_bits: int = Field(1_000_000, ge=10_000, le=10_000_000,
+                                      description="Sifted bits reconciled per Cascade EC session.")
     qber_prior: float = Field(0.03, gt=0, lt=0.25, description="QBER assumed for the first EC session.")
     epsilon_sec: float = Field(1e-9, gt=0, lt=1, description="Secrecy parameter (Liao et al. 2017: 1e-9).")
     epsilon_cor: float = Field(1e-15, gt=0, lt=1, description="Correctness parameter.")

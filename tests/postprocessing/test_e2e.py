@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,5 +168,30 @@ async def test_consumer_killed_mid_pass_resumes_to_the_same_key(
     final = truth_key(truths[MICIUS])
     assert np.array_equal(final, micius_e2e.truth_final), "the resumed run's key differs"
     assert report.sifted_bits == micius_e2e.report.sifted_bits  # no loss, no double count
+    assert np.array_equal(ground, final[report.replenished_auth_bits:
+                                       report.replenished_auth_bits + report.stored_bits])
+
+
+def test_ldpc_stays_selectable_end_to_end(micius_e2e: E2E, micius_pass_file: Path, tmp_path: Path) -> None:
+    """``ec_method = "ldpc"``: the same pass over the same satellite distils by LDPC
+    syndromes (more leakage than Cascade, so a shorter key), stored alike at both ends."""
+    from postprocessing.ground import distill_pass_file
+
+    sat_pool, ground_pool = provision_pools(tmp_path)
+    truths: dict[str, Truth] = {}
+
+    async def run() -> Any:
+        service = recording_service(satellite_config(tmp_path, sat_pool), truths)
+        async with running_satellite(service) as endpoint:
+            return await distill_pass_file(micius_pass_file, ground_settings(tmp_path, ground_pool, endpoint,
+                                                                             ec_method="ldpc"))
+
+    report = asyncio.run(run())
+    assert report.outcome == "stored", report.reason
+    assert report.ec.blocks > report.ec.sessions  # LDPC blocks, not one Cascade block per session
+    assert report.ec.leaked_bits > micius_e2e.report.ec.leaked_bits
+    ground = stored_bits(tmp_path / "ground" / "keys", "micius-sim")
+    assert np.array_equal(ground, stored_bits(tmp_path / "sat" / "keys", STATION))
+    final = truth_key(truths[MICIUS])
     assert np.array_equal(ground, final[report.replenished_auth_bits:
                                        report.replenished_auth_bits + report.stored_bits])

@@ -93,7 +93,7 @@ def test_the_station_configs_keys_defaults_are_the_pipelines() -> None:
     from station.config.keys import KeysConfig
 
     k, g = KeysConfig(), GroundSettings.model_fields
-    for name in ("gate_ps", "chunk_batches", "ec_segment_bits", "qber_prior", "satellite", "satellite_endpoint",
+    for name in ("gate_ps", "chunk_batches", "ec_method", "ec_segment_bits", "cascade_segment_bits", "qber_prior", "satellite", "satellite_endpoint",
                  "rep_rate_hz", "sync_rate_hz"):
         assert getattr(k, name) == g[name].default, name
     sec = g["security"].default

@@ -31,6 +31,7 @@ from qkdsec.client.errors import KMEHTTPError
 from postprocessing.keystore import KeyStore
 from postprocessing.kme import KmeConfig, KmeServer
 from postprocessing.kme.config import dump_kme_config, load_kme_config
+from postprocessing.kme.levels import LevelsMqttConfig
 from postprocessing.kme.pki import CertificateAuthority, Issued
 
 REPO = Path(__file__).resolve().parents[2]
@@ -459,6 +460,14 @@ def test_config_refuses_links_that_break_once_only_delivery(pki, tmp_path, links
 
 def test_kme_config_round_trips_through_toml(pki, tmp_path):
     cfg = kme_config(pki, tmp_path / "keys", 8443)
+    path = tmp_path / "kme.toml"
+    path.write_text(dump_kme_config(cfg))
+    assert load_kme_config(path) == cfg
+
+
+def test_kme_config_with_mqtt_round_trips_through_toml(pki, tmp_path):
+    cfg = kme_config(pki, tmp_path / "keys", 8443).model_copy(update={"mqtt": LevelsMqttConfig(
+        station_id="beijing-sim", interval_s=2.5, peers=["jinan1-sim", "stellenbosch-sim"])})
     path = tmp_path / "kme.toml"
     path.write_text(dump_kme_config(cfg))
     assert load_kme_config(path) == cfg

@@ -109,3 +109,46 @@ async def test_requests_out_of_order_are_refused(tmp_path: Path, bad: str, match
                              "leaked_ec_bits": 0, "counts_z": z, "counts_x": z}))
             finally:
                 link.close()
+
+
+@pytest.mark.parametrize("case, match", [
+    ("cascade_without_vacuum", "must open with 'cascade_vacuum'"),
+    ("ldpc_op_in_cascade_session", "reconciles by cascade"),
+    ("ldpc_session_in_cascade_pass", "one method per pass"),
+    ("vacuum_count", "vacuum-class bits"),
+])
+async def test_both_ends_must_agree_on_the_ec_method(tmp_path: Path, case: str, match: str) -> None:
+    sat_pool, ground_pool = provision_pools(tmp_path)
+    service = SatelliteService(satellite_config(tmp_path, sat_pool))
+    async with running_satellite(service) as ep:
+        with KeyPool(ground_pool) as pool:
+            link = SatelliteLink(ep, station=STATION, pool=pool, timeout_s=30)
+            try:
+                await link.request(PASS, _hello(pool))
+                idx = np.arange(1000, 1000 + 400 * 10, 10, dtype=np.int64)
+                reply = await link.request(PASS, *_sift(idx, np.zeros(idx.size, np.uint8), 0))
+                assert isinstance(reply.body, SiftReply)
+                n = reply.body.sifted_bits_total
+                half = n // 2
+
+                def op(session: int, lo: int, hi: int, name: str, request: dict) -> EcOp:  # type: ignore[type-arg]
+                    return EcOp(session=session, offset_bits=lo, length_bits=hi - lo, op=name,  # type: ignore[arg-type]
+                                request=request)
+
+                with pytest.raises(PeerRefused, match=match):
+                    if case == "cascade_without_vacuum":
+                        await link.request(PASS, op(0, 0, n, "cascade_setup",
+                                                    {"key_bits": n, "block_sizes": [4]}))
+                    elif case == "vacuum_count":
+                        await link.request(PASS, op(0, 0, n, "cascade_vacuum", {"vacuum_bits": n + 1}))
+                    else:
+                        # the satellite's vacuum-class bits of [0, half), from the ground truth
+                        basis, _, klass = sent_pulses(service.cfg.seed, idx, tuple(service.cfg.source.mu_probs))
+                        vacuum = int((klass[basis == 0][:half] == 2).sum())
+                        await link.request(PASS, op(0, 0, half, "cascade_vacuum", {"vacuum_bits": vacuum}))
+                        if case == "ldpc_op_in_cascade_session":
+                            await link.request(PASS, op(0, 0, half, "syndromes", {}))
+                        else:
+                            await link.request(PASS, op(1, half, n, "syndromes", {}))
+            finally:
+                link.close()
