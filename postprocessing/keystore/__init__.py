@@ -390,15 +390,22 @@ class KeyStore:
         _check_text("purpose", purpose)
         count = _check_count(count)
         with self._lock, self._tx() as db:
-            rows = db.execute(
-                f"SELECT {_INFO_COLS}, bits FROM blocks WHERE peer=? AND state='available'"
-                " ORDER BY seq LIMIT ?", (peer, count),
-            ).fetchall()
-            if len(rows) < count:
-                raise KeyNotAvailable(
-                    f"peer {peer!r} has {len(rows)} available key blocks, {count} asked"
-                )
+            rows = self._oldest_available(db, peer, count)
             return self._consume(db, rows, purpose)
+
+    @staticmethod
+    def _oldest_available(db: sqlite3.Connection, peer: str, count: int) -> list[tuple]:
+        """The ``count`` oldest available rows of ``peer`` (info columns, then bits), or
+        :class:`KeyNotAvailable` when there are fewer."""
+        rows = db.execute(
+            f"SELECT {_INFO_COLS}, bits FROM blocks WHERE peer=? AND state='available'"
+            " ORDER BY seq LIMIT ?", (peer, count),
+        ).fetchall()
+        if len(rows) < count:
+            raise KeyNotAvailable(
+                f"peer {peer!r} has {len(rows)} available key blocks, {count} asked"
+            )
+        return rows
 
     def take_ids(
         self, key_ids: Sequence[UUID | str], *, peer: str, purpose: str
@@ -427,14 +434,7 @@ class KeyStore:
         _check_text("holder", holder)
         count = _check_count(count)
         with self._lock, self._tx() as db:
-            rows = db.execute(
-                f"SELECT {_INFO_COLS}, bits FROM blocks WHERE peer=? AND state='available'"
-                " ORDER BY seq LIMIT ?", (peer, count),
-            ).fetchall()
-            if len(rows) < count:
-                raise KeyNotAvailable(
-                    f"peer {peer!r} has {len(rows)} available key blocks, {count} asked"
-                )
+            rows = self._oldest_available(db, peer, count)
             now = self._now_iso()
             out = []
             for r in rows:
