@@ -25,7 +25,10 @@ peer (the relay: a key shared with the satellite becomes the key shared with the
 station). Nothing here ever puts key bits in a log, a repr or an exception message.
 
 Thread-safe: one connection behind a lock; async callers run the calls in a thread
-(``asyncio.to_thread``), they each take at most one fsync.
+(``asyncio.to_thread``), they each take at most one fsync. :meth:`KeyStore.batch` runs
+many consuming operations in one transaction and one fsync (the KME's group commit), each
+still all or nothing. Several processes may share one store: every write transaction is
+``BEGIN IMMEDIATE``, so SQLite's write lock serialises them and a block leaves once.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 from uuid import UUID
 
 import numpy as np
@@ -56,10 +60,12 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "StoreLevel",
+    "Transaction",
     "derive_key_ids",
 ]
 
 DEFAULT_BLOCK_BITS = 256
+T = TypeVar("T")
 DB_NAME = "keys.sqlite3"
 _PEER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _PASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
@@ -387,11 +393,14 @@ class KeyStore:
         Durable before it returns: the blocks are marked consumed and their bits erased from
         the store in the same committed transaction, so they are never handed out again.
         """
+        with self._lock, self._tx() as db:
+            return self._take(db, peer, count, purpose)
+
+    def _take(self, db: sqlite3.Connection, peer: str, count: int, purpose: str) -> list[KeyBlock]:
         _check_text("purpose", purpose)
         count = _check_count(count)
-        with self._lock, self._tx() as db:
-            rows = self._oldest_available(db, peer, count)
-            return self._consume(db, rows, purpose)
+        rows = self._oldest_available(db, peer, count)
+        return self._consume(db, rows, purpose)
 
     @staticmethod
     def _oldest_available(db: sqlite3.Connection, peer: str, count: int) -> list[tuple]:
@@ -411,16 +420,20 @@ class KeyStore:
         self, key_ids: Sequence[UUID | str], *, peer: str, purpose: str
     ) -> list[KeyBlock]:
         """Consume the named available blocks of ``peer``, in the order given; all or nothing."""
+        with self._lock, self._tx() as db:
+            return self._take_ids(db, key_ids, peer, purpose)
+
+    def _take_ids(self, db: sqlite3.Connection, key_ids: Sequence[UUID | str], peer: str,
+                  purpose: str) -> list[KeyBlock]:
         _check_text("purpose", purpose)
         ids = _unique_ids(key_ids)
-        with self._lock, self._tx() as db:
-            rows = self._rows_by_id(db, ids)
-            for kid, row in zip(ids, rows, strict=True):
-                if row is None or row[1] != peer:
-                    raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
-                if row[7] != "available":
-                    raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
-            return self._consume(db, rows, purpose)
+        rows = self._rows_by_id(db, ids)
+        for kid, row in zip(ids, rows, strict=True):
+            if row is None or row[1] != peer:
+                raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
+            if row[7] != "available":
+                raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
+        return self._consume(db, rows, purpose)
 
     def reserve(
         self, peer: str, count: int, *, holder: str, size_bits: int | None = None
@@ -431,23 +444,27 @@ class KeyStore:
         store, reserved, until :meth:`take_reserved` by the same holder. ``size_bits``
         (default the block size) is recorded so the second taker gets the same key length.
         """
+        with self._lock, self._tx() as db:
+            return self._reserve(db, peer, count, holder, size_bits)
+
+    def _reserve(self, db: sqlite3.Connection, peer: str, count: int, holder: str,
+                 size_bits: int | None) -> list[KeyBlock]:
         _check_text("holder", holder)
         count = _check_count(count)
-        with self._lock, self._tx() as db:
-            rows = self._oldest_available(db, peer, count)
-            now = self._now_iso()
-            out = []
-            for r in rows:
-                size = r[4] if size_bits is None else int(size_bits)
-                if not 0 < size <= r[4]:
-                    raise KeyStoreError(f"size {size} bits is outside 1..{r[4]} of a block")
-                db.execute(
-                    "UPDATE blocks SET state='reserved', holder=?, reserved_size_bits=?,"
-                    " state_utc=? WHERE key_id=?", (holder, size, now, r[0]),
-                )
-                out.append(KeyBlock(_info(r[:-1], state="reserved", holder=holder,
-                                          reserved_size_bits=size, state_utc=now), r[-1]))
-            return out
+        rows = self._oldest_available(db, peer, count)
+        now = self._now_iso()
+        out = []
+        for r in rows:
+            size = r[4] if size_bits is None else int(size_bits)
+            if not 0 < size <= r[4]:
+                raise KeyStoreError(f"size {size} bits is outside 1..{r[4]} of a block")
+            db.execute(
+                "UPDATE blocks SET state='reserved', holder=?, reserved_size_bits=?,"
+                " state_utc=? WHERE key_id=?", (holder, size, now, r[0]),
+            )
+            out.append(KeyBlock(_info(r[:-1], state="reserved", holder=holder,
+                                      reserved_size_bits=size, state_utc=now), r[-1]))
+        return out
 
     def take_reserved(
         self, key_ids: Sequence[UUID | str], *, holder: str, purpose: str
@@ -457,15 +474,52 @@ class KeyStore:
         A block reserved for someone else, not reserved, consumed or unknown is refused
         with :class:`KeyNotAvailable`, and nothing is consumed.
         """
+        with self._lock, self._tx() as db:
+            return self._take_reserved(db, key_ids, holder, purpose)
+
+    def _take_reserved(self, db: sqlite3.Connection, key_ids: Sequence[UUID | str], holder: str,
+                       purpose: str) -> list[KeyBlock]:
         _check_text("holder", holder)
         _check_text("purpose", purpose)
         ids = _unique_ids(key_ids)
+        rows = self._rows_by_id(db, ids)
+        for kid, row in zip(ids, rows, strict=True):
+            if row is None or row[7] != "reserved" or row[8] != holder:
+                raise KeyNotAvailable(f"no key {kid} reserved for {holder!r}")
+        return self._consume(db, rows, purpose)
+
+    # -- group commit ----------------------------------------------------------------------
+
+    def batch(self, ops: Sequence[Callable[[Transaction], T]]) -> list[T | KeyStoreError]:
+        """Run ``ops`` in ONE transaction with one fsync (group commit); all-or-nothing each.
+
+        Each op runs in a SAVEPOINT of its own: an op that raises :class:`KeyStoreError`
+        (e.g. :class:`KeyNotAvailable`) is rolled back alone and its exception is its
+        result; the others stand. Nothing is durable, and so no result may be handed out,
+        before this returns: if the final COMMIT fails, every result becomes that
+        :class:`KeyStoreError` and nothing of the batch happened. An exception that is not
+        a :class:`KeyStoreError` rolls back the whole batch and propagates.
+        """
+        results: list[T | KeyStoreError] = []
         with self._lock, self._tx() as db:
-            rows = self._rows_by_id(db, ids)
-            for kid, row in zip(ids, rows, strict=True):
-                if row is None or row[7] != "reserved" or row[8] != holder:
-                    raise KeyNotAvailable(f"no key {kid} reserved for {holder!r}")
-            return self._consume(db, rows, purpose)
+            tx = Transaction(self, db)
+            for op in ops:
+                db.execute("SAVEPOINT op")
+                try:
+                    value = op(tx)
+                except KeyStoreError as exc:
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    results.append(exc)
+                    continue
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    results.append(KeyStoreError(f"key store failed: {exc}"))
+                    continue
+                db.execute("RELEASE op")
+                results.append(value)
+        return results
 
     def reassign(
         self, key_ids: Sequence[UUID | str], *, from_peer: str, to_peer: str
@@ -597,6 +651,35 @@ class _Transaction:
         if issubclass(exc_type, sqlite3.Error):
             raise KeyStoreError(f"key store failed: {exc}") from None
         return False
+
+
+class Transaction:
+    """The consuming operations of a :class:`KeyStore`, inside one :meth:`KeyStore.batch`.
+
+    Same semantics and arguments as the store's methods of the same names; durable only
+    when the batch has returned.
+    """
+
+    __slots__ = ("_db", "_store")
+
+    def __init__(self, store: KeyStore, db: sqlite3.Connection):
+        self._store = store
+        self._db = db
+
+    def take(self, peer: str, count: int, *, purpose: str) -> list[KeyBlock]:
+        return self._store._take(self._db, peer, count, purpose)
+
+    def take_ids(self, key_ids: Sequence[UUID | str], *, peer: str,
+                 purpose: str) -> list[KeyBlock]:
+        return self._store._take_ids(self._db, key_ids, peer, purpose)
+
+    def reserve(self, peer: str, count: int, *, holder: str,
+                size_bits: int | None = None) -> list[KeyBlock]:
+        return self._store._reserve(self._db, peer, count, holder, size_bits)
+
+    def take_reserved(self, key_ids: Sequence[UUID | str], *, holder: str,
+                      purpose: str) -> list[KeyBlock]:
+        return self._store._take_reserved(self._db, key_ids, holder, purpose)
 
 
 _SCHEMA = """

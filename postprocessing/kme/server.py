@@ -244,6 +244,7 @@ class KmeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await asyncio.to_thread(self.delivery.close)
         if self._own_store:
             self.store.close()
 

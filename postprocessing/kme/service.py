@@ -11,7 +11,9 @@ Who may take what:
   reserved for exactly this (master, slave) pair here, or, for a remote master, be
   available blocks of the link's peer store.
 
-Every consumption is durable (fsynced) before a key leaves this module. Errors are
+Every consumption is durable (fsynced) before a key leaves this module: the store writes
+of concurrent requests are group-committed (:mod:`postprocessing.kme.groupcommit`), one
+transaction and one fsync for all requests waiting, each request still all or nothing. Errors are
 :class:`DeliveryError` with the HTTP status the spec gives them (400, 401, 503) and a
 message that names the thing and the reason, never key material.
 """
@@ -27,6 +29,7 @@ from uuid import UUID
 
 from postprocessing.keystore import KeyBlock, KeyNotAvailable, KeyStore, KeyStoreError
 from postprocessing.kme.config import KmeConfig, LinkConfig
+from postprocessing.kme.groupcommit import GroupCommitter
 from postprocessing.kme.models import Key, KeyContainer, KeyIds, KeyRequest, Status
 
 log = logging.getLogger("postprocessing.kme")
@@ -52,14 +55,22 @@ class DeliveryCounters:
 
 
 class KeyDelivery:
-    """ETSI 014 semantics over one :class:`KeyStore`. Async methods run the store in a thread."""
+    """ETSI 014 semantics over one :class:`KeyStore`. Async methods run the store in a thread.
+
+    Call :meth:`close` when done (it stops the group-commit writer thread).
+    """
 
     def __init__(self, config: KmeConfig, store: KeyStore):
         self.config = config
         self.store = store
         self.counters = DeliveryCounters()
+        self.writer = GroupCommitter(store)
         #: Called after every delivery (the levels publisher wakes on it).
         self.on_change: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer thread."""
+        self.writer.close()
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -105,11 +116,11 @@ class KeyDelivery:
         pair = f"{caller}>{slave}"
         try:
             if self.config.is_local(slave):
-                blocks = await asyncio.to_thread(
-                    self.store.reserve, link.peer, number, holder=pair, size_bits=size)
+                blocks = await self.writer.run(
+                    lambda tx: tx.reserve(link.peer, number, holder=pair, size_bits=size))
             else:
-                blocks = await asyncio.to_thread(
-                    self.store.take, link.peer, number, purpose=f"enc_keys:{pair}")
+                blocks = await self.writer.run(
+                    lambda tx: tx.take(link.peer, number, purpose=f"enc_keys:{pair}"))
         except KeyNotAvailable:
             level = await asyncio.to_thread(self.store.level, link.peer)
             raise DeliveryError(
@@ -141,12 +152,12 @@ class KeyDelivery:
         pair = f"{master}>{caller}"
         try:
             if self.config.is_local(master):
-                blocks = await asyncio.to_thread(
-                    self.store.take_reserved, ids, holder=pair, purpose=f"dec_keys:{pair}")
+                blocks = await self.writer.run(
+                    lambda tx: tx.take_reserved(ids, holder=pair, purpose=f"dec_keys:{pair}"))
                 sizes = [b.info.reserved_size_bits or b.size_bits for b in blocks]
             else:
-                blocks = await asyncio.to_thread(
-                    self.store.take_ids, ids, peer=link.peer, purpose=f"dec_keys:{pair}")
+                blocks = await self.writer.run(
+                    lambda tx: tx.take_ids(ids, peer=link.peer, purpose=f"dec_keys:{pair}"))
                 sizes = [self.config.key_size_bits] * len(blocks)
         except KeyNotAvailable as exc:
             raise DeliveryError(
