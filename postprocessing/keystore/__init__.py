@@ -33,7 +33,9 @@ still all or nothing. Several processes may share one store: every write transac
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import os
 import re
 import sqlite3
@@ -67,6 +69,8 @@ __all__ = [
 DEFAULT_BLOCK_BITS = 256
 T = TypeVar("T")
 DB_NAME = "keys.sqlite3"
+#: Lock file of :meth:`KeyStore.batch` writers across processes (see there).
+BATCH_LOCK_NAME = "keys.sqlite3.batch-lock"
 _PEER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _PASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 _TEXT_RE = re.compile(r"^[\x21-\x7e]{1,200}$")  # holder / purpose: printable, no spaces
@@ -195,6 +199,7 @@ class KeyStore:
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._batch_lock_fd: int | None = None
         for side in ("-wal", "-shm"):
             p = Path(str(self.path) + side)
             if p.exists() and stat.S_IMODE(p.stat().st_mode) != 0o600:
@@ -212,6 +217,9 @@ class KeyStore:
             finally:
                 self._db.close()
                 self._db = None  # type: ignore[assignment]
+                if self._batch_lock_fd is not None:
+                    os.close(self._batch_lock_fd)
+                    self._batch_lock_fd = None
 
     def __enter__(self) -> KeyStore:
         return self
@@ -501,7 +509,7 @@ class KeyStore:
         a :class:`KeyStoreError` rolls back the whole batch and propagates.
         """
         results: list[T | KeyStoreError] = []
-        with self._lock, self._tx() as db:
+        with self._lock, self._across_processes(), self._tx() as db:
             tx = Transaction(self, db)
             for op in ops:
                 db.execute("SAVEPOINT op")
@@ -616,6 +624,23 @@ class KeyStore:
                 f"SELECT {_INFO_COLS}, bits FROM blocks WHERE key_id=?", (str(k),)
             ).fetchone())
         return out
+
+    @contextlib.contextmanager
+    def _across_processes(self):
+        """An exclusive ``flock`` shared by the batch writers of every process on this store.
+
+        SQLite alone serialises them too, but a process that finds the write lock taken
+        polls for it with sleeps of up to 100 ms; several KME workers then wait far longer
+        than the transaction they wait for. A blocking ``flock`` wakes as soon as it is free.
+        """
+        if self._batch_lock_fd is None:
+            self._batch_lock_fd = os.open(self.directory / BATCH_LOCK_NAME,
+                                          os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._batch_lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._batch_lock_fd, fcntl.LOCK_UN)
 
     def _now_iso(self) -> str:
         return from_epoch_s(self._clock.now_s()).isoformat()

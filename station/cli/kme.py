@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (its TLS and event loop cost about half the CPU
-    per request of asyncio's, see bench/key_delivery.py), else on the stdlib loop."""
+    """Run on uvloop when it is installed (``pip install .[uvloop]``: a little less CPU per
+    request, bench/key_delivery.py), else on the stdlib loop (``QKD_KME_LOOP=asyncio``
+    forces the stdlib loop)."""
     try:
         if os.environ.get("QKD_KME_LOOP") == "asyncio":  # the fallback, on demand
             raise ImportError
