@@ -1,7 +1,7 @@
 """``qkd-station monitor``: a live terminal view of one station, from its MQTT topics.
 
 Reads only what the station publishes (status, state, mount, timetagger, pass, health,
-alarms), so it works from any machine that may subscribe: a dashboard account is enough.
+alarms, and the key-store levels its KME publishes on ``keys/levels``), so it works from any machine that may subscribe: a dashboard account is enough.
 ``--once`` prints one plain-text frame once the retained state is in (scripts, tests).
 """
 
@@ -23,6 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from postprocessing.kme.levels import KeyLevels
 from station.cli._common import add_config_argument
 from station.config import ConfigError
 from station.mqtt import messages as m
@@ -33,8 +34,10 @@ from station.mqtt.service import client_kwargs
 TOPICS: dict[str, type[BaseModel]] = {
     "state": m.StateMessage, "schedule": m.ScheduleMessage, "mount": m.MountTelemetry,
     "timetagger": m.TimeTaggerTelemetry, "pass": m.PassProgress, "health": m.HealthMessage,
-    "alarms": m.AlarmMessage,
+    "alarms": m.AlarmMessage, "keys/levels": KeyLevels,
 }
+#: At most this many key-store peers are listed (the rest are counted).
+MAX_KEY_PEERS = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -161,14 +164,21 @@ def _pass_line(p: m.PassRef | None) -> str:
 
 def render(view: StationView) -> Group:
     """One frame of the station view."""
+    rows = Table.grid(padding=(0, 2))
+    rows.add_column(style="bold", min_width=12)
+    rows.add_column()
+    _state_rows(rows, view)
+    _device_rows(rows, view)
+    _health_row(rows, view.latest.get("health"))
+    _plan_rows(rows, view.latest.get("schedule"))
+    _key_rows(rows, view.latest.get("keys/levels"))
+    return Group(_header(view), Panel(rows, expand=True), _alarm_rows(view))
+
+
+def _header(view: StationView) -> Table:
     state = view.latest.get("state")
-    mount = view.latest.get("mount")
-    tagger = view.latest.get("timetagger")
-    progress = view.latest.get("pass")
-    health = view.latest.get("health")
     status = (view.status or "unknown").upper()
     status_style = {"ONLINE": "bold green", "OFFLINE": "bold red"}.get(status, "yellow")
-
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -176,28 +186,36 @@ def render(view: StationView) -> Group:
     if isinstance(state, m.StateMessage):
         title.append(f" — {state.config.station_name}")
     head.add_row(title, Text(status, style=status_style))
+    return head
 
-    rows = Table.grid(padding=(0, 2))
-    rows.add_column(style="bold", min_width=12)
-    rows.add_column()
-    if isinstance(state, m.StateMessage):
-        rows.add_row("Mode", Text(f"{state.mode.value.upper()}   phase {state.phase.value.upper()}   "
-                                  f"daemon {state.daemon_version}   uptime {_dur(state.uptime_s)}   "
-                                  f"at {_t(state.time)}" + (f"   {state.message}" if state.message else "")))
-        cur = _pass_line(state.current_pass)
-        if isinstance(progress, m.PassProgress) and state.current_pass is not None:
-            cur += f"  elapsed {progress.elapsed_s:.0f} s  remaining {_num(progress.remaining_s, '.0f')} s"
-        rows.add_row("Current pass", cur)
-        nxt = _pass_line(state.next_pass)
-        if state.next_pass is not None:
-            # Countdown on the station's clock (a simulation's time is not ours).
-            now = max((getattr(msg, "time", state.time) for msg in view.latest.values()),
-                      default=state.time)
-            wait_s = (state.next_pass.aos - now).total_seconds()
-            nxt += f"  in {_dur(wait_s)}" if wait_s > 0 else ""
-        rows.add_row("Next pass", nxt)
-    else:
+
+def _state_rows(rows: Table, view: StationView) -> None:
+    state = view.latest.get("state")
+    progress = view.latest.get("pass")
+    if not isinstance(state, m.StateMessage):
         rows.add_row("Mode", "— (no state yet)")
+        return
+    rows.add_row("Mode", Text(f"{state.mode.value.upper()}   phase {state.phase.value.upper()}   "
+                              f"daemon {state.daemon_version}   uptime {_dur(state.uptime_s)}   "
+                              f"at {_t(state.time)}" + (f"   {state.message}" if state.message else "")))
+    cur = _pass_line(state.current_pass)
+    if isinstance(progress, m.PassProgress) and state.current_pass is not None:
+        cur += f"  elapsed {progress.elapsed_s:.0f} s  remaining {_num(progress.remaining_s, '.0f')} s"
+    rows.add_row("Current pass", cur)
+    nxt = _pass_line(state.next_pass)
+    if state.next_pass is not None:
+        # Countdown on the station's clock (a simulation's time is not ours).
+        now = max((getattr(msg, "time", state.time) for msg in view.latest.values()),
+                  default=state.time)
+        wait_s = (state.next_pass.aos - now).total_seconds()
+        nxt += f"  in {_dur(wait_s)}" if wait_s > 0 else ""
+    rows.add_row("Next pass", nxt)
+
+
+def _device_rows(rows: Table, view: StationView) -> None:
+    mount = view.latest.get("mount")
+    tagger = view.latest.get("timetagger")
+    progress = view.latest.get("pass")
     if isinstance(mount, m.MountTelemetry):
         flags = [f for f, on in (("tracking", mount.tracking), ("moving", mount.moving),
                                  ("parked", mount.parked), ("DISCONNECTED", not mount.connected)) if on]
@@ -219,23 +237,51 @@ def render(view: StationView) -> Group:
         rows.add_row("Events", f"recorded {progress.events_recorded:,}  streamed "
                                f"{progress.events_streamed:,}  lost {progress.events_lost:,}   "
                                f"el {_num(progress.el_deg, '.1f')}°  range {_num(progress.range_km, '.0f')} km")
-    if isinstance(health, m.HealthMessage):
-        drivers = ", ".join(f"{d.name} {'up' if d.connected else 'DOWN'}" for d in health.drivers)
-        parts = [("OK" if health.ok else "NOT READY"), drivers,
-                 f"disk free {_bytes(health.disk_free_bytes)} (pass needs {_bytes(health.expected_pass_bytes)})"]
-        if health.time_reference_locked is not None:
-            parts.append("time ref " + ("locked" if health.time_reference_locked else "UNLOCKED"))
-        if health.stream_consumer_connected is not None:
-            parts.append("consumer " + ("connected" if health.stream_consumer_connected else "ABSENT"))
-        rows.add_row("Health", "; ".join(p for p in parts if p))
-    schedule = view.latest.get("schedule")
-    if isinstance(schedule, m.ScheduleMessage) and schedule.passes:
-        for i, sp in enumerate(schedule.passes[:4]):
-            rows.add_row("Plan" if i == 0 else "",
-                         f"{_t(sp.aos)} {sp.satellite:<14} max el {sp.max_el_deg:4.1f}°  "
-                         f"{sp.decision.value:<8} {sp.reason}")
-        if len(schedule.passes) > 4:
-            rows.add_row("", f"… {len(schedule.passes) - 4} more")
+
+
+def _health_row(rows: Table, health: BaseModel | None) -> None:
+    if not isinstance(health, m.HealthMessage):
+        return
+    drivers = ", ".join(f"{d.name} {'up' if d.connected else 'DOWN'}" for d in health.drivers)
+    parts = [("OK" if health.ok else "NOT READY"), drivers,
+             f"disk free {_bytes(health.disk_free_bytes)} (pass needs {_bytes(health.expected_pass_bytes)})"]
+    if health.time_reference_locked is not None:
+        parts.append("time ref " + ("locked" if health.time_reference_locked else "UNLOCKED"))
+    if health.stream_consumer_connected is not None:
+        parts.append("consumer " + ("connected" if health.stream_consumer_connected else "ABSENT"))
+    rows.add_row("Health", "; ".join(p for p in parts if p))
+
+
+def _plan_rows(rows: Table, schedule: BaseModel | None) -> None:
+    if not isinstance(schedule, m.ScheduleMessage) or not schedule.passes:
+        return
+    for i, sp in enumerate(schedule.passes[:4]):
+        rows.add_row("Plan" if i == 0 else "",
+                     f"{_t(sp.aos)} {sp.satellite:<14} max el {sp.max_el_deg:4.1f}°  "
+                     f"{sp.decision.value:<8} {sp.reason}")
+    if len(schedule.passes) > 4:
+        rows.add_row("", f"… {len(schedule.passes) - 4} more")
+
+
+def _key_rows(rows: Table, levels: BaseModel | None) -> None:
+    """Key-store levels per peer (``P/keys/levels``, published by the station's KME)."""
+    if not isinstance(levels, KeyLevels):
+        return
+    if not levels.peers:
+        rows.add_row("Key store", f"no peers (at {_t(levels.time)})")
+    for i, p in enumerate(levels.peers[:MAX_KEY_PEERS]):
+        text = Text(f"{p.peer:<24} {p.available_bits:>12,} bits  {p.available_blocks:>7,} blocks"
+                    f"  reserved {p.reserved_blocks:,}  consumed {p.consumed_blocks:,}")
+        if p.low:
+            text.append(f"  LOW (< {levels.low_store_bits:,} bits)", style="bold yellow")
+        if i == 0:
+            text.append(f"   at {_t(levels.time)}")
+        rows.add_row("Key store" if i == 0 else "", text)
+    if len(levels.peers) > MAX_KEY_PEERS:
+        rows.add_row("", f"… {len(levels.peers) - MAX_KEY_PEERS} more peers")
+
+
+def _alarm_rows(view: StationView) -> Table:
     alarms = Table.grid(padding=(0, 2))
     alarms.add_column(style="bold", min_width=12)
     alarms.add_column()
@@ -248,7 +294,7 @@ def render(view: StationView) -> Group:
         alarms.add_row("Alarms", "none active")
     if view.bad_payloads:
         alarms.add_row("Warning", f"{view.bad_payloads} unreadable message(s); last: {view.last_problem}")
-    return Group(head, Panel(rows, expand=True), alarms)
+    return alarms
 
 
 def render_text(view: StationView, width: int = 120) -> str:
