@@ -20,6 +20,7 @@ import numpy as np
 from postprocessing.auth import AuthenticationError, KeyPoolError
 from postprocessing.channel import ChannelError, SatelliteLink
 from postprocessing.keystore import BlockState, KeyBlock, KeyStore, KeyStoreError
+from postprocessing.relay.events import RelayEvents
 from postprocessing.relay.messages import (
     MAX_RELAY_BLOCKS,
     RELAY_PASS_ID,
@@ -58,22 +59,34 @@ def pending_peer(partner: str) -> str:
 
 
 async def offer(link: SatelliteLink, store: KeyStore, *, satellite: str, partner: str,
-                blocks: int) -> OfferResult:
-    """Offer ``blocks`` of the key shared with ``satellite`` for a relay to ``partner``."""
+                blocks: int, events: RelayEvents | None = None) -> OfferResult:
+    """Offer ``blocks`` of the key shared with ``satellite`` for a relay to ``partner``.
+
+    ``events`` (optional) gets the steps ``offered``, then ``accepted`` or ``refused``."""
+    def refused(reason: str, n: int = 0, bits: int = 0) -> RelayError:
+        if events is not None:
+            events.emit("refused", role="offering", partner=partner, satellite=satellite,
+                        key_ids=n, bits=bits, reason=reason)
+        return RelayError(reason)
+
     if not 1 <= blocks <= MAX_RELAY_BLOCKS:
-        raise RelayError(f"offer of {blocks} blocks: 1..{MAX_RELAY_BLOCKS} per message")
+        raise refused(f"offer of {blocks} blocks: 1..{MAX_RELAY_BLOCKS} per message")
     pending = pending_peer(partner)
     # Blocks set aside before an earlier offer that got no answer are offered again first.
-    ids = [i.key_id for i in store.list(pending, state=BlockState.available, limit=blocks)]
-    more = blocks - len(ids)
+    infos = store.list(pending, state=BlockState.available, limit=blocks)
+    more = blocks - len(infos)
     if more:
         avail = store.list(satellite, state=BlockState.available, limit=more)
         if len(avail) < more:
-            raise RelayError(f"{len(avail) + len(ids)} blocks shared with {satellite} "
-                             f"available, {blocks} to offer")
-        new = [i.key_id for i in avail]
-        store.reassign(new, from_peer=satellite, to_peer=pending)
-        ids += new
+            raise refused(f"{len(avail) + len(infos)} blocks shared with {satellite} "
+                          f"available, {blocks} to offer")
+        store.reassign([i.key_id for i in avail], from_peer=satellite, to_peer=pending)
+        infos += avail
+    ids = [i.key_id for i in infos]
+    offered_bits = sum(i.size_bits for i in infos)
+    if events is not None:
+        events.emit("offered", role="offering", partner=partner, satellite=satellite,
+                    key_ids=len(ids), bits=offered_bits)
     try:
         reply = await link.request(RELAY_PASS_ID, RelayOffer(partner=partner,
                                                              key_ids=[str(k) for k in ids]))
@@ -82,33 +95,58 @@ async def offer(link: SatelliteLink, store: KeyStore, *, satellite: str, partner
         # satellite may have taken the offer) for the next offer to repeat.
         if getattr(exc, "authenticated", False):
             store.reassign(ids, from_peer=pending, to_peer=satellite)
-        raise RelayError(f"relay offer to {partner} failed: {exc}") from None
+        raise refused(f"relay offer to {partner} failed: {exc}", len(ids), offered_bits) from None
     body = reply.body
     if not isinstance(body, RelayOfferReply) or body.partner != partner \
             or body.accepted_blocks != len(ids):
-        raise RelayError("the satellite's offer reply does not match the offer")
-    infos = store.reassign(ids, from_peer=pending, to_peer=partner)
-    bits = sum(i.size_bits for i in infos)
+        raise refused("the satellite's offer reply does not match the offer", len(ids),
+                      offered_bits)
+    moved = store.reassign(ids, from_peer=pending, to_peer=partner)
+    bits = sum(i.size_bits for i in moved)
     log.info("relay: offered %d blocks (%d bits) of the %s key for %s; now the key shared "
              "with %s: %s", len(ids), bits, satellite, partner, partner,
              ",".join(str(k) for k in ids[:4]) + (",..." if len(ids) > 4 else ""))
+    if events is not None:
+        events.emit("accepted", role="offering", partner=partner, satellite=satellite,
+                    key_ids=len(ids), bits=bits)
     return OfferResult(partner, len(ids), bits, tuple(ids))
 
 
 async def receive(link: SatelliteLink, store: KeyStore, *, satellite: str, partner: str,
-                  max_blocks: int = MAX_RELAY_BLOCKS, request_id: UUID | None = None) -> ReceiveResult:
-    """Ask the satellite for ``partner``'s key and store it for peer ``partner``."""
+                  max_blocks: int = MAX_RELAY_BLOCKS, request_id: UUID | None = None,
+                  events: RelayEvents | None = None) -> ReceiveResult:
+    """Ask the satellite for ``partner``'s key and store it for peer ``partner``.
+
+    ``events`` (optional) gets ``requested``, ``announced``, then ``recovered`` or
+    ``refused``."""
     rid = str(request_id or uuid.uuid4())
+
+    def emit(step, **numbers) -> None:  # type: ignore[no-untyped-def]
+        if events is not None:
+            events.emit(step, role="receiving", partner=partner, satellite=satellite,
+                        request_id=rid, **numbers)
+
     req = RelayRequest(partner=partner, max_blocks=max_blocks, request_id=rid)
+    emit("requested")
     try:
         reply = await link.request(RELAY_PASS_ID, req)
     except (ChannelError, AuthenticationError, KeyPoolError) as exc:
+        emit("refused", reason=f"relay from {partner} refused: {exc}")
         raise RelayError(f"relay from {partner} refused: {exc}") from None
     ann = reply.body
     if not isinstance(ann, RelayAnnouncement):
+        emit("refused", reason=f"the relay was answered by {type(ann).__name__}")
         raise RelayError(f"the relay was answered by {type(ann).__name__}")
-    return _recover(store, ann, reply.message.frames["xor"], satellite=satellite,
-                    partner=partner, request_id=rid, max_blocks=max_blocks)
+    n = len(ann.partner_key_ids)
+    emit("announced", key_ids=n, bits=n * ann.block_bits)
+    try:
+        result = _recover(store, ann, reply.message.frames["xor"], satellite=satellite,
+                          partner=partner, request_id=rid, max_blocks=max_blocks)
+    except RelayError as exc:
+        emit("refused", key_ids=n, bits=n * ann.block_bits, reason=str(exc))
+        raise
+    emit("recovered", key_ids=result.blocks, bits=result.bits)
+    return result
 
 
 def _recover(store: KeyStore, ann: RelayAnnouncement, xor: bytes, *, satellite: str,
