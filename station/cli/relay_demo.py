@@ -28,6 +28,7 @@ import shutil
 import ssl
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,22 +126,64 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+@dataclass
+class _Run:
+    """What the demo's steps share: the stations, where to write, the satellite's endpoint."""
+
+    cfgs: dict[str, StationConfig]
+    out: Path
+    mqtt: tuple[str, int] | None
+    t0: float
+    settings: dict[str, Any] = field(default_factory=dict)  # station -> GroundSettings
+    endpoint: str = ""
+
+    @property
+    def a(self) -> str:  # Beijing, the offering station
+        return list(self.cfgs)[0]
+
+    @property
+    def b(self) -> str:  # Stellenbosch, the receiving station
+        return list(self.cfgs)[1]
+
+
 async def demo(cfgs: dict[str, StationConfig], satellite_config: Path, out: Path, *,
                mqtt: tuple[str, int] | None = None) -> int:
     from postprocessing.keystore import KeyStore
     from postprocessing.relay import RelayNode
-    from postprocessing.satellite.config import load_satellite_config
     from postprocessing.satellite.service import SatelliteService
-    from station.cli.keys import ground_settings, init_auth_pools
 
-    a, b = list(cfgs)  # Beijing, Stellenbosch
-    t0 = time.perf_counter()
+    run = _Run(cfgs, out, mqtt, time.perf_counter())
     say("The seeds' experiment, in simulation: Beijing and Stellenbosch, 12,900 km apart, "
         "share a key through a trusted satellite.")
     say("  (the satellite is synthetic: a Jinan-1-class microsatellite, no public TLE; "
         "Beijing's position is approximate)\n")
+    pass_files = await _rehearse_all(cfgs)
+    sat_cfg = _satellite_setup(run, satellite_config)
+    service = SatelliteService(sat_cfg)
+    run.endpoint = service.bind("tcp://127.0.0.1:*")
+    node = RelayNode(service.keystore, {s.name for s in sat_cfg.stations})
+    node.install(service)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(service.serve(stop), name="satellite")
+    try:
+        reports = await _distill_all(run, pass_files)
+        stores = {name: KeyStore(run.settings[name].keystore_dir) for name in cfgs}
+        try:
+            got = await _relay(run, stores)
+            delivered = await _deliver_image(run, stores, got.bits)
+            _print_figures(run, stores, reports, got, delivered)
+            return 0 if delivered.exact else 1
+        finally:
+            for s in stores.values():
+                s.close()
+    finally:
+        stop.set()
+        await serving
+        service.close()
 
-    # 1. Both passes, rehearsed on the simulated clock at full speed.
+
+async def _rehearse_all(cfgs: dict[str, StationConfig]) -> dict[str, Path]:
+    """[1] Both passes, rehearsed on the simulated clock at full speed (or kept)."""
     pass_files = {}
     for name, cfg in cfgs.items():
         kept = sorted((Path(cfg.state_dir) / "passes").glob("*.arrows"))
@@ -153,75 +196,69 @@ async def demo(cfgs: dict[str, StationConfig], satellite_config: Path, out: Path
         pass_files[name] = Path(report.pass_file)
         say(f"    pass {report.pass_id}: {report.events_recorded:,} events recorded, "
             f"{report.events_lost} lost")
+    return pass_files
 
-    # 2. The simulated satellite (its own config and secret, its own key store).
+
+def _satellite_setup(run: _Run, satellite_config: Path):  # type: ignore[no-untyped-def]
+    """[2] The simulated satellite's config (its own secret and key store under ``out``)
+    and each station's ground settings with fresh shared authentication pools."""
+    from postprocessing.satellite.config import load_satellite_config
+    from station.cli.keys import ground_settings, init_auth_pools
+
     sat_cfg = load_satellite_config(satellite_config)
-    sat_cfg.state_dir = out / "satellite"
+    sat_cfg.state_dir = run.out / "satellite"
     for st in sat_cfg.stations:
-        st.auth_pool = out / "satellite" / "auth" / f"{st.name}.json"
-    missing = set(cfgs) - {s.name for s in sat_cfg.stations}
+        st.auth_pool = run.out / "satellite" / "auth" / f"{st.name}.json"
+    missing = set(run.cfgs) - {s.name for s in sat_cfg.stations}
     if missing:
         raise DemoError(f"{satellite_config} lists no station {sorted(missing)}")
-    settings = {}
-    for name, cfg in cfgs.items():
+    for name, cfg in run.cfgs.items():
         s = ground_settings(cfg)
         rate = _rep_rate_hz(cfg)
         s = s.model_copy(update={"rep_rate_hz": rate[0], "sync_rate_hz": rate[1]})
-        init_auth_pools(s.auth_pool, out / "satellite" / "auth" / f"{name}.json")
-        settings[name] = s
-    service = SatelliteService(sat_cfg)
-    endpoint = service.bind("tcp://127.0.0.1:*")
-    node = RelayNode(service.keystore, {s.name for s in sat_cfg.stations})
-    node.install(service)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(service.serve(stop), name="satellite")
-    try:
-        reports = {}
-        for name in cfgs:
-            say(f"[2] {name}: distilling the pass with the satellite over the authenticated "
-                "channel ...")
-            reports[name] = await _distill(pass_files[name], settings[name], endpoint)
-            r = reports[name]
-            (out / name / "key-report.json").write_text(r.model_dump_json(indent=2) + "\n")
-            say(f"    {r.sifted_bits:,} sifted bits, QBER {100 * (r.qber_overall or 0):.2f} %, "
-                f"final key {r.final_bits:,} bits, {r.stored_bits:,} stored in "
-                f"{r.key_blocks} blocks ({r.outcome}{': ' + r.reason if r.reason else ''})")
-        stores = {name: KeyStore(settings[name].keystore_dir) for name in cfgs}
-        try:
-            return await _relay_and_deliver(cfgs, stores, endpoint, settings, reports, node,
-                                            out, t0, mqtt)
-        finally:
-            for s in stores.values():
-                s.close()
-    finally:
-        stop.set()
-        await serving
-        service.close()
+        init_auth_pools(s.auth_pool, run.out / "satellite" / "auth" / f"{name}.json")
+        run.settings[name] = s
+    return sat_cfg
 
 
-async def _relay_and_deliver(cfgs, stores, endpoint, settings, reports, node, out, t0,
-                             mqtt) -> int:
-    import numpy as np
+async def _distill_all(run: _Run, pass_files: dict[str, Path]) -> dict[str, KeyReport]:
+    reports = {}
+    for name in run.cfgs:
+        say(f"[2] {name}: distilling the pass with the satellite over the authenticated "
+            "channel ...")
+        r = reports[name] = await _distill(pass_files[name], run.settings[name], run.endpoint)
+        (run.out / name / "key-report.json").write_text(r.model_dump_json(indent=2) + "\n")
+        say(f"    {r.sifted_bits:,} sifted bits, QBER {100 * (r.qber_overall or 0):.2f} %, "
+            f"final key {r.final_bits:,} bits, {r.stored_bits:,} stored in "
+            f"{r.key_blocks} blocks ({r.outcome}{': ' + r.reason if r.reason else ''})")
+    return reports
 
+
+async def _relay(run: _Run, stores: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """[3] A offers, the satellite announces K_A xor K_B to B, B recovers A's key. Each
+    station's relay component reports its steps to its log and, with --mqtt, its
+    transitions topic."""
     from postprocessing.auth import KeyPool
     from postprocessing.channel import SatelliteLink
-    from postprocessing.kme import KmeServer
-    from postprocessing.relay import RelayError, offer, receive
-    from postprocessing.relay.image import draw_relay_picture, one_time_pad, write_png
+    from postprocessing.relay import RelayError, RelayEvents, offer, receive
 
-    a, b = list(cfgs)
-    # 3. The relay: A offers, the satellite announces K_A xor K_B to B.
-    avail = {n: stores[n].level(SATELLITE).available_blocks for n in cfgs}
+    a, b = run.a, run.b
+    avail = {n: stores[n].level(SATELLITE).available_blocks for n in run.cfgs}
     blocks = min(avail.values())
     if blocks == 0:
         raise DemoError(f"no key to relay: {avail[a]} blocks at {a}, {avail[b]} at {b}")
     say(f"[3] relay: {a} offers {blocks} blocks of its satellite key for {b}; the satellite "
         f"announces K_A xor K_B to {b} ...")
-    links = {n: SatelliteLink(endpoint, station=n, pool=KeyPool(settings[n].auth_pool),
-                              timeout_s=60) for n in cfgs}
+    links = {n: SatelliteLink(run.endpoint, station=n, pool=KeyPool(run.settings[n].auth_pool),
+                              timeout_s=60) for n in run.cfgs}
+    events = {n: RelayEvents(n, mqtt=run.mqtt, topic_root=run.cfgs[n].mqtt.topic_root)
+              for n in run.cfgs}
     try:
-        offered = await offer(links[a], stores[a], satellite=SATELLITE, partner=b, blocks=blocks)
-        got = await receive(links[b], stores[b], satellite=SATELLITE, partner=a)
+        async with events[a], events[b]:
+            offered = await offer(links[a], stores[a], satellite=SATELLITE, partner=b,
+                                  blocks=blocks, events=events[a])
+            got = await receive(links[b], stores[b], satellite=SATELLITE, partner=a,
+                                events=events[b])
     except RelayError as exc:
         raise DemoError(str(exc)) from None
     finally:
@@ -230,48 +267,88 @@ async def _relay_and_deliver(cfgs, stores, endpoint, settings, reports, node, ou
             lk.pool.close()
     say(f"    {b} recovered {got.bits:,} bits of {a}'s key under {a}'s key IDs "
         f"({offered.bits:,} offered)")
+    return got
 
-    # 4. Both KMEs, an SAE at each end.
-    kme_cfgs = _kme_configs(cfgs, settings, out, mqtt)
-    width, height = next(((w, h) for w, h in SIZES if w * h * 3 <= got.bits // 8), (0, 0))
+
+@dataclass
+class _Delivered:
+    enc_keys: int
+    dec_keys: int
+    exact: bool
+    img_dir: Path
+
+
+async def _deliver_image(run: _Run, stores: dict[str, Any], relayed_bits: int) -> _Delivered:
+    """[4] Both KMEs; SAE A one-time-pads a picture with keys from enc_keys, SAE B takes the
+    same keys by dec_keys and decrypts it."""
+    from postprocessing.kme import KmeServer
+    from postprocessing.relay.image import draw_relay_picture
+
+    a, b = run.a, run.b
+    kme_cfgs = _kme_configs(run.cfgs, run.settings, run.out, run.mqtt)
+    width, height = next(((w, h) for w, h in SIZES if w * h * 3 <= relayed_bits // 8), (0, 0))
     if not width:
-        raise DemoError(f"{got.bits} relayed bits cannot pad even the smallest picture")
+        raise DemoError(f"{relayed_bits} relayed bits cannot pad even the smallest picture")
     picture = draw_relay_picture(width, height)
-    plain = picture.tobytes()
-    n_keys = -(-len(plain) // 32)
     async with KmeServer(kme_cfgs[a], stores[a]) as kme_a, \
             KmeServer(kme_cfgs[b], stores[b]) as kme_b:
         say(f"[4] KMEs: {kme_cfgs[a].kme_id} on https://127.0.0.1:{kme_a.port}, "
             f"{kme_cfgs[b].kme_id} on https://127.0.0.1:{kme_b.port} (ETSI GS QKD 014, mutual TLS)")
-        tls = out / "tls"
-        enc = await _etsi(kme_a.port, tls, SAE_A, f"{SAE_B}/enc_keys",
-                          [{"number": min(MAX_PER_REQUEST, n_keys - i)}
-                           for i in range(0, n_keys, MAX_PER_REQUEST)])
-        pad = b"".join(k["key"] for k in enc)[: len(plain)]
-        key_ids = [k["key_ID"] for k in enc]
-        cipher = one_time_pad(plain, pad)
-        img_dir = out / "images"
+        img_dir = run.out / "images"
         img_dir.mkdir()
-        write_png(img_dir / "beijing-plain.png", picture)
-        write_png(img_dir / "encrypted.png",
-                  np.frombuffer(cipher, np.uint8).reshape(picture.shape))
-        # What Beijing's application sends Stellenbosch's: ciphertext and key IDs (public).
-        (img_dir / "message.json").write_text(json.dumps(
-            {"shape": list(picture.shape), "key_IDs": key_ids}, indent=1) + "\n")
-        say(f"    {SAE_A}: took {len(enc)} keys ({len(enc) * 256:,} bits) by enc_keys, "
-            f"one-time-padded a {width}x{height} picture ({len(plain):,} bytes)")
-        dec = await _etsi(kme_b.port, tls, SAE_B, f"{SAE_A}/dec_keys",
-                          [{"key_IDs": [{"key_ID": k} for k in key_ids[i:i + MAX_PER_REQUEST]]}
-                           for i in range(0, len(key_ids), MAX_PER_REQUEST)])
-        pad_b = b"".join(k["key"] for k in dec)[: len(plain)]
-        decrypted = one_time_pad(cipher, pad_b)
-        write_png(img_dir / "stellenbosch-decrypted.png",
-                  np.frombuffer(decrypted, np.uint8).reshape(picture.shape))
-        exact = decrypted == plain and [k["key_ID"] for k in dec] == key_ids
-        say(f"    {SAE_B}: took the same {len(dec)} keys by dec_keys and decrypted: "
+        cipher, key_ids = await _encrypt_at_a(kme_a.port, run.out / "tls", picture, img_dir)
+        say(f"    {SAE_A}: took {len(key_ids)} keys ({len(key_ids) * 256:,} bits) by enc_keys, "
+            f"one-time-padded a {width}x{height} picture ({picture.size:,} bytes)")
+        n_dec, exact = await _decrypt_at_b(kme_b.port, run.out / "tls", picture, cipher,
+                                           key_ids, img_dir)
+        say(f"    {SAE_B}: took the same {n_dec} keys by dec_keys and decrypted: "
             f"{'bit-exact' if exact else 'MISMATCH'}")
+    return _Delivered(len(key_ids), n_dec, exact, img_dir)
 
-    # 5. The figures.
+
+async def _encrypt_at_a(port: int, tls: Path, picture, img_dir: Path):  # type: ignore[no-untyped-def]
+    """SAE A: keys by enc_keys, the picture one-time-padded; writes plain, encrypted and the
+    message (shape and key IDs, public) that A's application sends B's."""
+    import numpy as np
+
+    from postprocessing.relay.image import one_time_pad, write_png
+
+    plain = picture.tobytes()
+    n_keys = -(-len(plain) // 32)
+    enc = await _etsi(port, tls, SAE_A, f"{SAE_B}/enc_keys",
+                      [{"number": min(MAX_PER_REQUEST, n_keys - i)}
+                       for i in range(0, n_keys, MAX_PER_REQUEST)])
+    pad = b"".join(k["key"] for k in enc)[: len(plain)]
+    key_ids = [k["key_ID"] for k in enc]
+    cipher = one_time_pad(plain, pad)
+    write_png(img_dir / "beijing-plain.png", picture)
+    write_png(img_dir / "encrypted.png", np.frombuffer(cipher, np.uint8).reshape(picture.shape))
+    (img_dir / "message.json").write_text(json.dumps(
+        {"shape": list(picture.shape), "key_IDs": key_ids}, indent=1) + "\n")
+    return cipher, key_ids
+
+
+async def _decrypt_at_b(port: int, tls: Path, picture, cipher: bytes, key_ids: list[str],
+                        img_dir: Path) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+    """SAE B: the same keys by dec_keys, the picture decrypted and compared bit for bit."""
+    import numpy as np
+
+    from postprocessing.relay.image import one_time_pad, write_png
+
+    plain = picture.tobytes()
+    dec = await _etsi(port, tls, SAE_B, f"{SAE_A}/dec_keys",
+                      [{"key_IDs": [{"key_ID": k} for k in key_ids[i:i + MAX_PER_REQUEST]]}
+                       for i in range(0, len(key_ids), MAX_PER_REQUEST)])
+    decrypted = one_time_pad(cipher, b"".join(k["key"] for k in dec)[: len(plain)])
+    write_png(img_dir / "stellenbosch-decrypted.png",
+              np.frombuffer(decrypted, np.uint8).reshape(picture.shape))
+    return len(dec), decrypted == plain and [k["key_ID"] for k in dec] == key_ids
+
+
+def _print_figures(run: _Run, stores: dict[str, Any], reports: dict[str, KeyReport], got,
+                   delivered: _Delivered) -> None:  # type: ignore[no-untyped-def]
+    """[5] Key bits per pass, relayed, consumed and left."""
+    a, b = run.a, run.b
     say("\nKey bits")
     say(f"  {'':<18}{'pass':<26}{'sifted':>11}{'QBER':>8}{'final':>11}{'stored':>11}")
     for n, r in reports.items():
@@ -279,15 +356,14 @@ async def _relay_and_deliver(cfgs, stores, endpoint, settings, reports, node, ou
             f"{r.final_bits:>11,}{r.stored_bits:>11,}")
     say(f"  relayed {a} -> {b}: {got.bits:,} bits ({got.blocks} blocks); {b} spent as "
         f"many of its own as the pad")
-    say(f"  consumed by the SAEs: {len(enc) * 256:,} bits at {a} (enc_keys), "
-        f"{len(dec) * 256:,} at {b} (dec_keys)")
+    say(f"  consumed by the SAEs: {delivered.enc_keys * 256:,} bits at {a} (enc_keys), "
+        f"{delivered.dec_keys * 256:,} at {b} (dec_keys)")
     for n, store in stores.items():
         left = ", ".join(f"{lv.peer}: {lv.available_bits:,}" for lv in store.levels()
                          if not lv.peer.startswith("relay"))
         say(f"  left at {n:<17} {left}")
-    say(f"\nImages: {img_dir}/beijing-plain.png, encrypted.png, stellenbosch-decrypted.png "
-        f"({time.perf_counter() - t0:.0f} s in all)")
-    return 0 if exact else 1
+    say(f"\nImages: {delivered.img_dir}/beijing-plain.png, encrypted.png, "
+        f"stellenbosch-decrypted.png ({time.perf_counter() - run.t0:.0f} s in all)")
 
 
 async def _rehearse(cfg: StationConfig):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from postprocessing.relay.image import read_png
+from tests.mqtt.helpers import collector
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,11 +28,23 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 async def test_relay_demo_decrypts_bit_exactly_and_leaks_no_key(mosquitto, tmp_path):
     out = tmp_path / "demo"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "station", "relay-demo", "--out", str(out),
-        "--mqtt", f"{mosquitto.host}:{mosquitto.port}", "--verbose",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 1800)
+    # The relay events are not retained: listen to both stations' transitions first.
+    async with collector(mosquitto.host, mosquitto.port, "qkd/+/transitions") as transitions:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "station", "relay-demo", "--out", str(out),
+            "--mqtt", f"{mosquitto.host}:{mosquitto.port}", "--verbose",
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 1800)
+        async with asyncio.timeout(30):
+            while len(transitions.messages) < 5:
+                await asyncio.sleep(0.1)
+    relay_events = {}
+    for msg in transitions.messages:
+        event = json.loads(msg.payload)
+        if event.get("kind") == "relay":
+            relay_events.setdefault(event["station_id"], []).append(event["step"])
+    assert relay_events == {"beijing-sim": ["offered", "accepted"],
+                            "stellenbosch-sim": ["requested", "announced", "recovered"]}
     # What the KMEs left on the broker: both stations' retained key-store levels.
     payloads: list[bytes] = []
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as sub:
@@ -58,8 +71,11 @@ async def test_relay_demo_decrypts_bit_exactly_and_leaks_no_key(mosquitto, tmp_p
 
     logs = stdout + stderr
     assert b"relay: received" in logs
+    assert b"relay event stellenbosch-sim: recovered" in logs
+    assert b"relay event beijing-sim: accepted" in logs
     for n in needles:
         assert n not in logs
+    payloads += [bytes(m.payload) for m in transitions.messages]
     levels = [json.loads(p) for p in payloads if b'"peers"' in p]
     assert {lv["station_id"] for lv in levels} == {"beijing-sim", "stellenbosch-sim"}
     for blob in payloads:
