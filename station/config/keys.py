@@ -1,8 +1,9 @@
 """``[keys]``: the post-processing core's ground side (docs/postprocessing.md).
 
 Read by ``qkd-station keys distill|list|show`` and, with ``embedded = true``, by the
-daemon, which then starts the simulated satellite (``satellite_config``) and a
-follow-mode distiller as child processes and stops them on exit. This section never
+daemon, which then starts the simulated satellite (``satellite_config``), a
+follow-mode distiller and (with ``kme_port``) the station's KME as child processes and
+stops them on exit. This section never
 holds the satellite's secret: the simulated satellite has its own config file.
 """
 
@@ -24,6 +25,11 @@ class KeysConfig(Strict):
         "distiller (`qkd-station keys satellite` / `keys distill --connect`) as children.")
     satellite_config: ConfigPath | None = Field(
         None, description="The simulated satellite's own config (embedded mode).")
+    kme_port: int | None = Field(
+        None, ge=1, le=65535, description="Embedded mode: also run the station's ETSI 014 KME "
+        "(`qkd-station kme`) as a child on 127.0.0.1:<port>, serving the key store, with demo "
+        "TLS material made in <state_dir>/<dir>/kme/ at first start; it publishes the key-store "
+        "levels on MQTT. Unset: no KME child.")
     satellite: str = Field("micius-sim", pattern=r"^[a-z0-9][a-z0-9._\-]{0,63}$",
                            description="The satellite's name: the peer of the key store.")
     satellite_endpoint: str = Field("tcp://127.0.0.1:5570",

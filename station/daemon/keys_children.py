@@ -1,11 +1,15 @@
 """``[keys] embedded = true``: the daemon runs the key half beside itself, as children.
 
-Two processes, never a part of the daemon's own state: the simulated satellite
+Processes, never a part of the daemon's own state: the simulated satellite
 (``qkd-station keys satellite``, with its own config and secret; it also provisions the
-pre-shared authentication pool on first start) and a follow-mode distiller
+pre-shared authentication pool on first start), a follow-mode distiller
 (``qkd-station keys distill --connect <stream>``), which consumes the documented event
-stream like any other consumer and publishes each pass's key report on MQTT. Both are
-stopped (SIGTERM, then SIGKILL after a grace period) when the daemon exits.
+stream like any other consumer and publishes each pass's key report on MQTT, and, with
+``[keys] kme_port``, the station's ETSI 014 KME (``qkd-station kme``) serving the key
+store on 127.0.0.1:<kme_port> and publishing its levels on the station's broker (demo TLS
+material made in ``<state_dir>/<keys.dir>/kme/`` at first start,
+:mod:`postprocessing.kme.embedded`). All are stopped (SIGTERM, then SIGKILL after a grace
+period) when the daemon exits, and get SIGTERM should it die.
 """
 
 from __future__ import annotations
@@ -47,18 +51,33 @@ class KeyChildren:
         self._starting: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KeyChildren:
-        k = self.cfg.keys
-        if not k.embedded:
-            return self
-        if k.satellite_config is None or not await asyncio.to_thread(os.path.isfile, k.satellite_config):
-            log.error("[keys] embedded = true needs satellite_config, a file (%s); no key will be "
-                      "distilled", k.satellite_config)
-            return self
-        # In the background: the daemon's start never waits for the key half.
-        self._starting = asyncio.create_task(self._start(), name="keys-children")
+        if self.cfg.keys.embedded:
+            # In the background: the daemon's start never waits for the key half.
+            self._starting = asyncio.create_task(self._start(), name="keys-children")
         return self
 
     async def _start(self) -> None:
+        k = self.cfg.keys
+        if k.kme_port is not None:
+            try:
+                await self._start_kme(k.kme_port)
+            except Exception:  # never the daemon's end: the rest of the key half still runs
+                log.exception("the KME could not be started; no key delivery, no key levels")
+        if k.satellite_config is None or not await asyncio.to_thread(os.path.isfile, k.satellite_config):
+            log.error("[keys] embedded = true needs satellite_config, a file (%s); no key will be "
+                      "distilled", k.satellite_config)
+            return
+        await self._start_satellite_and_distiller()
+
+    async def _first_line(self, proc: asyncio.subprocess.Process) -> str:
+        try:
+            async with asyncio.timeout(START_DEADLINE_S):
+                assert proc.stdout is not None
+                return (await proc.stdout.readline()).decode().strip()
+        except TimeoutError:
+            return ""
+
+    async def _start_satellite_and_distiller(self) -> None:
         k = self.cfg.keys
         ground_pool = Path(self.cfg.state_dir) / k.dir / k.auth_pool
         sat = await asyncio.create_subprocess_exec(
@@ -66,12 +85,7 @@ class KeyChildren:
             "--endpoint", k.satellite_endpoint, "--provision", f"{self.cfg.station_id}={ground_pool}",
             stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
         self.procs.append(sat)
-        try:
-            async with asyncio.timeout(START_DEADLINE_S):
-                assert sat.stdout is not None
-                line = (await sat.stdout.readline()).decode().strip()
-        except TimeoutError:
-            line = ""
+        line = await self._first_line(sat)
         if not line.startswith("satellite "):
             log.error("the simulated satellite did not start (%s); no key will be distilled",
                       line or f"no word within {START_DEADLINE_S:g} s")
@@ -83,6 +97,44 @@ class KeyChildren:
             preexec_fn=_die_with_parent)
         self.procs.append(dist)
         log.info("keys: distiller (pid %d) follows %s", dist.pid, self.cfg.events.stream_endpoint)
+
+    async def _start_kme(self, port: int) -> None:
+        from postprocessing.kme.embedded import write_embedded_kme_config
+
+        k = self.cfg.keys
+        base = Path(self.cfg.state_dir) / k.dir
+        kme_dir = base / "kme"
+        config = await asyncio.to_thread(
+            write_embedded_kme_config, kme_dir, station_id=self.cfg.station_id, port=port,
+            # The distiller's store (station.cli.keys.ground_settings: <dir>/store).
+            store_dir=base / "store", satellite=k.satellite, mqtt=await self._levels_mqtt())
+        kme = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "station", "kme", "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+        self.procs.append(kme)
+        line = await self._first_line(kme)
+        if "listening" not in line:
+            log.error("the KME did not start (%s); no key delivery, no key levels",
+                      line or f"no word within {START_DEADLINE_S:g} s")
+            return
+        log.info("keys: %s (demo SAE certificate and CA in %s)", line, kme_dir / "tls")
+
+    async def _levels_mqtt(self):  # type: ignore[no-untyped-def]
+        """The KME's levels publisher on the daemon's broker, or None where it cannot go."""
+        from postprocessing.kme.levels import LevelsMqttConfig
+
+        m = self.cfg.mqtt
+        if m.tls is not None:
+            log.warning("the KME publishes key levels over plain TCP only: with [mqtt.tls] it "
+                        "publishes none")
+            return None
+        password = m.password.get_secret_value() if m.password is not None else None
+        if m.password_file is not None:
+            text = await asyncio.to_thread(Path(m.password_file).read_text, encoding="utf-8")
+            password = text.splitlines()[0] if text else ""
+        return LevelsMqttConfig(host=m.host, port=m.port, username=m.username, password=password,
+                                topic_root=m.topic_root, station_id=self.cfg.station_id,
+                                peers=[self.cfg.keys.satellite])
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
