@@ -114,8 +114,15 @@ class KeyChildren:
         self.procs.append(kme)
         line = await self._first_line(kme)
         if "listening" not in line:
-            log.error("the KME did not start (%s); no key delivery, no key levels",
-                      line or f"no word within {START_DEADLINE_S:g} s")
+            if not line and kme.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):  # EOF: it is exiting (its reason on stderr)
+                        await kme.wait()
+            why = line or (f"exited with code {kme.returncode}, see its error above"
+                           if kme.returncode is not None else
+                           f"no word within {START_DEADLINE_S:g} s")
+            log.error("the KME on port %d did not start (%s); no key delivery, no key levels",
+                      port, why)
             return
         log.info("keys: %s (demo SAE certificate and CA in %s)", line, kme_dir / "tls")
 
