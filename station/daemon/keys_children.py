@@ -42,7 +42,8 @@ def _die_with_parent() -> None:
 
 
 class KeyChildren:
-    """Async context manager: start the satellite and the distiller, stop them on exit."""
+    """Async context manager: start the satellite, the distiller and (with ``kme_port``) the
+    KME, stop them on exit."""
 
     def __init__(self, cfg: StationConfig, config_path: Path) -> None:
         self.cfg = cfg
