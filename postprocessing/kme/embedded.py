@@ -3,8 +3,7 @@
 At first start this makes demo TLS material in the KME's directory (``tls/``, 0700): a CA,
 the KME's server certificate and one demo SAE client certificate (``demo-sae``), private
 keys 0600, and the CA's key is never written (no one can issue more certificates from
-it). Every start then writes the KME's config (``kme.toml``, 0600: it may hold the
-broker password) from the station's config: the station's key store, one link from the
+it). Every start then writes the KME's config (``kme.toml``, 0600) from the station's config: the station's key store, one link from the
 demo SAE to the satellite's application (keys shared with the satellite, whole blocks),
 and the levels publisher on the station's broker. A real station uses its operator's PKI
 and its own KME config (docs/key-delivery.md).

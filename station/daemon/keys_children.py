@@ -132,17 +132,17 @@ class KeyChildren:
         from postprocessing.kme.levels import LevelsMqttConfig
 
         m = self.cfg.mqtt
-        if m.tls is not None:
-            log.warning("the KME publishes key levels over plain TCP only: with [mqtt.tls] it "
-                        "publishes none")
+        if m.tls is not None or m.username is not None:
+            # Not with the station's own account: a broker that names clients by account
+            # (config/mosquitto) lets a second connection take over the first, and the KME
+            # and the daemon would knock each other off. A real station gives its KME an
+            # account and a KME config of its own (docs/key-delivery.md).
+            log.warning("the embedded KME publishes no key levels: it does so only to an "
+                        "anonymous plain-TCP broker (the simulation's), not with the station's "
+                        "account or over [mqtt.tls]")
             return None
-        password = m.password.get_secret_value() if m.password is not None else None
-        if m.password_file is not None:
-            text = await asyncio.to_thread(Path(m.password_file).read_text, encoding="utf-8")
-            password = text.splitlines()[0] if text else ""
-        return LevelsMqttConfig(host=m.host, port=m.port, username=m.username, password=password,
-                                topic_root=m.topic_root, station_id=self.cfg.station_id,
-                                peers=[self.cfg.keys.satellite])
+        return LevelsMqttConfig(host=m.host, port=m.port, topic_root=m.topic_root,
+                                station_id=self.cfg.station_id, peers=[self.cfg.keys.satellite])
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
