@@ -186,7 +186,12 @@ function startFeed() {
   if (source) source.close();
   if (S.session && !S.session.may_view) { text("feed-state", "log in to see the station"); return; }
   source = new EventSource("/api/feed");
-  source.addEventListener("open", () => text("feed-state", "live"));
+  // Every (re)connection starts with a full snapshot: the histories start over with it, so
+  // a reconnect does not list the same transitions twice.
+  source.addEventListener("open", () => {
+    S.transitions = []; S.mountHist = []; S.taggerHist = [];
+    text("feed-state", "live");
+  });
   source.addEventListener("error", () => text("feed-state", "reconnecting…"));
   source.addEventListener("ready", () => text("feed-state", "live"));
   source.addEventListener("msg", (ev) => {
