@@ -88,6 +88,12 @@ def load_average() -> str:
         return " ".join(fh.read().split()[:3])
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (the station's event loop) has waited for a CPU."""
+    with open(f"/proc/{pid}/schedstat") as fh:
+        return int(fh.read().split()[1]) / 1e9
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -229,11 +235,14 @@ class Conductor:
         self.block = -1
         self.page_log: list[list[Any]] = []
         self.window: tuple[float, float] = (0.0, 0.0)
-        self.cpu: dict[str, list[float]] = {"none": [0.0, 0.0, 0.0], "feeds": [0.0, 0.0, 0.0]}
+        # per condition: web view CPU, observer CPU, station process CPU, loop's run-queue wait, wall
+        self.cpu: dict[str, list[float]] = {"none": [0.0] * 5, "feeds": [0.0] * 5}
         self.opened_ms: list[float] = []
 
     def _block(self, label: str, seconds: float, opened: bool) -> None:
+        me = os.getpid()
         w0, o0, t0 = cpu_s(self.web_pid), cpu_s(self.observer.proc.pid), time.monotonic()
+        s0, q0 = cpu_s(me), runqueue_wait_s(me)
         self.block += 1
         self.label = label
         if opened:
@@ -245,7 +254,9 @@ class Conductor:
         c = self.cpu[label]
         c[0] += cpu_s(self.web_pid) - w0
         c[1] += cpu_s(self.observer.proc.pid) - o0
-        c[2] += time.monotonic() - t0
+        c[2] += cpu_s(me) - s0
+        c[3] += runqueue_wait_s(me) - q0
+        c[4] += time.monotonic() - t0
 
     def run(self) -> None:
         a = self.args
@@ -416,10 +427,11 @@ def main() -> int:
     print(f"{f'station loop lateness, {args.feeds} feeds':44} {pct(feeds, 50):7.2f}ms {pct(feeds, 99):7.2f}ms"
           f"{'':27}{len(feeds):7d}")
     diff = pct(feeds, 99) - pct(none, 99)
-    if diff <= LOOP_TARGET_MS:
-        verdict = "met"
+    if aa <= LOOP_TARGET_MS:
+        verdict = "met" if diff <= LOOP_TARGET_MS else "NOT met"
     elif diff <= aa:
-        verdict = "NOT resolved: within this machine's own noise"
+        # This machine cannot tell 0.5 ms apart at p99: say so rather than claim it.
+        verdict = f"no difference within this machine's resolution of {aa:.1f} ms; 0.5 ms not resolvable here"
     else:
         verdict = "NOT met"
     print(f"{'  p99 difference':44} {'':9} {diff:+7.2f}ms   <= +{LOOP_TARGET_MS} ms "
@@ -428,8 +440,9 @@ def main() -> int:
     print(f"  p99 per block, no feed: {per_block('none')} ms; {args.feeds} feeds: {per_block('feeds')} ms")
     print()
     for label in ("none", "feeds"):
-        w, o, s = conductor.cpu[label]
-        print(f"CPU per wall second, {label:>5} blocks: web view {w / s:5.3f}, observer {o / s:5.3f}  ({s:.0f} s)")
+        w, o, st, q, s = conductor.cpu[label]
+        print(f"per wall second, {label:>5} blocks: CPU web view {w / s:5.3f}, observer {o / s:5.3f}, "
+              f"station {st / s:5.3f}; the station loop waited for a CPU {1e3 * q / s:5.1f} ms  ({s:.0f} s)")
     if conductor.opened_ms:
         print(f"{args.feeds} feeds connected and given their snapshot in {min(conductor.opened_ms):.0f}–"
               f"{max(conductor.opened_ms):.0f} ms; feeds the web view ended early: {seen_data['ended_early']}")
