@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, free_port, stop_process, wait_for_port
-from tests.web.conftest import open_chromium, wait_until
+from tests.web.conftest import artefact_dir, open_chromium, wait_until
 
 MICIUS = "41731-20161219T164844Z"
 STATION = "pagetest-sim"
@@ -165,6 +165,9 @@ def test_reason_relay_events_and_the_slew_in_prepare(page: Page) -> None:
     # The phase steps count phase changes only.
     done = p.js("return [...document.querySelectorAll('#phase-steps li.done')].map(li => li.dataset.phase)")
     assert done == ["prepare", "track"], done
+    shot = artefact_dir() / "transitions-reason.png"
+    p.driver.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
 
 
 @pytest.mark.slow
@@ -245,3 +248,7 @@ def test_the_key_panel_with_the_distillers_and_the_kmes_own_messages(page: Page,
     spellings += [b[:16].hex() for b in taken_packed]
     for s in spellings:
         assert s not in blob, f"key material {s[:8]}… reached the page"
+    p.js("document.getElementById('sec-keys').scrollIntoView()")
+    shot = artefact_dir() / "key-panel.png"
+    p.driver.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
