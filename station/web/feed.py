@@ -2,7 +2,8 @@
 
 One aiomqtt client subscribes to ``P/#``. Every message is admitted only if its topic is
 part of the documented status model (:data:`MODEL_TOPICS`, the key-report topics), and
-then re-serialised from its pydantic model, so neither an unknown topic nor an unknown
+then re-serialised from its pydantic model (transitions by kind and the KME's key-store
+levels through :mod:`station.web.views`), so neither an unknown topic nor an unknown
 field can reach a browser (a seed, a secret, key bits). Key reports are reduced to their
 numbers (:func:`numeric_fields`). Each admitted message is encoded once as an SSE frame
 and handed to every connected browser's bounded queue; a browser that cannot keep up is
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from station.mqtt import messages as m
+from station.web.views import TRANSITION, KeyLevelsView, PhaseTransitionView
 
 log = logging.getLogger("station.web.feed")
 
@@ -35,6 +37,13 @@ MODEL_TOPICS: dict[str, type[BaseModel]] = {
     "timetagger": m.TimeTaggerTelemetry, "pass": m.PassProgress, "health": m.HealthMessage,
     "alarms": m.AlarmMessage, "transitions": m.PhaseTransition,
 }
+#: How each relayed topic is read: its model, or the web view's reading of it
+#: (station.web.views: transitions by kind, the KME's key-store levels).
+_READERS: dict[str, Callable[[bytes], BaseModel]] = {
+    **{suffix: model.model_validate_json for suffix, model in MODEL_TOPICS.items()},
+    "transitions": TRANSITION.validate_json,
+    "keys/levels": KeyLevelsView.model_validate_json,
+}
 _PASS_TOPIC = re.compile(r"^passes/(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})/(?P<kind>summary|key)$")
 KEY_LEVELS = "keys/levels"
 #: Largest payload relayed at all (a schedule of a month of passes is ~100 kB).
@@ -42,6 +51,7 @@ MAX_PAYLOAD_BYTES = 512 * 1024
 #: Largest key report relayed, and its field count / nesting once flattened.
 MAX_NUMERIC_BYTES = 16 * 1024
 MAX_NUMERIC_FIELDS = 64
+MAX_NUMERIC_DEPTH = 3
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
 #: Integers beyond 2^53 are not counts a page shows; they could carry key material.
 MAX_SAFE_INT = 2**53
@@ -52,9 +62,9 @@ BROWSER_QUEUE_MAX = 4096
 
 
 def numeric_fields(payload: bytes) -> dict[str, float | int | bool] | None:
-    """The numbers of a key report or key-store levels message, flattened (``peer.bits``).
+    """The numbers of a key report, flattened (``ec.kept_bits``, ``qber.Z.signal``).
 
-    Only finite numbers and booleans under plain names survive, two levels deep at most;
+    Only finite numbers and booleans under plain names survive, three levels deep at most;
     strings, lists and large integers are dropped: a key report is counts and rates, and
     whatever else a producer puts there (key bits, ids) never reaches a page.
     """
@@ -81,7 +91,7 @@ def numeric_fields(payload: bytes) -> dict[str, float | int | bool] | None:
             elif isinstance(value, float):
                 if math.isfinite(value):
                     out[name] = value
-            elif isinstance(value, dict) and depth < 2:
+            elif isinstance(value, dict) and depth < MAX_NUMERIC_DEPTH:
                 walk(value, f"{name}.", depth + 1)
 
     walk(data, "", 1)
@@ -156,31 +166,29 @@ class FeedHub:
             self._store_latest(suffix, frame)
             self.broadcast(frame)
             return True
-        model = MODEL_TOPICS.get(suffix)
-        if model is not None:
-            return self._relay_model(suffix, model, payload)
-        if suffix == KEY_LEVELS:
-            return self._relay_numbers(suffix, payload, keep=None)
+        reader = _READERS.get(suffix)
+        if reader is not None:
+            return self._relay_model(suffix, reader, payload)
         match = _PASS_TOPIC.match(suffix)
         if match is not None:
             if match["kind"] == "summary":
-                return self._relay_model(suffix, m.PassSummary, payload)
-            return self._relay_numbers(suffix, payload, keep=suffix)
+                return self._relay_model(suffix, m.PassSummary.model_validate_json, payload)
+            return self._relay_numbers(suffix, payload)
         self.stats.refused_topic += 1
         return False
 
-    def _relay_model(self, suffix: str, model: type[BaseModel], payload: bytes) -> bool:
+    def _relay_model(self, suffix: str, read: Callable[[bytes], BaseModel], payload: bytes) -> bool:
         if not payload:  # a cleared retained topic
             return False
         try:
-            msg = model.model_validate_json(payload)
+            msg = read(payload)
         except ValidationError:
             self.stats.refused_payload += 1
             return False
         data = msg.model_dump(mode="json")
         frame = sse_frame(suffix, data)
         if suffix in ("mount", "timetagger", "transitions"):
-            if suffix == "transitions" and data["to_phase"] == "prepare" \
+            if isinstance(msg, PhaseTransitionView) and data["to_phase"] == "prepare" \
                     and data["pass_id"] != self._current_pass:
                 # A new pass: its strip charts start empty.
                 self.history["mount"].clear()
@@ -206,16 +214,13 @@ class FeedHub:
         self.broadcast(frame)
         return True
 
-    def _relay_numbers(self, suffix: str, payload: bytes, *, keep: str | None) -> bool:
+    def _relay_numbers(self, suffix: str, payload: bytes) -> bool:
         numbers = numeric_fields(payload)
         if numbers is None:
             self.stats.refused_payload += 1
             return False
         frame = sse_frame(suffix, numbers)
-        if keep is None:
-            self._store_latest(suffix, frame)
-        else:
-            self._keep_pass(keep, frame)
+        self._keep_pass(suffix, frame)
         self.broadcast(frame)
         return True
 

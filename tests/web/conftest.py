@@ -79,8 +79,7 @@ def web_station(start_daemon: Callable[..., DaemonProcess], mosquitto: Any,  # n
         ws.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def open_chromium() -> Any:
     """Headless Debian Chromium through Debian's chromedriver; selenium-manager stays off."""
     os.environ["SE_MANAGER"] = "off"   # never let selenium fetch a driver or a browser
     from selenium import webdriver
@@ -95,6 +94,12 @@ def browser() -> Iterator[Any]:
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = open_chromium()
     try:
         yield driver
     finally:
@@ -142,5 +147,5 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
     return status, parsed, hdrs
 
 
-__all__ = ["OPERATOR", "VIEWER", "WebStation", "artefact_dir", "http", "login", "stop_process",
-           "wait_until"]
+__all__ = ["OPERATOR", "VIEWER", "WebStation", "artefact_dir", "http", "login", "open_chromium",
+           "stop_process", "wait_until"]

@@ -72,8 +72,12 @@ def test_no_secret_reaches_the_feed_or_the_page(web_station: Any, browser: Any) 
         "key": "0110100110010110", "key_b64": "SECRETKEYMATERIAL", "bits": [0, 1, 1, 0],
         "nested": {"key_hex": "deadbeefcafef00d", "blocks": 7, "deeper": {"x": {"seed": SEED}}},
         "huge": 2**80, "nan": "NaN", "sim_seed_text": str(SEED)})
-    _pub(port, f"{prefix}/keys/levels", {"peer_b": {"available_bits": 1048576, "key": "LEAKEDKEYTEXT"},
-                                          "total_keys": 12})
+    # The KME's levels message (postprocessing.kme.levels.KeyLevels) with a key stuffed in.
+    _pub(port, f"{prefix}/keys/levels", {
+        "time": "2016-12-19T16:45:40Z", "station_id": ws.station_id, "low_store_bits": 4096,
+        "key": "LEAKEDKEYTEXT", "peers": [{"peer": "peer_b", "available_bits": 1048576, "available_blocks": 256,
+                                           "reserved_blocks": 0, "consumed_blocks": 0, "low": False,
+                                           "key_b64": "LEAKEDKEYTEXT"}]})
     _pub(port, f"{prefix}/secret/seed", {"seed": SEED})
     _pub(port, f"{prefix}/debug", f"seed={SEED}")
     _pub(port, f"{prefix}/reply/web-operator-x", {"result": {"seed": SEED}})
@@ -110,5 +114,5 @@ def test_no_secret_reaches_the_feed_or_the_page(web_station: Any, browser: Any) 
         body = (REPO / "station" / "web" / "static" / name).read_text()
         assert "http://" not in body.replace("http://www.w3.org/2000/svg", "") and "https://" not in body, name
     assert '"sifted_bits":123456' in text and '"nested.blocks":7' in text
-    assert '"peer_b.available_bits":1048576' in text
+    assert '"peer":"peer_b","available_bits":1048576' in text
     assert "secret/seed" not in text and "/debug" not in text and "reply/" not in text

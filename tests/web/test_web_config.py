@@ -124,7 +124,7 @@ def test_key_reports_keep_only_plain_numbers(data: object) -> None:
         return
     assert out is not None and len(out) <= 64
     for name, value in out.items():
-        assert isinstance(value, int | float | bool) and name.count(".") <= 1
+        assert isinstance(value, int | float | bool) and name.count(".") <= 2
         assert not isinstance(value, int) or isinstance(value, bool) or abs(value) <= 2**53
         assert value == value and value not in (float("inf"), float("-inf"))
 
@@ -138,3 +138,64 @@ def test_a_slow_browser_is_cut_off_not_the_others() -> None:
             fast.queue.get_nowait()
     assert slow.dropped and not fast.dropped and slow not in hub.browsers
     assert hub.stats.browsers_cut == 1
+
+
+TRANSITION = {"time": "2016-12-19T16:46:43.000Z", "pass_id": "41731-20161219T164844Z", "satellite": "MICIUS",
+              "from_phase": "idle", "to_phase": "prepare", "mode": "auto"}
+
+
+def _payloads(hub: FeedHub, topic: str) -> list[dict[str, object]]:
+    out = []
+    for frame in hub.snapshot():
+        text = frame.decode()
+        if text.startswith("event: msg"):
+            msg = json.loads(text.split("data: ", 1)[1])
+            if msg["topic"] == topic:
+                out.append(msg["payload"])
+    return out
+
+
+def test_transitions_are_read_by_kind() -> None:
+    hub = FeedHub(P)
+    # An older station's phase change (no kind, no reason), a newer one's, and a relay event.
+    assert hub.take(f"{P}/transitions", json.dumps(TRANSITION).encode())
+    assert hub.take(f"{P}/transitions", json.dumps({
+        **TRANSITION, "from_phase": "prepare", "to_phase": "track", "kind": "phase",
+        "reason": "AOS: the satellite rose above the mask", "future_field": "dropped"}).encode())
+    assert hub.take(f"{P}/transitions", json.dumps({
+        "kind": "relay", "time": "2016-12-19T17:10:00.000Z", "reason": "announced K_A xor K_B",
+        "peer": "stellenbosch-sim", "pass_id": "41731-20161219T164844Z", "key_hex": "deadbeef"}).encode())
+    # Unknown kinds, a kind that is no string, a relay event without its time: refused.
+    for bad in ({**TRANSITION, "kind": "teleport"}, {**TRANSITION, "kind": 7}, {"kind": "relay"},
+                {**TRANSITION, "kind": "relay", "peer": "../../etc"}):
+        assert not hub.take(f"{P}/transitions", json.dumps(bad).encode()), bad
+    got = _payloads(hub, "transitions")
+    assert [t["kind"] for t in got] == ["phase", "phase", "relay"]
+    assert got[0]["reason"] == "" and got[1]["reason"].startswith("AOS")
+    assert got[2] == {"kind": "relay", "time": "2016-12-19T17:10:00.000Z", "reason": "announced K_A xor K_B",
+                      "pass_id": "41731-20161219T164844Z", "peer": "stellenbosch-sim"}
+    text = _frames(hub)
+    assert "future_field" not in text and "deadbeef" not in text and "teleport" not in text
+    # A reason is a sentence: a huge one is cut, not relayed whole.
+    assert hub.take(f"{P}/transitions", json.dumps({**TRANSITION, "reason": "x" * 100_000}).encode())
+    assert len(_payloads(hub, "transitions")[-1]["reason"]) == 500
+
+
+def test_key_levels_are_the_kme_model_re_serialised() -> None:
+    from postprocessing.kme.levels import KeyLevels, PeerLevel
+
+    levels = KeyLevels(time="2016-12-19T17:20:00Z", station_id="xinglong-sim", low_store_bits=4096, peers=[
+        PeerLevel(peer="stellenbosch-sim", available_bits=162816, available_blocks=10, reserved_blocks=1,
+                  consumed_blocks=2, low=False)])
+    hub = FeedHub(P)
+    body = json.loads(levels.model_dump_json())
+    body["peers"][0]["key_b64"] = "SECRETKEYMATERIAL"    # whatever a producer adds is dropped
+    assert hub.take(f"{P}/keys/levels", json.dumps(body).encode())
+    (got,) = _payloads(hub, "keys/levels")
+    assert got["peers"] == [{"peer": "stellenbosch-sim", "available_bits": 162816, "available_blocks": 10,
+                             "reserved_blocks": 1, "consumed_blocks": 2, "low": False}]
+    assert got["low_store_bits"] == 4096 and "SECRETKEYMATERIAL" not in _frames(hub)
+    # Not the model (the old flat numbers, a negative count, a key where a count goes): refused.
+    for bad in ({"peer_b": {"available_bits": 1}}, {**body, "peers": [{**body["peers"][0], "available_bits": -1}]},
+                {**body, "peers": [{**body["peers"][0], "available_bits": "0110"}]}):
+        assert not hub.take(f"{P}/keys/levels", json.dumps(bad).encode())

@@ -186,7 +186,12 @@ function startFeed() {
   if (source) source.close();
   if (S.session && !S.session.may_view) { text("feed-state", "log in to see the station"); return; }
   source = new EventSource("/api/feed");
-  source.addEventListener("open", () => text("feed-state", "live"));
+  // Every (re)connection starts with a full snapshot: the histories start over with it, so
+  // a reconnect does not list the same transitions twice.
+  source.addEventListener("open", () => {
+    S.transitions = []; S.mountHist = []; S.taggerHist = [];
+    text("feed-state", "live");
+  });
   source.addEventListener("error", () => text("feed-state", "reconnecting…"));
   source.addEventListener("ready", () => text("feed-state", "live"));
   source.addEventListener("msg", (ev) => {
@@ -216,12 +221,17 @@ function handle(topic, p) {
     case "alarms":
       if (p.state === "raised") S.alarms[p.key] = p; else delete S.alarms[p.key];
       renderAlarms(); stamp(topic); break;
-    case "transitions":
-      if (p.to_phase === "prepare" && !S.transitions.some((t) => t.pass_id === p.pass_id && t.to_phase === "prepare")) {
+    case "transitions": {
+      // Two kinds share the topic (docs/mqtt.md): phase changes and key-relay events; an
+      // older station sends no kind (a phase change). Anything else is not shown.
+      const kind = p.kind === undefined ? "phase" : p.kind;
+      if (kind !== "phase" && kind !== "relay") break;
+      if (kind === "phase" && p.to_phase === "prepare" && !phaseTransitions().some((t) => t.pass_id === p.pass_id && t.to_phase === "prepare")) {
         S.mountHist = []; S.taggerHist = [];
       }
-      S.transitions.push(p); if (S.transitions.length > 50) S.transitions.shift();
+      S.transitions.push({ ...p, kind }); if (S.transitions.length > 50) S.transitions.shift();
       want(renderTransitions); stamp(topic); break;
+    }
     case "track": S.tracks[p.pass_id] = p; skyKey = ""; want(drawSky); want(drawErrChart); stamp(topic); break;
     case "sky": S.sky = p; want(drawSky); stamp(topic); break;
     case "keys/levels": S.keyLevels = p; renderKeys(); stamp(topic); break;
@@ -231,7 +241,7 @@ function handle(topic, p) {
       else if (mm) { S.keyReports[mm[1]] = p; renderKeys(); stamp("keys"); }
     }
   }
-  renderClock();
+  want(renderClock);
   pendingLog.push([topic, (p && p.time) || null]);
   requestFrame();
 }
@@ -265,16 +275,27 @@ function renderState() {
   if (S.session && !S.session.may_command) { /* keep the select as it is for operators */ } else if (document.activeElement !== $("mode-select")) $("mode-select").value = st.mode;
   if (!st.current_pass) { S.pass = null; renderProgress(); }
   stamp("state");
-  want(drawSky); want(renderSchedule);
+  want(drawSky);
 }
 
+function phaseTransitions() { return S.transitions.filter((t) => t.kind === "phase"); }
+function transitionText(t) {
+  if (t.kind === "relay") {
+    const about = [t.peer, t.pass_id].filter(Boolean).join(", ");
+    return `${fmtTime(t.time)} key relay: ${t.reason || "event"}${about ? ` (${about})` : ""}`;
+  }
+  return `${fmtTime(t.time)} ${t.satellite}: ${t.from_phase} → ${t.to_phase} (${t.mode})${t.reason ? ` — ${t.reason}` : ""}`;
+}
 function renderTransitions() {
   const list = $("transitions");
   list.replaceChildren();
-  for (const t of S.transitions.slice(-8).reverse()) list.append(el("li", {}, `${fmtTime(t.time)} ${t.satellite}: ${t.from_phase} → ${t.to_phase} (${t.mode})`));
-  const t = S.transitions[S.transitions.length - 1];
+  for (const t of S.transitions.slice(-8).reverse()) list.append(el("li", { class: `kind-${t.kind}` }, transitionText(t)));
+  // Mode and phase say why: the reason of the last phase change, when the station gave one.
+  const phases = phaseTransitions();
+  const t = phases[phases.length - 1];
   if (t) text("last-transition", `${t.from_phase} → ${t.to_phase} at ${fmtTime(t.time)}, ${t.satellite} ${t.pass_id}, ${t.mode} mode`);
-  const seen = new Set(S.transitions.filter((x) => t && x.pass_id === t.pass_id).map((x) => x.to_phase));
+  text("phase-reason", t && t.reason ? `— ${t.reason}` : "");
+  const seen = new Set(phases.filter((x) => t && x.pass_id === t.pass_id).map((x) => x.to_phase));
   for (const li of $("phase-steps").children) li.classList.toggle("done", seen.has(li.dataset.phase));
 }
 
@@ -385,12 +406,32 @@ function numbersTable(obj) {
   for (const [k, v] of Object.entries(obj)) { const tr = el("tr"); tr.append(el("th", {}, k), el("td", { class: "num" }, fmtNum(v, Number.isInteger(v) ? 0 : 4))); t.append(tr); }
   return t;
 }
+function fmtPct(v) { return typeof v === "number" && Number.isFinite(v) ? `${(100 * v).toFixed(2)} %` : "—"; }
+// The key-store levels (the KME's model: per peer) and each pass's key report (its numbers).
 function renderKeys() {
-  if (S.keyLevels) { const box = $("key-levels"); box.className = ""; box.replaceChildren(el("div", {}, "key-store levels"), numbersTable(S.keyLevels)); }
+  const lv = S.keyLevels;
+  if (lv && Array.isArray(lv.peers)) {
+    const box = $("key-levels"); box.className = "";
+    const t = el("table", { id: "key-levels-table" });
+    const head = el("tr");
+    for (const h of ["peer", "available bits", "blocks", "reserved", "consumed", ""]) head.append(el("th", {}, h));
+    t.append(head);
+    for (const p of lv.peers) {
+      const tr = el("tr", { class: p.low ? "bad" : "", "data-peer": p.peer });
+      tr.append(el("td", {}, p.peer), el("td", { class: "num" }, fmtNum(p.available_bits)), el("td", { class: "num" }, fmtNum(p.available_blocks)),
+        el("td", { class: "num" }, fmtNum(p.reserved_blocks)), el("td", { class: "num" }, fmtNum(p.consumed_blocks)), el("td", {}, p.low ? "LOW" : ""));
+      t.append(tr);
+    }
+    box.replaceChildren(el("div", {}, `key-store levels at ${fmtTime(lv.time)} (low below ${fmtNum(lv.low_store_bits)} bits)`), t);
+  }
   const body = $("key-reports").tBodies[0];
   body.replaceChildren();
   for (const [id, rep] of Object.entries(S.keyReports).slice(-10).reverse()) {
-    const tr = el("tr"); const td = el("td"); td.append(numbersTable(rep));
+    const tr = el("tr", { "data-pass": id }); const td = el("td");
+    const head = el("div", { class: "key-head" },
+      `QBER ${fmtPct(rep.qber_overall)} · sifted ${fmtNum(rep.sifted_bits)} bits · final key ${fmtNum(rep.final_bits)} bits · stored ${fmtNum(rep.stored_bits)} bits`);
+    const more = el("details"); more.append(el("summary", {}, "all figures"), numbersTable(rep));
+    td.append(head, more);
     tr.append(el("th", {}, id), td); body.append(tr);
   }
 }
@@ -484,20 +525,36 @@ function drawSkyStatic(g) {
     g.append(svg("path", { d: `M ${x} ${y - 6} l 5 9 l -10 0 Z`, class: "aos" }));
   }
 }
+// The live layer's three elements are made once and then only moved (attributes set), so
+// a 50 Hz mount feed costs no DOM rebuild. Shown in every phase: the slew of prepare too.
+function liveEl(g, tag, id, cls) {
+  let e = document.getElementById(id);
+  if (!e) { e = svg(tag, { id, class: cls }); g.append(e); }
+  return e;
+}
+function show(e, on) { if (on) e.removeAttribute("display"); else e.setAttribute("display", "none"); }
+let trailKey = "";
 function drawSkyLive() {
   const [, g] = skyLayers();
-  g.replaceChildren();
-  const trail = S.mountHist.slice(-600).map((m) => [m.actual_az_deg, m.actual_el_deg]);
-  if (trail.length > 1) g.append(svg("polyline", { points: pts(trail), class: "trail" }));
-  const m = S.mount;
-  if (m) {
-    if (m.commanded_az_deg !== null && m.commanded_el_deg !== null) {
-      const [x, y] = proj(m.commanded_az_deg, m.commanded_el_deg);
-      g.append(svg("path", { d: `M ${x - 7} ${y} L ${x + 7} ${y} M ${x} ${y - 7} L ${x} ${y + 7}`, class: "cmd-marker", id: "commanded-marker" }));
-    }
-    const [x, y] = proj(m.actual_az_deg, m.actual_el_deg);
-    g.append(svg("circle", { cx: x.toFixed(2), cy: y.toFixed(2), r: 5, class: "act-marker", id: "mount-marker", "data-az": m.actual_az_deg, "data-el": m.actual_el_deg, "data-time": m.time }));
+  const hist = S.mountHist;
+  const trailEl = liveEl(g, "polyline", "mount-trail", "trail");
+  const key = `${hist.length}|${hist.length ? hist[hist.length - 1].time : ""}`;
+  if (key !== trailKey) {
+    trailKey = key;
+    const trail = hist.slice(-600).map((m) => [m.actual_az_deg, m.actual_el_deg]);
+    trailEl.setAttribute("points", trail.length > 1 ? pts(trail) : "");
   }
+  const m = S.mount;
+  if (!m) return;   // the markers appear with the first telemetry
+  const cmd = liveEl(g, "path", "commanded-marker", "cmd-marker");
+  const act = liveEl(g, "circle", "mount-marker", "act-marker");
+  show(cmd, m.commanded_az_deg !== null && m.commanded_el_deg !== null);
+  if (m.commanded_az_deg !== null && m.commanded_el_deg !== null) {
+    const [x, y] = proj(m.commanded_az_deg, m.commanded_el_deg);
+    cmd.setAttribute("d", `M ${(x - 7).toFixed(1)} ${y.toFixed(1)} L ${(x + 7).toFixed(1)} ${y.toFixed(1)} M ${x.toFixed(1)} ${(y - 7).toFixed(1)} L ${x.toFixed(1)} ${(y + 7).toFixed(1)}`);
+  }
+  const [x, y] = proj(m.actual_az_deg, m.actual_el_deg);
+  for (const [k, v] of [["cx", x.toFixed(2)], ["cy", y.toFixed(2)], ["r", 5], ["data-az", m.actual_az_deg], ["data-el", m.actual_el_deg], ["data-time", m.time]]) act.setAttribute(k, v);
 }
 
 // ------------------------------------------------------------------ charts
