@@ -31,6 +31,8 @@ MAX_SAFE_INT = 2**53
 
 
 def _cut(value: Any) -> Any:
+    if value is None:          # a relay event without a reason says null
+        return ""
     if isinstance(value, str) and len(value) > MAX_REASON_CHARS:
         return value[:MAX_REASON_CHARS - 1] + "…"
     return value
@@ -48,15 +50,20 @@ class PhaseTransitionView(PhaseTransition):
 
 
 class RelayTransitionView(BaseModel):
-    """A key-relay event (the trusted-node relay of docs/relay.md): when, and what, in words."""
+    """A key-relay event (``postprocessing.relay.events.KeyRelayEvent``, docs/relay.md):
+    which step, with whom, and how many key IDs and bits (counts only, never bits)."""
 
     model_config = ConfigDict(extra="ignore")
 
     kind: Literal["relay"]
-    time: UtcTime = Field(description="When it happened (station clock).")
-    reason: str = Field("", description="What happened, in words.")
-    pass_id: str | None = Field(None, pattern=IDENT, description="The pass whose key it concerns.")
-    peer: str | None = Field(None, pattern=IDENT, description="The other station or the satellite.")
+    time: UtcTime = Field(description="When the step happened (station clock).")
+    step: Literal["offered", "accepted", "requested", "announced", "recovered", "refused"]
+    role: Literal["offering", "receiving"]
+    partner: str = Field(pattern=IDENT, description="The other station of the relay.")
+    satellite: str = Field(pattern=IDENT, description="The trusted node relaying.")
+    key_ids: int = Field(0, ge=0, description="Number of key IDs (blocks) in the step.")
+    bits: int = Field(0, ge=0, description="Key bits in those blocks (a count).")
+    reason: str = Field("", description="Why, in words (a refusal's reason; '' otherwise).")
 
     _cut_reason = field_validator("reason", mode="before")(_cut)
 

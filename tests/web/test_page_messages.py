@@ -17,12 +17,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from postprocessing.relay.events import KeyRelayEvent
 from tests.conftest import REPO, free_port, stop_process, wait_for_port
 from tests.web.conftest import artefact_dir, open_chromium, wait_until
 
@@ -145,8 +147,10 @@ def test_reason_relay_events_and_the_slew_in_prepare(page: Page) -> None:
     assert p.text("phase") == "prepare"
 
     # A relay event, a kind the page does not know, then a phase change with its reason.
-    p.publish(("transitions", {"kind": "relay", "time": "2016-12-19T16:48:00.000Z", "peer": "stellenbosch-sim",
-                               "pass_id": MICIUS, "reason": "recovered the partner's key: 131,072 bits"}),
+    relay_event = KeyRelayEvent(time=datetime(2016, 12, 19, 16, 48, tzinfo=UTC), station_id="beijing-sim",
+                                step="recovered", role="receiving", partner="stellenbosch-sim",
+                                satellite="jinan-1-sim", key_ids=2, bits=131_072)
+    p.publish(("transitions", json.loads(relay_event.model_dump_json())),
               ("transitions", {**_transition("2016-12-19T16:48:10.000Z", "prepare", "park"), "kind": "teleport",
                                "reason": "UNKNOWN-KIND-SHOWN"}),
               ("transitions", _transition("2016-12-19T16:48:44.000Z", "prepare", "track", kind="phase",
@@ -158,8 +162,8 @@ def test_reason_relay_events_and_the_slew_in_prepare(page: Page) -> None:
     texts = [t for _, t in items]
     assert any("prepare → track" in t and "AOS: MICIUS rose" in t for t in texts), texts
     relay = [t for c, t in items if c == "kind-relay"]
-    assert len(relay) == 1 and "key relay: recovered the partner's key: 131,072 bits" in relay[0] \
-        and "stellenbosch-sim" in relay[0], items
+    assert len(relay) == 1 and "key relay recovered: 2 key IDs, 131072 bits" in relay[0] \
+        and "partner stellenbosch-sim via jinan-1-sim" in relay[0], items
     assert "prepare → track" in p.text("last-transition")   # a relay event is not a phase change
     assert "UNKNOWN-KIND-SHOWN" not in p.everything() and "teleport" not in p.everything()
     # The phase steps count phase changes only.

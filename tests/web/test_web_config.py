@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postprocessing.relay.events import KeyRelayEvent
 from station.config import ConfigError, load_config
 from station.config.web import hash_password, verify_password
 from station.web.feed import FeedHub, numeric_fields
@@ -162,18 +165,21 @@ def test_transitions_are_read_by_kind() -> None:
     assert hub.take(f"{P}/transitions", json.dumps({
         **TRANSITION, "from_phase": "prepare", "to_phase": "track", "kind": "phase",
         "reason": "AOS: the satellite rose above the mask", "future_field": "dropped"}).encode())
-    assert hub.take(f"{P}/transitions", json.dumps({
-        "kind": "relay", "time": "2016-12-19T17:10:00.000Z", "reason": "announced K_A xor K_B",
-        "peer": "stellenbosch-sim", "pass_id": "41731-20161219T164844Z", "key_hex": "deadbeef"}).encode())
+    relay = json.loads(KeyRelayEvent(
+        time=datetime(2016, 12, 19, 17, 10, tzinfo=UTC), station_id="stellenbosch-sim", step="refused",
+        role="receiving", partner="beijing-sim", satellite="jinan-1-sim", request_id=str(uuid.uuid4()),
+        reason="announcement tag did not verify").model_dump_json())
+    assert hub.take(f"{P}/transitions", json.dumps({**relay, "key_hex": "deadbeef"}).encode())
     # Unknown kinds, a kind that is no string, a relay event without its time: refused.
     for bad in ({**TRANSITION, "kind": "teleport"}, {**TRANSITION, "kind": 7}, {"kind": "relay"},
-                {**TRANSITION, "kind": "relay", "peer": "../../etc"}):
+                {**relay, "partner": "../../etc"}, {**relay, "step": "teleported"}):
         assert not hub.take(f"{P}/transitions", json.dumps(bad).encode()), bad
     got = _payloads(hub, "transitions")
     assert [t["kind"] for t in got] == ["phase", "phase", "relay"]
     assert got[0]["reason"] == "" and got[1]["reason"].startswith("AOS")
-    assert got[2] == {"kind": "relay", "time": "2016-12-19T17:10:00.000Z", "reason": "announced K_A xor K_B",
-                      "pass_id": "41731-20161219T164844Z", "peer": "stellenbosch-sim"}
+    assert got[2] == {"kind": "relay", "time": "2016-12-19T17:10:00.000Z", "step": "refused", "role": "receiving",
+                      "partner": "beijing-sim", "satellite": "jinan-1-sim", "key_ids": 0, "bits": 0,
+                      "reason": "announcement tag did not verify"}
     text = _frames(hub)
     assert "future_field" not in text and "deadbeef" not in text and "teleport" not in text
     # A reason is a sentence: a huge one is cut, not relayed whole.

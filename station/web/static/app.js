@@ -281,8 +281,9 @@ function renderState() {
 function phaseTransitions() { return S.transitions.filter((t) => t.kind === "phase"); }
 function transitionText(t) {
   if (t.kind === "relay") {
-    const about = [t.peer, t.pass_id].filter(Boolean).join(", ");
-    return `${fmtTime(t.time)} key relay: ${t.reason || "event"}${about ? ` (${about})` : ""}`;
+    const what = `${t.step}: ${t.key_ids} key IDs, ${t.bits} bits`;
+    return `${fmtTime(t.time)} key relay ${what} (${t.role}, partner ${t.partner} via ${t.satellite})` +
+      (t.reason ? ` — ${t.reason}` : "");
   }
   return `${fmtTime(t.time)} ${t.satellite}: ${t.from_phase} → ${t.to_phase} (${t.mode})${t.reason ? ` — ${t.reason}` : ""}`;
 }
