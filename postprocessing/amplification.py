@@ -163,11 +163,17 @@ class _FourStep:
         return natural[off:off + m]
 
     def _forward(self, v: np.ndarray) -> np.ndarray:
-        padded = np.zeros(self.size, dtype=np.uint8)
-        padded[:v.size] = v
-        grid = np.empty((self.rows, self.cols), dtype=np.float64)
-        np.copyto(grid, padded.reshape(self.cols, self.rows).T)  # grid[r, c] = v[r + N1 c]
-        del padded
+        # grid[r, c] = v[r + N1 c], zero past the end of v: the full columns by one
+        # transposing copy (with the cast to float64), then the partial one, then zeros.
+        rows = self.rows
+        grid = np.empty((rows, self.cols), dtype=np.float64)
+        full = v.size // rows
+        np.copyto(grid[:, :full], v[:full * rows].reshape(full, rows).T)
+        if full < self.cols:
+            rest = v.size - full * rows
+            grid[:rest, full] = v[full * rows:]
+            grid[rest:, full] = 0.0
+            grid[:, full + 1:] = 0.0
         spec = scipy.fft.rfft(grid, axis=1, workers=1)
         del grid
         self._twiddle(spec, conjugate=False)

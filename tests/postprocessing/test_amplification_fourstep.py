@@ -67,6 +67,19 @@ def test_four_step_equals_the_matrix_product_on_random_shapes() -> None:
         np.testing.assert_array_equal(toeplitz_hash(x, seed, m), _direct(x, seed, m), err_msg=f"{n}x{m}")
 
 
+@pytest.mark.parametrize(("n", "m"), [(1000, 297), (110_000, 21_073)])
+def test_a_seed_that_fills_the_grid_exactly(n: int, m: int) -> None:
+    """n + m − 1 = N (1296 = 36 × 36, 131072 = 256 × 512): no zero padding, no partial column."""
+    assert _fft_size(n + m - 1) == n + m - 1
+    rng = np.random.default_rng(n)
+    x, seed = _random(rng, n), _random(rng, n + m - 1)
+    ref = _reference(x, seed, m)
+    np.testing.assert_array_equal(toeplitz_hash(x, seed, m), ref)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(amplification, "FOUR_STEP_MIN_POINTS", 1)
+        np.testing.assert_array_equal(toeplitz_hash(x, seed, m), ref)
+
+
 @pytest.mark.parametrize("points", [-1, 0, 1])
 def test_sizes_around_the_four_step_threshold(points: int) -> None:
     """Transforms just below, at and just above FOUR_STEP_MIN_POINTS (one path each side)."""
