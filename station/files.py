@@ -11,16 +11,20 @@ umask can neither widen nor narrow it:
 
 Existing directories are left as they are (``/var/lib`` is not ours to change); only the
 ones created here get :data:`DIR_MODE`.
+
+Files that must be all-or-nothing after a crash (sidecars, checkpoints, the authentication
+pool) are replaced with :func:`write_durably`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "open_new"]
+__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "open_new", "write_durably"]
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
@@ -71,3 +75,37 @@ def open_new(directory: Path | str, *, prefix: str, suffix: str = ".tmp",
         os.unlink(name)
         raise
     return fd, name
+
+
+def write_durably(path: Path | str, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data``, all or nothing, durably, as a file of exactly ``mode``.
+
+    The bytes go to ``.<name>.tmp`` beside ``path`` (created anew: a stale one, or a symlink
+    planted there, is removed first and never followed), are fsynced, renamed over ``path``,
+    and the directory is fsynced so the rename itself survives a power cut. A crash before
+    the rename leaves the old ``path`` untouched (and at worst the temporary file, which the
+    next write removes); after it, the new content is complete. An error before the rename
+    removes the temporary file and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (signals, large buffers)
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

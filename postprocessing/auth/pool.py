@@ -13,7 +13,6 @@ before the pad is used, so a crash can lose a pad but never reuse one.
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from postprocessing.bits import as_bits, pack_bits
+from station.files import write_durably
 
 #: Bits of one one-time pad (one Poly1305 ``s``) and of one hash key (Poly1305 ``r``).
 PAD_BITS = 128
@@ -277,20 +277,4 @@ def _count(value: object) -> bool:
 
 
 def _write(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        data = memoryview(json.dumps(state, separators=(",", ":")).encode("ascii"))
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_durably(path, json.dumps(state, separators=(",", ":")).encode("ascii"), 0o600)

@@ -179,19 +179,9 @@ class Checkpoint:
         return np.load(self.dir / f"{name}.npy", allow_pickle=False)
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        from station.files import write_durably
+
+        write_durably(path, data, 0o600)  # Bob's raw and corrected bits: key material
 
     def wipe(self) -> None:
         """Remove the pass's state (raw and corrected bits included)."""

@@ -32,7 +32,7 @@ import pyarrow.ipc as ipc
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from drivers.timetagger.base import EVENT_DTYPE, BatchInfo
-from station.files import open_file
+from station.files import FILE_MODE, open_file, write_durably
 
 FORMAT_NAME = "qkd-station-passfile"
 FORMAT_VERSION = 1
@@ -542,21 +542,10 @@ def sidecar_path(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Temporary file, fsync, rename, fsync of the directory: all or nothing after a crash."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """The JSON of ``obj`` written durably and atomically (:func:`station.files.write_durably`):
+    all or nothing after a crash, mode :data:`~station.files.FILE_MODE`."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_durably(path, data, FILE_MODE)
 
 
 def _json_default(obj: Any) -> Any:
