@@ -105,7 +105,7 @@ async def run(port: int, args: argparse.Namespace) -> None:
     print(f"publish_alarm() call            {call_us:8.1f} µs   (dict assignment {dict_us:.2f} µs)")
     print(f"awaited aiomqtt QoS 1 publish   {direct_us:8.1f} µs   ratio awaited/queued "
           f"{direct_us / call_us:6.1f}x")
-    svc._reliable.clear()
+    svc.outbox.alarms.clear()
 
     # 2 + 3. Drain a backlog of alarms while a ticker measures loop lateness.
     got = 0

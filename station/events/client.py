@@ -9,6 +9,8 @@ checks the totals of the end-of-pass message. A restarted client resumes from wh
 file holds, so every event arrives exactly once and in order.
 
 Blocking and single-threaded on purpose: a consumer in C++ or Rust has the same shape.
+The protocol side is this module; what is stored and checked on disk is
+``received.py`` (:class:`~station.events.received.ReceivedStore`).
 """
 
 from __future__ import annotations
@@ -20,21 +22,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
-from station.events import passfile
 from station.events.curve import KeyPair
 from station.events.protocol import (
     MAX_CATCH_UP,
     Ack,
     BatchHeader,
     Bye,
-    CatchUp,
     Error,
     Hello,
     ListPasses,
@@ -48,47 +47,11 @@ from station.events.protocol import (
     encode,
     parse_station,
 )
-from station.files import make_dirs
+from station.events.received import ReceivedPass, ReceivedStore, StreamError
+
+__all__ = ["ReceivedPass", "StreamClient", "StreamError", "default_out_dir"]
 
 log = logging.getLogger(__name__)
-
-
-class StreamError(RuntimeError):
-    """The station refused a request, or the stream broke a rule of the protocol."""
-
-    def __init__(self, message: str, code: str = "", pass_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.pass_id = pass_id
-
-
-@dataclass
-class ReceivedPass:
-    """One pass as received and checked by the client."""
-
-    pass_id: str
-    path: Path
-    batches: int = 0
-    events: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    duplicates_dropped: int = 0
-    reconnects: int = 0
-    end: PassEnd | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Complete and every total checked out."""
-        return self.end is not None and not self.problems
-
-
-@dataclass
-class _Receiving:
-    rp: ReceivedPass
-    writer: passfile.PassFileWriter
-    expected: int
-    unsynced_since: float | None = None
-    already_complete: bool = False  # served again after we checked its end: report once
 
 
 class StreamClient:
@@ -103,14 +66,12 @@ class StreamClient:
         consumer's, from its ``.key_secret``; ``curve.load_keypair``) switch CURVE on."""
         self.endpoint = endpoint
         self.out_dir = Path(out_dir)
-        make_dirs(self.out_dir)
+        self.store = ReceivedStore(self.out_dir, compression=compression,
+                                   flush_interval_s=flush_interval_s, on_batch=on_batch)
         self.consumer = consumer or f"qkd-station-receive-{uuid.uuid4().hex[:8]}"
         self.window = window
-        self.flush_interval_s = flush_interval_s
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
-        self.compression = compression
-        self.on_batch = on_batch
         if (server_public_key is None) != (keypair is None):
             raise ValueError("CURVE needs both the station's public key and this consumer's "
                              "key pair")
@@ -119,7 +80,6 @@ class StreamClient:
         self.keypair = keypair
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
-        self._cur: _Receiving | None = None
         self._last_heard_s = 0.0
         self._follow = False
         self._catch_up = True
@@ -175,7 +135,7 @@ class StreamClient:
 
     def close(self) -> None:
         self._disconnect()
-        self._close_current(end_of_stream=False)
+        self.store.close_current(end_of_stream=False)
         self._ctx.term()
 
     def __enter__(self) -> StreamClient:
@@ -186,20 +146,10 @@ class StreamClient:
 
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-        # Retry soon when the station is not up yet, backing off to 1 s.
-        sock.setsockopt(zmq.RECONNECT_IVL, 10)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        curve = None
         if self.server_public_key is not None and self.keypair is not None:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public_key)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keypair.public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keypair.secret)
-        sock.connect(self.endpoint)
-        self._sock = sock
+            curve = (self.server_public_key, self.keypair)
+        sock = self._sock = _dealer(self._ctx, self.endpoint, curve)
         self._last_heard_s = time.monotonic()
         return sock
 
@@ -220,7 +170,7 @@ class StreamClient:
             self._sock.send(encode(ListPasses()))
             self._await_list = True
             return
-        resume = self._stored_batches(pass_id)
+        resume = self.store.stored_batches(pass_id)
         self._sock.send(encode(Hello(pass_id=pass_id, resume_seq=resume, window=self.window,
                                      consumer=self.consumer)))
         self._await_answer = True
@@ -228,41 +178,13 @@ class StreamClient:
     def _follow_hello(self, passes: Passes) -> None:
         """Follow mode: every listed pass not held complete, from what we hold of it."""
         assert self._sock is not None
-        catch_up = []
-        for p in passes.passes:
-            if p.pass_id in self._skip or self._held_complete(p.pass_id):
-                continue
-            held = self._stored_batches(p.pass_id)
-            if self._catch_up or held or p.recording:
-                catch_up.append(CatchUp(pass_id=p.pass_id, resume_seq=held))
+        catch_up = self.store.catch_up(passes, skip=self._skip, everything=self._catch_up)
         # The station takes at most MAX_CATCH_UP: the rest after those (at `waiting`).
         self._capped = len(catch_up) > MAX_CATCH_UP
         catch_up = catch_up[:MAX_CATCH_UP]
         self._sock.send(encode(Hello(pass_id=None, window=self.window, consumer=self.consumer,
                                      catch_up=catch_up, cursor=passes.cursor or None)))
         self._await_answer = True
-
-    def _held_complete(self, pass_id: str) -> bool:
-        if self._cur is not None and self._cur.rp.pass_id == pass_id:
-            return False
-        try:
-            side = passfile.read_sidecar(self._path(pass_id))
-        except StreamError:
-            return True  # a name we refuse as a file name: never ask for it
-        return bool(side) and side.get("format") == "qkd-station-received-pass"
-
-    def _stored_batches(self, pass_id: str) -> int:
-        if self._cur is not None and self._cur.rp.pass_id == pass_id:
-            return self._cur.expected
-        path = self._path(pass_id)
-        if not path.exists():
-            return 0
-        return passfile.scan_pass_file(path).batches
-
-    def _path(self, pass_id: str) -> Path:
-        if "/" in pass_id or pass_id.startswith("."):
-            raise StreamError(f"refusing pass id {pass_id!r} as a file name", "bad_request")
-        return self.out_dir / f"{pass_id}{passfile.SUFFIX}"
 
     # -- the receive loop ------------------------------------------------------------------
     def _loop(self, pass_id: str | None, finished: Callable[[ReceivedPass], bool],
@@ -276,7 +198,7 @@ class StreamClient:
                 sock = self._sock
                 assert sock is not None
                 if not sock.poll(int(self.heartbeat_s * 1000)):
-                    self._sync_if_due()
+                    self.store.sync_if_due()
                     if time.monotonic() - self._last_heard_s > self.timeout_s:
                         log.warning("no word from %s for %.0f s (station down, or it does not "
                                     "accept our CURVE key); reconnecting", self.endpoint,
@@ -304,7 +226,7 @@ class StreamClient:
                         return
                 elif isinstance(msg, Waiting):
                     self._await_answer = False
-                    self._sync_if_due()
+                    self.store.sync_if_due()
                     if self._capped and not self._await_list:
                         self._hello(None)  # the passes beyond the first catch-up list
                 elif isinstance(msg, Passes):
@@ -314,7 +236,7 @@ class StreamClient:
                 elif isinstance(msg, Error):
                     self._on_error(msg, want)
                 elif isinstance(msg, Pong):
-                    self._sync_if_due()
+                    self.store.sync_if_due()
         finally:
             self._disconnect()
 
@@ -338,8 +260,8 @@ class StreamClient:
     def _reconnect(self, want: str | None) -> None:
         self._disconnect()
         self.reconnects += 1
-        if self._cur is not None:
-            self._cur.rp.reconnects += 1
+        if self.store.current is not None:
+            self.store.current.rp.reconnects += 1
         self._await_answer = self._await_list = False
         self._connect()
         self._hello(want)
@@ -348,43 +270,17 @@ class StreamClient:
         """Ask again from what we hold: by name, or (follow mode) list and catch up."""
         if self._follow:
             self._hello(None)
-        elif self._cur is not None:
-            self._hello(self._cur.rp.pass_id)
+        elif self.store.current is not None:
+            self._hello(self.store.current.rp.pass_id)
 
     def _begin(self, msg: PassBegin) -> None:
-        cur = self._cur
-        if cur is not None and cur.rp.pass_id != msg.pass_id:
-            # A stale announcement, or the pass we hold part of went away: keep its file
-            # (the next catch-up resumes it) and take the one announced.
-            log.warning("pass %s left unfinished at batch %d; now %s", cur.rp.pass_id,
-                        cur.expected, msg.pass_id)
-            self._close_current(end_of_stream=False)
-            cur = None
-        if cur is None:
-            # Follow mode only: a named receive of a pass held complete checks it again.
-            complete = self._follow and self._held_complete(msg.pass_id)
-            path = self._path(msg.pass_id)
-            writer = passfile.PassFileWriter(path, msg.header, compression=self.compression,
-                                             append=path.exists())
-            rp = ReceivedPass(msg.pass_id, path)
-            if writer.batches:
-                self._recount(rp)
-            cur = self._cur = _Receiving(rp, writer, writer.batches, already_complete=complete)
+        cur = self.store.begin(msg, follow=self._follow)
         if msg.resume_seq > cur.expected:
             self._resync()  # it would skip batches we lack: ask again from what we hold
         # resume_seq < expected: duplicates come first; they are acked and dropped.
 
-    def _recount(self, rp: ReceivedPass) -> None:
-        """Totals of what an earlier run of the client stored."""
-        with passfile.PassFileReader(rp.path) as reader:
-            for b in reader:
-                rp.batches += 1
-                rp.events += len(b.channel)
-                for c, n in _counts(b.channel).items():
-                    rp.counts[c] = rp.counts.get(c, 0) + n
-
     def _batch(self, hdr: BatchHeader, payload: list[Any]) -> None:
-        cur = self._cur
+        cur = self.store.current
         if cur is None or hdr.pass_id != cur.rp.pass_id:
             return  # left over from before a re-hello
         assert self._sock is not None
@@ -399,83 +295,41 @@ class StreamClient:
                         hdr.pass_id, hdr.seq, cur.expected, cur.expected)
             self._resync()
             return
-        if len(payload) != 2:
-            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id} has {len(payload)} payload "
-                              "frames, expected 2", "bad_message", hdr.pass_id)
-        ts = np.frombuffer(payload[0].buffer, dtype="<i8")
-        ch = np.frombuffer(payload[1].buffer, dtype="u1")
-        if len(ts) != hdr.n_events or len(ch) != hdr.n_events:
-            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id}: header says {hdr.n_events} "
-                              f"events, frames hold {len(ts)} timestamps and {len(ch)} channels",
-                              "bad_message", hdr.pass_id)
-        counts = _counts(ch)
-        if counts != hdr.counts:
-            raise StreamError(f"batch {hdr.seq} of {hdr.pass_id}: channel counts {counts} do not "
-                              f"match the header's {hdr.counts}", "bad_message", hdr.pass_id)
-        md = {k: str(v).lower() if isinstance(v, bool) else str(v)
-              for k, v in hdr.model_dump(exclude={"type", "pass_id", "counts", "seq", "n_events",
-                                                  "tagger_seq"}).items() if v is not None}
-        md["seq"] = str(hdr.tagger_seq)
-        md["resolution_ps"] = repr(float(hdr.resolution_ps))
-        if hdr.start_time_s is not None:
-            md["start_time_s"] = repr(float(hdr.start_time_s))
-        cur.writer.write(ts, ch, md)
-        if self.on_batch is not None:
-            self.on_batch(hdr, ts, ch)
-        rp = cur.rp
-        rp.batches += 1
-        rp.events += hdr.n_events
-        for c, n in counts.items():
-            rp.counts[c] = rp.counts.get(c, 0) + n
-        cur.expected += 1
-        if cur.unsynced_since is None:
-            cur.unsynced_since = time.monotonic()
-        self._sync_if_due()
+        self.store.append(cur, hdr, payload)
+        self.store.sync_if_due()
         self._sock.send(encode(Ack(pass_id=hdr.pass_id, seq=hdr.seq)))
 
-    def _sync_if_due(self) -> None:
-        cur = self._cur
-        if cur is not None and cur.unsynced_since is not None and \
-                time.monotonic() - cur.unsynced_since >= self.flush_interval_s:
-            cur.writer.sync()
-            cur.unsynced_since = None
-
     def _end(self, end: PassEnd) -> ReceivedPass | None:
-        cur = self._cur
+        cur = self.store.current
         if cur is None or end.pass_id != cur.rp.pass_id:
             return None
-        rp = cur.rp
         if cur.expected < end.batches:
             self._resync()  # batches still missing (should not happen): ask again
             return None
         if cur.already_complete:
-            self._close_current(end_of_stream=True)
+            self.store.close_current(end_of_stream=True)
             return None  # a catch-up raced with its end: received and reported once already
-        rp.end = end
-        if rp.batches != end.batches:
-            rp.problems.append(f"received {rp.batches} batches, the station recorded {end.batches}")
-        if rp.events != end.events:
-            rp.problems.append(f"received {rp.events} events, the station recorded {end.events}")
-        if rp.counts != end.counts:
-            rp.problems.append(f"channel counts {rp.counts} differ from the station's {end.counts}")
-        self._close_current(end_of_stream=True)
-        passfile.write_json_atomic(passfile.sidecar_path(rp.path), {
-            "format": "qkd-station-received-pass", "version": 1, "pass_id": rp.pass_id,
-            "verified": rp.ok, "problems": rp.problems, "batches": rp.batches,
-            "events": rp.events, "counts": rp.counts,
-            "duplicates_dropped": rp.duplicates_dropped,
-            "station_totals": end.model_dump(mode="json")})
-        if rp.problems:
-            log.error("pass %s: %s", rp.pass_id, "; ".join(rp.problems))
-        else:
-            log.info("pass %s received and verified: %d batches, %d events (%d lost at the "
-                     "station, reported)", rp.pass_id, rp.batches, rp.events, end.events_lost)
-        return rp
+        return self.store.finish(cur, end)
 
-    def _close_current(self, *, end_of_stream: bool) -> None:
-        if self._cur is not None:
-            self._cur.writer.close(end_of_stream=end_of_stream)
-            self._cur = None
+
+def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+            curve: tuple[bytes, KeyPair] | None) -> zmq.Socket[bytes]:
+    """A DEALER connected to the station (CURVE with (station key, our key pair))."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+    # Retry soon when the station is not up yet, backing off to 1 s.
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if curve is not None:
+        server_key, keypair = curve
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keypair.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keypair.secret)
+    sock.connect(endpoint)
+    return sock
 
 
 _KNOWN = {"pass_begin", "batch", "pass_end", "waiting", "pong", "passes", "error"}
@@ -487,11 +341,6 @@ def _unknown_type(frame: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(obj, dict) and isinstance(obj.get("type"), str) and obj["type"] not in _KNOWN
-
-
-def _counts(ch: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(ch) if len(ch) else np.zeros(0, np.int64)
-    return {str(c): int(n) for c, n in enumerate(counts) if n}
 
 
 def default_out_dir() -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from drivers.timetagger.base import Batch
@@ -123,7 +124,6 @@ class PassRecorder:
         self._loop = asyncio.get_running_loop()
         self._max_queue = cfg.max_queue_batches
         self._slots = asyncio.Semaphore(cfg.max_queue_batches)
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._depth = 0
         self._closing = False
         self._done: Future[PassTotals] = Future()
@@ -135,17 +135,12 @@ class PassRecorder:
         self._epoch_s: float | None = None
         self._unsynced_since: float | None = None
         # Encoders compress batches in parallel while the writer appends them in order:
-        # _q feeds the encoders, _order gives the writer the batches in push order.
+        # the pool takes every item, _order gives the writer the items in push order.
         self._order: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._encoders = [
-            threading.Thread(target=self._run_encoder,
-                             args=(passfile.BatchEncoder(self._writer.schema, cfg.compression),),
-                             name=f"pass-encoder{i}-{self.pass_id}", daemon=True)
-            for i in range(cfg.encoder_threads)]
+        self._encoders = _EncoderPool(self.pass_id, self._writer.schema, cfg.compression,
+                                      cfg.encoder_threads)
         self._thread = threading.Thread(target=self._run, name=f"pass-writer-{self.pass_id}",
                                         daemon=True)
-        for t in self._encoders:
-            t.start()
         self._thread.start()
 
     # -- loop side ----------------------------------------------------------------------
@@ -164,7 +159,7 @@ class PassRecorder:
         self._depth += 1
         item = _Item(batch)
         self._order.put(item)
-        self._q.put(item)
+        self._encoders.put(item)
 
     async def close(self, outcome: str = "completed", reason: str = "") -> PassTotals:
         """Write what is queued, close the file (end-of-stream marker, fsync, sidecar) and
@@ -173,8 +168,7 @@ class PassRecorder:
             self._closing = True
             self._t.outcome, self._t.reason = outcome, reason
             self._order.put(_CLOSE)
-            for _ in self._encoders:
-                self._q.put(_CLOSE)
+            self._encoders.close()
         totals = await asyncio.wrap_future(self._done)
         if self._pipeline.recorders.get(self.pass_id) is self:
             del self._pipeline.recorders[self.pass_id]
@@ -194,24 +188,6 @@ class PassRecorder:
     def _release(self) -> None:
         self._depth -= 1
         self._slots.release()
-
-    def _run_encoder(self, encoder: passfile.BatchEncoder) -> None:
-        lower_priority()
-        while True:
-            item = self._q.get()
-            if item is _CLOSE:
-                return
-            info = item.batch.info
-            try:
-                ts, ch = passfile.columns_of(item.batch.events)
-                md = passfile.batch_metadata(info)
-                item.result = (info, ts, ch, md, encoder.encode(ts, ch, md))
-            except Exception as exc:  # never seen; but a batch that cannot be encoded is
-                # counted as lost like one the disk refused, and recording goes on
-                log.exception("pass %s: cannot encode batch %d", self.pass_id, info.seq)
-                item.result = (info, np.empty(len(item.batch.events), np.int64), None, None, exc)
-            finally:
-                item.done.set()
 
     def _run(self) -> None:
         lower_priority()
@@ -353,13 +329,7 @@ class PassRecorder:
     def _write_loss_record(self) -> None:
         """The file's own account of the refused batches: a last, zero-row record batch."""
         t = self._t
-        record = passfile.LossRecord(batches=t.batches_lost_disk, events=t.events_lost_disk,
-                                     ranges=loss_ranges(t.lost_batches, self._epoch_s))
-        last_seq = max(x.tagger_seq for x in t.lost_batches)
-        seq = max(last_seq, t.last_tagger_seq if t.last_tagger_seq is not None else last_seq) + 1
-        at_ps = t.end_ps if t.end_ps is not None else 0
-        md = passfile.loss_record_metadata(record, seq=seq, at_ps=at_ps,
-                                           resolution_ps=self.header.tagger_resolution_ps)
+        record, md = _loss_record(t, self._epoch_s, self.header.tagger_resolution_ps)
         empty_ts, empty_ch = np.empty(0, np.int64), np.empty(0, np.uint8)
         try:
             offset, length = self._writer.write(empty_ts, empty_ch, md)
@@ -374,17 +344,81 @@ class PassRecorder:
                     self.pass_id, record.batches, record.events)
 
     def _sidecar(self, state: str) -> None:
-        obj: dict[str, Any] = {"format": "qkd-station-pass-status", "version": 1,
-                               "pass_id": self.pass_id, "file": self.path.name, "state": state,
-                               "header": self.header.model_dump(mode="json")}
-        if state == "closed":
-            obj["totals"] = self._t.model_dump(mode="json")
-        try:
-            passfile.write_json_atomic(passfile.sidecar_path(self.path), obj)
-        except OSError as exc:
-            msg = f"cannot write {passfile.sidecar_path(self.path)}: {exc}"
+        msg = write_status_sidecar(self.path, self.pass_id, self.header, state,
+                                   self._t if state == "closed" else None)
+        if msg is not None:
             log.error("pass %s: %s", self.pass_id, msg)
             self._t.disk_errors.append(msg)
+
+
+def _loss_record(t: PassTotals, epoch_s: float | None,
+                 resolution_ps: float) -> tuple[passfile.LossRecord, dict[str, str]]:
+    """The loss record of a pass's refused batches, and its batch metadata (a seq after
+    every batch of the pass, at its end)."""
+    record = passfile.LossRecord(batches=t.batches_lost_disk, events=t.events_lost_disk,
+                                 ranges=loss_ranges(t.lost_batches, epoch_s))
+    last_seq = max(x.tagger_seq for x in t.lost_batches)
+    seq = max(last_seq, t.last_tagger_seq if t.last_tagger_seq is not None else last_seq) + 1
+    at_ps = t.end_ps if t.end_ps is not None else 0
+    md = passfile.loss_record_metadata(record, seq=seq, at_ps=at_ps, resolution_ps=resolution_ps)
+    return record, md
+
+
+def write_status_sidecar(path: Path, pass_id: str, header: PassHeader, state: str,
+                         totals: PassTotals | None) -> str | None:
+    """The pass file's status sidecar (``qkd-station-pass-status``); the problem, if it
+    could not be written."""
+    obj: dict[str, Any] = {"format": "qkd-station-pass-status", "version": 1,
+                           "pass_id": pass_id, "file": path.name, "state": state,
+                           "header": header.model_dump(mode="json")}
+    if totals is not None:
+        obj["totals"] = totals.model_dump(mode="json")
+    try:
+        passfile.write_json_atomic(passfile.sidecar_path(path), obj)
+    except OSError as exc:
+        return f"cannot write {passfile.sidecar_path(path)}: {exc}"
+    return None
+
+
+class _EncoderPool:
+    """Threads that serialise and compress batches in parallel (any order); each item's
+    ``done`` is set when its ``result`` is ready for the writer."""
+
+    def __init__(self, pass_id: str, schema: pa.Schema, compression: str, n_threads: int):
+        self.pass_id = pass_id
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, args=(passfile.BatchEncoder(schema, compression),),
+                             name=f"pass-encoder{i}-{pass_id}", daemon=True)
+            for i in range(n_threads)]
+        for t in self._threads:
+            t.start()
+
+    def put(self, item: _Item) -> None:
+        self._q.put(item)
+
+    def close(self) -> None:
+        """Every thread ends once the items queued before are encoded."""
+        for _ in self._threads:
+            self._q.put(_CLOSE)
+
+    def _run(self, encoder: passfile.BatchEncoder) -> None:
+        lower_priority()
+        while True:
+            item = self._q.get()
+            if item is _CLOSE:
+                return
+            info = item.batch.info
+            try:
+                ts, ch = passfile.columns_of(item.batch.events)
+                md = passfile.batch_metadata(info)
+                item.result = (info, ts, ch, md, encoder.encode(ts, ch, md))
+            except Exception as exc:  # never seen; but a batch that cannot be encoded is
+                # counted as lost like one the disk refused, and recording goes on
+                log.exception("pass %s: cannot encode batch %d", self.pass_id, info.seq)
+                item.result = (info, np.empty(len(item.batch.events), np.int64), None, None, exc)
+            finally:
+                item.done.set()
 
 
 def loss_ranges(lost: list[Lost], epoch_s: float | None = None) -> list[passfile.LossRange]:

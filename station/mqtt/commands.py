@@ -31,39 +31,32 @@ Whatever goes wrong in :meth:`CommandDispatcher.handle` is an error reply, never
 exception out of it. Replies are cut to :data:`~station.mqtt.limits.MAX_REPLY_BYTES` and
 echo at most :data:`~station.mqtt.limits.MAX_ECHO_CHARS` characters of any value; log
 lines escape and cut what came from the network.
+
+Step 2 (decoding and the response-topic check) is :mod:`station.mqtt.decode`; the rate
+limit is :class:`station.mqtt.limits.TokenBucket`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import ValidationError
-
 from station.clock import Clock
+from station.mqtt.decode import Reject, brief_verb, decode_request, jsonable, response_topic_problem
 from station.mqtt.dedupe import SeenRequests
 from station.mqtt.limits import (
-    MAX_COMMAND_BYTES,
-    MAX_CORRELATION_BYTES,
     MAX_ECHO_CHARS,
-    MAX_JSON_DEPTH,
     MAX_REPLY_BYTES,
-    MAX_RESPONSE_TOPIC_BYTES,
     SAFETY_MAX_RUNNING,
     SAFETY_VERBS,
-    brief,
+    TokenBucket,
     clip,
-    json_depth_exceeds,
-    topic_problem,
 )
 from station.mqtt.messages import (
-    COMMANDS,
-    REQUEST_ID_RE,
     AbortPassRequest,
     AbortPassResult,
     CommandError,
@@ -197,20 +190,14 @@ class CommandStats:
 ReplySink = Callable[[CommandReply, str | None, bytes | None], None]
 
 
-class _Reject(Exception):
-    """Internal: this request gets an error reply (code, message, request id if known)."""
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """Where a message came from and where its replies go."""
 
-    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None,
-                 details: list[dict[str, Any]] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.details = details or []
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    verb: str
+    shown_verb: str                 # the verb as a reply may echo it
+    response_topic: str | None      # checked, or None
+    correlation: bytes | None
 
 
 class CommandDispatcher:
@@ -235,10 +222,7 @@ class CommandDispatcher:
         self.control = control
         self._clock = clock
         self._reply = reply
-        self._rate_per_s = rate_per_s
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._tokens_at_s: float | None = None
+        self._bucket = TokenBucket(clock.now_s, rate_per_s=rate_per_s, burst=burst)
         self._max_running = max_running
         self._reply_prefix = reply_prefix
         self.seen = seen if seen is not None else SeenRequests(None)
@@ -282,158 +266,108 @@ class CommandDispatcher:
             return  # someone clearing a retained command: nothing to do, nothing to count
         self.stats.received += 1
         if retained:
-            self.stats.retained_ignored += 1
-            # Counted against the limit too, so a flood of retained messages is not a flood
-            # of log lines.
-            if self._take_token():
-                log.warning("ignored a retained command on cmd/%s: commands are never taken from "
-                            "retained messages (clear it with an empty retained publish)",
-                            clip(verb, MAX_ECHO_CHARS))
+            self._ignore_retained(verb)
             return
-        shown_verb = brief_verb(verb)
-
         # A response topic that is not a topic name under our own reply/ is never used,
         # not even for the error reply.
-        rt_problem = self._response_topic_problem(response_topic, correlation)
+        rt_problem = response_topic_problem(response_topic, correlation, self._reply_prefix)
         if rt_problem is not None:
             response_topic = correlation = None
-
-        def fail(code: ErrorCode, message: str, request_id: str | None,
-                 details: list[dict[str, Any]] | None = None) -> None:
-            self.stats.rejected += 1
-            if code is not ErrorCode.RATE_LIMITED or self.stats.rate_limited % 100 == 1:
-                log.warning("command %s (%s) rejected: %s%s", clip(verb, MAX_ECHO_CHARS),
-                            request_id or "no id", clip(message),
-                            f" ({self.stats.rate_limited} rate limited so far)"
-                            if code is ErrorCode.RATE_LIMITED else "")
-            self._send(CommandReply(
-                request_id=request_id, verb=shown_verb, ok=False, time=self._clock.now(),
-                error=CommandError(code=code, message=message, details=details or []),
-            ), response_topic, correlation)
-
+        msg = _Incoming(verb, brief_verb(verb), response_topic, correlation)
         try:
             req = self._decode(verb, payload)
             if rt_problem is not None:
-                raise _Reject(ErrorCode.INVALID_REQUEST, rt_problem, req.request_id)
-        except _Reject as rej:
-            # Invalid messages count against the limit like any other: a flood of them
-            # cannot get past it, and cannot fill the reply queue faster than the limit.
-            if not self._take_token():
-                self.stats.rate_limited += 1
-                fail(ErrorCode.RATE_LIMITED, self._rate_message(), rej.request_id)
-                return
-            if rej.request_id is not None:
-                if rej.request_id in self.seen:
-                    self.stats.duplicates_ignored += 1
-                    return
-                self.seen.add(rej.request_id, self._clock.now_s())
-            fail(rej.code, rej.message, rej.request_id, rej.details)
+                raise Reject(ErrorCode.INVALID_REQUEST, rt_problem, req.request_id)
+        except Reject as rej:
+            self._reject(msg, rej)
             return
+        tasks = self._admit(msg, req)
+        if tasks is not None:
+            self._start(msg, req, tasks)
 
+    def _decode(self, verb: str, payload: bytes) -> CommandRequest:
+        """The request, strictly validated, or :class:`Reject` saying what is wrong."""
+        return decode_request(verb, payload)
+
+    def _ignore_retained(self, verb: str) -> None:
+        self.stats.retained_ignored += 1
+        # Counted against the limit too, so a flood of retained messages is not a flood
+        # of log lines.
+        if self._bucket.take():
+            log.warning("ignored a retained command on cmd/%s: commands are never taken from "
+                        "retained messages (clear it with an empty retained publish)",
+                        clip(verb, MAX_ECHO_CHARS))
+
+    def _reject(self, msg: _Incoming, rej: Reject) -> None:
+        """An invalid message: answered once per request id, within the rate limit."""
+        # Invalid messages count against the limit like any other: a flood of them
+        # cannot get past it, and cannot fill the reply queue faster than the limit.
+        if not self._bucket.take():
+            self.stats.rate_limited += 1
+            self._fail(msg, ErrorCode.RATE_LIMITED, self._bucket.refusal(), rej.request_id)
+            return
+        if rej.request_id is not None:
+            if rej.request_id in self.seen:
+                self.stats.duplicates_ignored += 1
+                return
+            self.seen.add(rej.request_id, self._clock.now_s())
+        self._fail(msg, rej.code, rej.message, rej.request_id, rej.details)
+
+    def _admit(self, msg: _Incoming, req: CommandRequest) -> set[asyncio.Task[None]] | None:
+        """Steps 3 to 5 for a valid request: the task set to run it in, or None when it is
+        a duplicate, rate limited, unanswerable now or over the running limit."""
+        verb = msg.verb
         safety = verb in SAFETY_VERBS
         if req.request_id in self.seen:
             # Counted against the limit too; logged only within it (no flood of log lines).
-            quiet = not safety and not self._take_token()
+            quiet = not safety and not self._bucket.take()
             self.stats.duplicates_ignored += 1
             if not quiet:
                 log.info("duplicate request_id %s on cmd/%s ignored (already answered)",
                          req.request_id, clip(verb, MAX_ECHO_CHARS))
-            return
+            return None
         # stop and park are never rate limited: they are how an operator makes it safe.
-        if not safety and not self._take_token():
+        if not safety and not self._bucket.take():
             self.stats.rate_limited += 1
-            fail(ErrorCode.RATE_LIMITED, self._rate_message(), req.request_id)
-            return  # not remembered: the same request may be sent again later
+            self._fail(msg, ErrorCode.RATE_LIMITED, self._bucket.refusal(), req.request_id)
+            return None  # not remembered: the same request may be sent again later
         if self.control is None:
             self.seen.add(req.request_id, self._clock.now_s())
-            fail(ErrorCode.REFUSED, "this station takes no commands (no control attached)", req.request_id)
-            return
+            self._fail(msg, ErrorCode.REFUSED, "this station takes no commands (no control attached)",
+                       req.request_id)
+            return None
         tasks, limit = (self._safety_tasks, SAFETY_MAX_RUNNING) if safety else (self._tasks, self._max_running)
         if len(tasks) >= limit:
-            fail(ErrorCode.BUSY, f"{len(tasks)} {'safety ' if safety else ''}commands still running "
-                 f"(limit {limit}); retry later", req.request_id)
-            return  # not remembered: may be retried
+            self._fail(msg, ErrorCode.BUSY, f"{len(tasks)} {'safety ' if safety else ''}commands still "
+                       f"running (limit {limit}); retry later", req.request_id)
+            return None  # not remembered: may be retried
+        return tasks
+
+    def _start(self, msg: _Incoming, req: CommandRequest, tasks: set[asyncio.Task[None]]) -> None:
+        verb = msg.verb
         self.seen.add(req.request_id, self._clock.now_s())
         self.stats.executed += 1
         log.info("command %s %s accepted: %s", verb, req.request_id,
                  clip(req.model_dump_json(exclude={"request_id"})))
         task = asyncio.get_running_loop().create_task(
-            self._execute(verb, req, response_topic, correlation), name=f"mqtt-cmd-{verb}-{req.request_id}"
+            self._execute(verb, req, msg.response_topic, msg.correlation),
+            name=f"mqtt-cmd-{verb}-{req.request_id}"
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def _decode(self, verb: str, payload: bytes) -> CommandRequest:
-        """The request, strictly validated, or :class:`_Reject` saying what is wrong."""
-        if len(payload) > MAX_COMMAND_BYTES:
-            raise _Reject(ErrorCode.INVALID_REQUEST,
-                          f"payload is {len(payload)} bytes; a command is at most {MAX_COMMAND_BYTES} bytes")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Reject(ErrorCode.INVALID_JSON, f"payload is not UTF-8 text: {exc.reason} at byte "
-                          f"{exc.start}") from None
-        try:
-            data = json.loads(text, parse_constant=_no_constant)
-        except RecursionError:
-            raise _Reject(ErrorCode.INVALID_JSON,
-                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
-        except ValueError as exc:  # JSONDecodeError, and a number with too many digits
-            raise _Reject(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {clip(str(exc))}") from None
-        if not isinstance(data, dict):
-            raise _Reject(ErrorCode.INVALID_JSON,
-                          f"payload must be a JSON object with a request_id, got {type(data).__name__}")
-        request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
-            raise _Reject(ErrorCode.INVALID_REQUEST,
-                          f"request_id: {_show(brief(request_id))}: required, 1-64 characters of "
-                          "A-Z a-z 0-9 . _ : - starting with a letter or digit")
-        if json_depth_exceeds(data):
-            raise _Reject(ErrorCode.INVALID_JSON,
-                          f"payload is nested too deeply (at most {MAX_JSON_DEPTH} levels)", request_id)
-        model = COMMANDS.get(verb)
-        if model is None:
-            raise _Reject(ErrorCode.UNKNOWN_VERB,
-                          f"unknown command {brief_verb(verb)!r}; known: {', '.join(sorted(COMMANDS))}",
-                          request_id)
-        try:
-            # Strict, from the JSON text: true is not a number, "5" is not a number.
-            return model.model_validate_json(payload, strict=True)
-        except ValidationError as exc:
-            details = [
-                {"field": brief(".".join(str(p) for p in e["loc"])) or "(payload)",
-                 "value": brief(e.get("input")) if e["type"] != "missing" else None,
-                 "reason": e["msg"]}
-                for e in exc.errors(include_url=False, include_context=False)[:8]
-            ]
-            text = "; ".join(
-                f"{d['field']}: {'(missing)' if d['value'] is None else _show(d['value'])}: {d['reason']}"
-                for d in details
-            )
-            raise _Reject(ErrorCode.INVALID_REQUEST, f"invalid {verb} request: {text}", request_id,
-                          _jsonable(details)) from None
-
-    def _response_topic_problem(self, topic: str | None, correlation: bytes | None) -> str | None:
-        """Why an MQTT 5 response topic (and its correlation data) cannot be used, or None."""
-        if topic is None:
-            return None
-        prefix = self._reply_prefix
-        problem = topic_problem(topic) if isinstance(topic, str) else "not text"
-        if problem is None and len(topic.encode()) > MAX_RESPONSE_TOPIC_BYTES:
-            problem = f"longer than {MAX_RESPONSE_TOPIC_BYTES} bytes"
-        if problem is None and prefix is not None and (not topic.startswith(prefix) or topic == prefix):
-            problem = f"not under this station's {prefix}"
-        if problem is not None:
-            return (f"response topic {_show(brief(topic))}: {problem}; use a topic name under "
-                    f"{prefix or 'reply/'} without wildcards")
-        if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
-            return f"correlation data is {len(correlation)} bytes; at most {MAX_CORRELATION_BYTES}"
-        return None
-
-    def _rate_message(self) -> str:
-        return (f"too many commands: at most {self._burst:g} in a burst and "
-                f"{self._rate_per_s:g}/s sustained (stop and park are never limited); "
-                "try again in a moment")
+    def _fail(self, msg: _Incoming, code: ErrorCode, message: str, request_id: str | None,
+              details: list[dict[str, Any]] | None = None) -> None:
+        self.stats.rejected += 1
+        if code is not ErrorCode.RATE_LIMITED or self.stats.rate_limited % 100 == 1:
+            log.warning("command %s (%s) rejected: %s%s", clip(msg.verb, MAX_ECHO_CHARS),
+                        request_id or "no id", clip(message),
+                        f" ({self.stats.rate_limited} rate limited so far)"
+                        if code is ErrorCode.RATE_LIMITED else "")
+        self._send(CommandReply(
+            request_id=request_id, verb=msg.shown_verb, ok=False, time=self._clock.now(),
+            error=CommandError(code=code, message=message, details=details or []),
+        ), msg.response_topic, msg.correlation)
 
     # -- execution -----------------------------------------------------------------------
     async def _execute(self, verb: str, req: CommandRequest, response_topic: str | None,
@@ -444,7 +378,7 @@ class CommandDispatcher:
         try:
             result = (await _call(self.control, req)).model_dump(mode="json")
         except CommandRefused as exc:
-            error = CommandError(code=ErrorCode.REFUSED, message=exc.message, details=_jsonable(exc.details))
+            error = CommandError(code=ErrorCode.REFUSED, message=exc.message, details=jsonable(exc.details))
         except asyncio.CancelledError:
             self._send(CommandReply(
                 request_id=req.request_id, verb=verb, ok=False, time=self._clock.now(),
@@ -484,21 +418,6 @@ class CommandDispatcher:
         except Exception:  # the reply path must never break intake
             log.exception("could not queue the reply to %s", reply.request_id)
 
-    def _take_token(self) -> bool:
-        now_s = self._clock.now_s()
-        if self._tokens_at_s is not None and now_s > self._tokens_at_s:
-            self._tokens = min(self._burst, self._tokens + (now_s - self._tokens_at_s) * self._rate_per_s)
-        self._tokens_at_s = now_s if self._tokens_at_s is None else max(now_s, self._tokens_at_s)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
-def brief_verb(verb: str) -> str:
-    """The verb as a reply may echo it: cut to a few characters, escaped."""
-    return verb if len(verb) <= MAX_ECHO_CHARS and verb.isprintable() else clip(verb, MAX_ECHO_CHARS)
-
 
 def bounded_reply(reply: CommandReply) -> CommandReply:
     """``reply``, cut down to at most :data:`MAX_REPLY_BYTES` of JSON: details dropped,
@@ -515,12 +434,3 @@ def bounded_reply(reply: CommandReply) -> CommandReply:
     out = reply.model_copy(update=update)
     log.warning("reply to %s cut to %d bytes (was %d)", out.request_id, len(out.to_json()), size)
     return out
-
-
-def _show(value: Any) -> str:
-    return repr(value)
-
-
-def _jsonable(value: Any) -> Any:
-    """Make a result or detail safe for JSON (enums, datetimes, numpy scalars -> plain)."""
-    return json.loads(json.dumps(value, default=str))

@@ -15,24 +15,30 @@ from typing import Any
 from drivers.timetagger.base import Channel
 from station.config.root import StationConfig
 
+#: (component, key, config without device/availability) of one entity.
+Entity = tuple[str, str, dict[str, Any]]
 
-def _sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+
+def _sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> Entity:
     return "sensor", key, {"name": name, "state_topic": topic, "value_template": template, **extra}
 
 
-def _binary(key: str, name: str, topic: str, expr: str, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+def _binary(key: str, name: str, topic: str, expr: str, **extra: Any) -> Entity:
     return "binary_sensor", key, {
         "name": name, "state_topic": topic, "payload_on": "ON", "payload_off": "OFF",
         "value_template": "{{ 'ON' if (" + expr + ") else 'OFF' }}", **extra,
     }
 
 
-def entities(cfg: StationConfig) -> list[tuple[str, str, dict[str, Any]]]:
+def entities(cfg: StationConfig) -> list[Entity]:
     """(component, key, config without device/availability) for every announced entity."""
     p = cfg.topic_prefix
-    state, mount, tagger, pas, health, alarms = (
-        f"{p}/state", f"{p}/mount", f"{p}/timetagger", f"{p}/pass", f"{p}/health", f"{p}/alarms")
-    out = [
+    return [*_state_entities(f"{p}/state"), *_mount_and_tagger_entities(f"{p}/mount", f"{p}/timetagger"),
+            *_pass_and_health_entities(f"{p}/pass", f"{p}/health", f"{p}/alarms")]
+
+
+def _state_entities(state: str) -> list[Entity]:
+    return [
         _sensor("mode", "Mode", state, "{{ value_json.mode }}", icon="mdi:state-machine"),
         _sensor("phase", "Phase", state, "{{ value_json.phase }}", icon="mdi:orbit"),
         _sensor("current_pass", "Current pass", state,
@@ -46,6 +52,11 @@ def entities(cfg: StationConfig) -> list[tuple[str, str, dict[str, Any]]]:
                 icon="mdi:satellite-variant"),
         _sensor("uptime", "Uptime", state, "{{ value_json.uptime_s | round(0) }}",
                 device_class="duration", unit_of_measurement="s", entity_category="diagnostic"),
+    ]
+
+
+def _mount_and_tagger_entities(mount: str, tagger: str) -> list[Entity]:
+    out = [
         _sensor("azimuth", "Azimuth", mount, "{{ value_json.actual_az_deg | round(3) }}",
                 unit_of_measurement="°", state_class="measurement", icon="mdi:compass"),
         _sensor("elevation", "Elevation", mount, "{{ value_json.actual_el_deg | round(3) }}",
@@ -65,7 +76,11 @@ def entities(cfg: StationConfig) -> list[tuple[str, str, dict[str, Any]]]:
             f"rate_{ch.name.lower()}", f"Count rate {ch.name}", tagger,
             "{{ value_json.rates_hz.get('" + ch.name + "', 0) | round(1) }}",
             unit_of_measurement="Hz", state_class="measurement", icon="mdi:chart-bell-curve"))
-    out += [
+    return out
+
+
+def _pass_and_health_entities(pas: str, health: str, alarms: str) -> list[Entity]:
+    return [
         _sensor("pass_elapsed", "Pass elapsed", pas, "{{ value_json.elapsed_s | round(0) }}",
                 device_class="duration", unit_of_measurement="s"),
         _sensor("events_recorded", "Events recorded", pas, "{{ value_json.events_recorded }}",
@@ -87,7 +102,6 @@ def entities(cfg: StationConfig) -> list[tuple[str, str, dict[str, Any]]]:
                 "{{ value_json.severity }} {{ value_json.state }}: {{ value_json.key }}",
                 json_attributes_topic=alarms, icon="mdi:alarm-light"),
     ]
-    return out
 
 
 def discovery_messages(cfg: StationConfig, *, version: str) -> dict[str, bytes]:

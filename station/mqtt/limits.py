@@ -8,6 +8,7 @@ parsed, echoed, logged or used as a topic.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 #: Largest command payload parsed; a larger one is answered ``invalid_request`` unread.
@@ -109,3 +110,33 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             return True
         stack.extend((c, depth + 1) for c in children)
     return False
+
+
+class TokenBucket:
+    """The command rate limit: ``burst`` tokens, refilled at ``rate_per_s`` on the station
+    clock (``now_s``); after the clock steps back, refilling waits until it has passed its
+    latest reading again."""
+
+    def __init__(self, now_s: Callable[[], float], *, rate_per_s: float, burst: int):
+        self._now_s = now_s
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._tokens_at_s: float | None = None
+
+    def take(self) -> bool:
+        """Take one token if there is one."""
+        now_s = self._now_s()
+        if self._tokens_at_s is not None and now_s > self._tokens_at_s:
+            self._tokens = min(self.burst, self._tokens + (now_s - self._tokens_at_s) * self.rate_per_s)
+        self._tokens_at_s = now_s if self._tokens_at_s is None else max(now_s, self._tokens_at_s)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def refusal(self) -> str:
+        """The ``rate_limited`` message."""
+        return (f"too many commands: at most {self.burst:g} in a burst and "
+                f"{self.rate_per_s:g}/s sustained (stop and park are never limited); "
+                "try again in a moment")

@@ -305,49 +305,10 @@ _OMM_DEFAULTS = {
 
 
 def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> ElementSet:
-    clean: dict[str, str] = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, dict | list):
-            raise ValueError(f"{_shown(key)} holds a {type(value).__name__}, not a value")
-        clean[str(key).strip().upper()] = str(value).strip()
-    missing = [k for k in _OMM_REQUIRED if not clean.get(k)]
-    if missing:
-        raise ValueError(f"OMM record lacks {', '.join(missing)}")
-    raw_norad = clean["NORAD_CAT_ID"]
-    if len(raw_norad) > 12 or not raw_norad.isdigit():
-        raise ValueError(f"NORAD_CAT_ID {_shown(raw_norad)} is not an integer")
-    norad = int(raw_norad)
-    if not 1 <= norad <= 999_999_999:
-        raise ValueError(f"NORAD_CAT_ID {norad} is outside 1..999999999")
-    numbers: dict[str, float] = {}
-    for key in ("MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE",
-                "ARG_OF_PERICENTER", "MEAN_ANOMALY", "BSTAR"):
-        text = clean[key]
-        try:
-            if len(text) > _MAX_NUMBER_CHARS:
-                raise ValueError
-            numbers[key] = float(text)
-        except ValueError:
-            raise ValueError(f"{key} {_shown(text)} is not a number") from None
-        if not math.isfinite(numbers[key]):
-            raise ValueError(f"{key} {_shown(text)} is not a finite number")
-    if numbers["MEAN_MOTION"] <= 0:
-        raise ValueError(f"MEAN_MOTION {numbers['MEAN_MOTION']} rev/day must be positive")
-    if not 0 <= numbers["ECCENTRICITY"] < 1:
-        raise ValueError(f"ECCENTRICITY {numbers['ECCENTRICITY']} is outside [0, 1)")
-    if not 0 <= numbers["INCLINATION"] <= 180:
-        raise ValueError(f"INCLINATION {numbers['INCLINATION']}° is outside 0..180°")
-    try:
-        if len(clean["EPOCH"]) > _MAX_NUMBER_CHARS:
-            raise ValueError
-        epoch = datetime.fromisoformat(clean["EPOCH"].removesuffix("Z"))
-    except ValueError:
-        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is not an ISO 8601 date and time") from None
-    if not _EPOCH_YEARS[0] <= epoch.year <= _EPOCH_YEARS[1]:
-        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is outside the years "
-                         f"{_EPOCH_YEARS[0]}..{_EPOCH_YEARS[1]}")
+    clean = _omm_fields(fields)
+    norad = _omm_norad(clean)
+    _check_omm_numbers(clean)
+    epoch = _omm_epoch(clean)
     for key in ("MEAN_MOTION_DOT", "MEAN_MOTION_DDOT", "REV_AT_EPOCH", "ELEMENT_SET_NO"):
         if len(clean.get(key, "")) > _MAX_NUMBER_CHARS:
             raise ValueError(f"{key} {_shown(clean[key])} is not a number")
@@ -375,6 +336,66 @@ def _omm_record(fields: dict[str, object], where: str, fmt: ElementFormat) -> El
         norad_id=norad, name=name, epoch=_epoch_of(satrec), satellite=sat,
         text=json.dumps(clean, sort_keys=True), format=fmt, source=where,
     )
+
+
+def _omm_fields(fields: dict[str, object]) -> dict[str, str]:
+    """The record's fields as stripped text under upper-case keys, the required ones present."""
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            raise ValueError(f"{_shown(key)} holds a {type(value).__name__}, not a value")
+        clean[str(key).strip().upper()] = str(value).strip()
+    missing = [k for k in _OMM_REQUIRED if not clean.get(k)]
+    if missing:
+        raise ValueError(f"OMM record lacks {', '.join(missing)}")
+    return clean
+
+
+def _omm_norad(clean: dict[str, str]) -> int:
+    raw_norad = clean["NORAD_CAT_ID"]
+    if len(raw_norad) > 12 or not raw_norad.isdigit():
+        raise ValueError(f"NORAD_CAT_ID {_shown(raw_norad)} is not an integer")
+    norad = int(raw_norad)
+    if not 1 <= norad <= 999_999_999:
+        raise ValueError(f"NORAD_CAT_ID {norad} is outside 1..999999999")
+    return norad
+
+
+def _check_omm_numbers(clean: dict[str, str]) -> None:
+    """The mean elements are finite numbers, and in range where SGP4 needs it."""
+    numbers: dict[str, float] = {}
+    for key in ("MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE",
+                "ARG_OF_PERICENTER", "MEAN_ANOMALY", "BSTAR"):
+        text = clean[key]
+        try:
+            if len(text) > _MAX_NUMBER_CHARS:
+                raise ValueError
+            numbers[key] = float(text)
+        except ValueError:
+            raise ValueError(f"{key} {_shown(text)} is not a number") from None
+        if not math.isfinite(numbers[key]):
+            raise ValueError(f"{key} {_shown(text)} is not a finite number")
+    if numbers["MEAN_MOTION"] <= 0:
+        raise ValueError(f"MEAN_MOTION {numbers['MEAN_MOTION']} rev/day must be positive")
+    if not 0 <= numbers["ECCENTRICITY"] < 1:
+        raise ValueError(f"ECCENTRICITY {numbers['ECCENTRICITY']} is outside [0, 1)")
+    if not 0 <= numbers["INCLINATION"] <= 180:
+        raise ValueError(f"INCLINATION {numbers['INCLINATION']}° is outside 0..180°")
+
+
+def _omm_epoch(clean: dict[str, str]) -> datetime:
+    try:
+        if len(clean["EPOCH"]) > _MAX_NUMBER_CHARS:
+            raise ValueError
+        epoch = datetime.fromisoformat(clean["EPOCH"].removesuffix("Z"))
+    except ValueError:
+        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is not an ISO 8601 date and time") from None
+    if not _EPOCH_YEARS[0] <= epoch.year <= _EPOCH_YEARS[1]:
+        raise ValueError(f"EPOCH {_shown(clean['EPOCH'])} is outside the years "
+                         f"{_EPOCH_YEARS[0]}..{_EPOCH_YEARS[1]}")
+    return epoch
 
 
 def _record_error(exc: Exception) -> str:

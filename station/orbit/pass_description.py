@@ -148,6 +148,33 @@ def _qkd_window(
     return start, end
 
 
+def _sample_pass(es: ElementSet, site: SiteConfig, ev: PassEvent, step_s: float) -> PassTrack:
+    """The pass every ``step_s`` from AOS, LOS included, with the Sun and the Moon."""
+    sat = es.satellite
+    times = np.arange(ev.aos_s, ev.los_s, step_s)
+    times = np.append(times, ev.los_s)
+    # One Time for every body: skyfield computes its nutation once, not four times.
+    t = times_from_epoch_s(times)
+    la = look_angles(sat, site, times, t=t)
+    sun_az, sun_el = sun_altaz(site, times, t=t)
+    moon_az, moon_el = moon_altaz(site, times, t=t)
+    sunlit = np.asarray(sat.at(t).is_sunlit(load_ephemeris()), dtype=bool)
+    return PassTrack(times, la.az_deg, la.el_deg, la.range_km, sun_az, sun_el, moon_az, moon_el, sunlit)
+
+
+def _min_range_km(range_km: np.ndarray) -> float:
+    """The closest approach: the smallest sample, refined by a parabola through it and
+    its neighbours."""
+    i_min = int(np.argmin(range_km))
+    min_range = float(range_km[i_min])
+    if 0 < i_min < len(range_km) - 1:  # parabola through the three samples around the minimum
+        r0, r1, r2 = range_km[i_min - 1:i_min + 2]
+        denom = r0 - 2 * r1 + r2
+        if denom > 0:
+            min_range = float(r1 - (r0 - r2) ** 2 / (8 * denom))
+    return min_range
+
+
 def describe_pass(
     es: ElementSet,
     site: SiteConfig,
@@ -159,25 +186,13 @@ def describe_pass(
 ) -> tuple[PassInfo, PassTrack]:
     """The full description of one pass found by :func:`find_passes` (skyfield frames)."""
     sat = es.satellite
-    times = np.arange(ev.aos_s, ev.los_s, step_s)
-    times = np.append(times, ev.los_s)
-    # One Time for every body: skyfield computes its nutation once, not four times.
-    t = times_from_epoch_s(times)
-    la = look_angles(sat, site, times, t=t)
-    sun_az, sun_el = sun_altaz(site, times, t=t)
-    moon_az, moon_el = moon_altaz(site, times, t=t)
-    sunlit = np.asarray(sat.at(t).is_sunlit(load_ephemeris()), dtype=bool)
-    track = PassTrack(times, la.az_deg, la.el_deg, la.range_km, sun_az, sun_el, moon_az, moon_el, sunlit)
-
-    i_min = int(np.argmin(la.range_km))
-    min_range = float(la.range_km[i_min])
-    if 0 < i_min < len(times) - 1:  # parabola through the three samples around the minimum
-        r0, r1, r2 = la.range_km[i_min - 1:i_min + 2]
-        denom = r0 - 2 * r1 + r2
-        if denom > 0:
-            min_range = float(r1 - (r0 - r2) ** 2 / (8 * denom))
-    sun_sep = angular_separation_deg(la.az_deg, la.el_deg, sun_az, sun_el)
-    moon_sep = angular_separation_deg(la.az_deg, la.el_deg, moon_az, moon_el)
+    track = _sample_pass(es, site, ev, step_s)
+    times, sunlit = track.time_s, track.sunlit
+    la_az, sun_az, sun_el = track.az_deg, track.sun_az_deg, track.sun_el_deg
+    moon_az, moon_el = track.moon_az_deg, track.moon_el_deg
+    min_range = _min_range_km(track.range_km)
+    sun_sep = angular_separation_deg(la_az, track.el_deg, sun_az, sun_el)
+    moon_sep = angular_separation_deg(la_az, track.el_deg, moon_az, moon_el)
     moon_up = moon_el > 0
     tca_la = look_angles(sat, site, np.array([ev.tca_s]))
     window = _qkd_window(site, track, qkd_min_el_deg, qkd_max_range_km)
@@ -192,9 +207,9 @@ def describe_pass(
         norad_id=es.norad_id,
         aos=at_ms(ev.aos_s), tca=at_ms(ev.tca_s), los=at_ms(ev.los_s),
         max_el_deg=round(ev.max_el_deg, 4),
-        aos_az_deg=round(float(la.az_deg[0]), 3),
+        aos_az_deg=round(float(la_az[0]), 3),
         tca_az_deg=round(float(tca_la.az_deg[0]), 3),
-        los_az_deg=round(float(la.az_deg[-1]), 3),
+        los_az_deg=round(float(la_az[-1]), 3),
         min_range_km=round(min_range, 3),
         qkd_start=at_ms(window[0]) if window else None,
         qkd_end=at_ms(window[1]) if window else None,

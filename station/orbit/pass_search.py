@@ -301,7 +301,32 @@ def _refine_batch(
     grid: np.ndarray, el: np.ndarray, g: np.ndarray, alt_km: np.ndarray, psi: np.ndarray,
     rate_rad_s: np.ndarray, step: float, mask_min_deg: float,
 ) -> list[PassEvent]:
-    n_sat, m = el.shape
+    """The passes of one propagation batch, from its coarse grid to 10 ms: candidate
+    culminations, their refinement, the run above the mask around each, and its edges."""
+    si, ki = _candidates(el, psi, alt_km, rate_rad_s, step, mask_min_deg)
+    if len(si) == 0:
+        return []
+    evaluate = _Evaluator(satrecs, st)
+    tca, el_tca, g_tca = _culminations(evaluate, site, grid, si, ki)
+    runs = _runs_above_mask(grid, g, si, ki, tca, g_tca)
+    if not runs.owner:
+        return []
+    own = np.asarray(runs.owner)
+    aos, los = _refine_edges(evaluate, site, si[own], runs)
+    events: list[PassEvent] = []
+    for j, row in enumerate(own):
+        events.append(PassEvent(
+            norad_id=batch[si[row]].norad_id,
+            aos_s=float(aos[j]), tca_s=float(tca[row]), los_s=float(los[j]),
+            max_el_deg=float(el_tca[row]), aos_clipped=runs.clipped_a[j], los_clipped=runs.clipped_l[j],
+        ))
+    return _merge(events)
+
+
+def _candidates(el: np.ndarray, psi: np.ndarray, alt_km: np.ndarray, rate_rad_s: np.ndarray,
+                step: float, mask_min_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(satellite row, grid index) of every grid maximum of elevation that could clear
+    the lowest point of the mask."""
     # Local maxima of elevation on the grid (a plateau counts once, at its first point).
     interior = (el[:, 1:-1] >= el[:, :-2]) & (el[:, 1:-1] > el[:, 2:])
     si, ki = np.nonzero(interior)
@@ -314,11 +339,12 @@ def _refine_batch(
     reach = psi_min - rate_rad_s[si] * step - math.radians(1.0)
     alt_hi = np.maximum(np.maximum(alt_km[si, ki - 1], alt_km[si, ki]), alt_km[si, ki + 1]) + 50.0
     keep = reach <= _psi_bound_rad(mask_min_deg, alt_hi)
-    si, ki = si[keep], ki[keep]
-    if len(si) == 0:
-        return []
-    evaluate = _Evaluator(satrecs, st)
+    return si[keep], ki[keep]
 
+
+def _culminations(evaluate: _Evaluator, site: SiteConfig, grid: np.ndarray, si: np.ndarray,
+                  ki: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, elevation, elevation above the mask) of each candidate's culmination."""
     def el_rate_at(idx: np.ndarray, t: np.ndarray) -> np.ndarray:
         return evaluate(si[idx], t)[2]
 
@@ -332,21 +358,32 @@ def _refine_batch(
         tca[p] = _illinois(lambda idx, t: el_rate_at(p[idx], t), a[p], b[p], ea[p], eb[p])
     el_tca, az_tca, _ = evaluate(si, tca)
     g_tca = el_tca - site.horizon_min_el_deg(az_tca)
+    return tca, el_tca, g_tca
 
-    # A pass is the continuous run above the mask around a culmination: grid points
-    # next to the culmination that clear the mask, extended while they keep clearing it.
-    # (Behind a tall mask obstacle at the culmination, the nearest grid point of the bump
-    # above the mask seeds the run; a pass split by an obstacle keeps only that part.)
-    # The rise is bracketed by the run's first point and the grid point before it, the
-    # set by its last point and the grid point after it.
-    events: list[PassEvent] = []
-    aos_lo: list[float] = []
-    aos_hi: list[float] = []
-    los_lo: list[float] = []
-    los_hi: list[float] = []
-    owner: list[int] = []
-    clipped_a: list[bool] = []
-    clipped_l: list[bool] = []
+
+@dataclass
+class _Runs:
+    """Grid brackets of the rise and set of each candidate's run above the mask."""
+
+    owner: list[int] = field(default_factory=list)   # candidate row of each run
+    aos_lo: list[float] = field(default_factory=list)
+    aos_hi: list[float] = field(default_factory=list)
+    los_lo: list[float] = field(default_factory=list)
+    los_hi: list[float] = field(default_factory=list)
+    clipped_a: list[bool] = field(default_factory=list)  # the run starts at the grid's start
+    clipped_l: list[bool] = field(default_factory=list)  # the run ends at the grid's end
+
+
+def _runs_above_mask(grid: np.ndarray, g: np.ndarray, si: np.ndarray, ki: np.ndarray,
+                     tca: np.ndarray, g_tca: np.ndarray) -> _Runs:
+    """A pass is the continuous run above the mask around a culmination: grid points
+    next to the culmination that clear the mask, extended while they keep clearing it.
+    (Behind a tall mask obstacle at the culmination, the nearest grid point of the bump
+    above the mask seeds the run; a pass split by an obstacle keeps only that part.)
+    The rise is bracketed by the run's first point and the grid point before it, the
+    set by its last point and the grid point after it."""
+    m = g.shape[1]
+    runs = _Runs()
     for row in range(len(si)):
         s, k, t_c = si[row], ki[row], tca[row]
         gs = g[s]
@@ -367,24 +404,25 @@ def _refine_batch(
         while right < m and gs[right] > 0:
             last = grid[right]
             right += 1
-        clipped_a.append(left < 0)
-        aos_lo.append(grid[max(left, 0)])
-        aos_hi.append(first)
-        clipped_l.append(right >= m)
-        los_lo.append(last)
-        los_hi.append(grid[min(right, m - 1)])
-        owner.append(row)
-    if not owner:
-        return []
-    own = np.asarray(owner)
-    sat_of = si[own]
+        runs.clipped_a.append(left < 0)
+        runs.aos_lo.append(grid[max(left, 0)])
+        runs.aos_hi.append(first)
+        runs.clipped_l.append(right >= m)
+        runs.los_lo.append(last)
+        runs.los_hi.append(grid[min(right, m - 1)])
+        runs.owner.append(row)
+    return runs
 
+
+def _refine_edges(evaluate: _Evaluator, site: SiteConfig, sat_of: np.ndarray,
+                  runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
+    """(AOS, LOS) of each run, refined to 10 ms inside their grid brackets."""
     # Rises and sets are refined together: one SGP4 call per satellite per iteration.
-    n_own = len(own)
+    n_own = len(runs.owner)
     sat_2 = np.concatenate([sat_of, sat_of])
-    lo_a = np.asarray(aos_lo + los_lo, dtype=float)
-    hi_a = np.asarray(aos_hi + los_hi, dtype=float)
-    clipped = np.asarray(clipped_a + clipped_l, dtype=bool)
+    lo_a = np.asarray(runs.aos_lo + runs.los_lo, dtype=float)
+    hi_a = np.asarray(runs.aos_hi + runs.los_hi, dtype=float)
+    clipped = np.asarray(runs.clipped_a + runs.clipped_l, dtype=bool)
 
     def g_at(rows: np.ndarray, t: np.ndarray) -> np.ndarray:
         e, azv, _ = evaluate(sat_2[rows], t)
@@ -403,14 +441,7 @@ def _refine_batch(
             edges[w] = _illinois(lambda idx, t: g_at(w[idx], t), lo_a[w], hi_a[w], f_lo[ok], f_hi[ok])
         bad = work[~ok]
         edges[bad] = np.where(f_lo[~ok] > 0, lo_a[bad], hi_a[bad])
-    aos, los = edges[:n_own], edges[n_own:]
-    for j, row in enumerate(own):
-        events.append(PassEvent(
-            norad_id=batch[si[row]].norad_id,
-            aos_s=float(aos[j]), tca_s=float(tca[row]), los_s=float(los[j]),
-            max_el_deg=float(el_tca[row]), aos_clipped=clipped_a[j], los_clipped=clipped_l[j],
-        ))
-    return _merge(events)
+    return edges[:n_own], edges[n_own:]
 
 
 def _merge(events: list[PassEvent]) -> list[PassEvent]:

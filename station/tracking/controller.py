@@ -10,6 +10,9 @@ angle between where the mount is and where the plan says it should be at that in
 The mount is parked when the pass ends (``park_after_pass``), when tracking is lost
 (error above ``loss_error_deg`` for ``loss_duration_s`` after acquisition), when the
 gate keeps refusing targets, on a mount error, and when the task is cancelled (shutdown).
+
+The moves to fixed points (rise point, park) are ``positioning.py``; the fan-out of the
+samples to subscribers is ``telemetry.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,32 +30,19 @@ from drivers.mount.base import MountError, MountPosition, TrackPoint
 from station.clock import Clock
 from station.config.mount import TrackingConfig
 from station.sustained import Sustained
-from station.tracking.gate import CommandRefused, GatedMount, Rule
+from station.tracking.gate import CommandRefused, GatedMount
+from station.tracking.positioning import Positioner, PrepositionTimeout
+from station.tracking.telemetry import TelemetryFanout, TelemetrySubscription, TrackingSample
 from station.tracking.trajectory import TrackPlan
 from station.tracking.wrap import angle_between_deg
+
+__all__ = ["PrepositionTimeout", "TelemetrySubscription", "Tracker", "TrackingAborted",
+           "TrackingLost", "TrackingSample", "TrackingStats"]
 
 log = logging.getLogger(__name__)
 
 #: A gate refusing targets for this long aborts the pass.
 _REFUSAL_ABORT_S = 1.0
-#: Poll period while pre-positioning and waiting for park (clock seconds).
-_POLL_S = 0.25
-
-
-class TrackingSample(BaseModel):
-    """One control tick as published (MQTT, pass reports)."""
-
-    pass_id: str = Field(description="The pass being tracked ('' outside a pass).")
-    phase: str = Field(description="'preposition', 'tracking' or 'parking'.")
-    time_s: float = Field(description="Clock time of the position reading, UTC epoch seconds.")
-    commanded_az_deg: float = Field(description="Planned mount azimuth at time_s.")
-    commanded_el_deg: float = Field(description="Planned mount elevation axis at time_s.")
-    actual_az_deg: float = Field(description="Mount azimuth read back.")
-    actual_el_deg: float = Field(description="Mount elevation axis read back.")
-    error_arcsec: float = Field(description="Angle between actual and commanded.")
-    sky_error_arcsec: float = Field(description="Angle between actual and the satellite.")
-    lateness_s: float = Field(description="How late this tick ran against its schedule.")
-    acquired: bool = Field(description="The target counts as acquired.")
 
 
 class TrackingStats(BaseModel):
@@ -91,45 +80,6 @@ class TrackingLost(TrackingAborted):
     """The tracking error stayed above the loss threshold after acquisition."""
 
 
-class PrepositionTimeout(Exception):
-    """The mount did not reach the rise point before the deadline."""
-
-
-_END = object()
-
-
-class TelemetrySubscription:
-    """An async iterator of :class:`TrackingSample`; a slow reader loses the oldest
-    samples, and ``dropped`` counts them."""
-
-    def __init__(self, maxsize: int):
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
-        self.dropped = 0
-        self._closed = False
-
-    def _put(self, item: object) -> None:
-        if self._closed:
-            return
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(item)
-
-    def close(self) -> None:
-        self._put(_END)
-        self._closed = True
-
-    def __aiter__(self) -> AsyncIterator[TrackingSample]:
-        return self
-
-    async def __anext__(self) -> TrackingSample:
-        item = await self._queue.get()
-        if item is _END:
-            raise StopAsyncIteration
-        assert isinstance(item, TrackingSample)
-        return item
-
-
 @dataclass(slots=True)
 class _Run:
     """What the control loop carries from one tick of a pass to the next."""
@@ -156,137 +106,48 @@ class Tracker:
         self.gated = gated
         self.clock = clock
         self.cfg = cfg
-        self._subs: list[TelemetrySubscription] = []
+        self.telemetry = TelemetryFanout(cfg.telemetry_queue)
+        self._publish = self.telemetry.publish
+        self.positioner = Positioner(gated, clock, cfg, self._publish)
         self.stats = TrackingStats()
         self._dropped_base = 0
 
-    # -- telemetry ------------------------------------------------------------------
+    # -- telemetry (station/tracking/telemetry.py) ---------------------------------------
     def subscribe(self, maxsize: int | None = None) -> TelemetrySubscription:
         """A new telemetry stream; iterate it with ``async for``. Ends at :meth:`close`."""
-        sub = TelemetrySubscription(maxsize or self.cfg.telemetry_queue)
-        self._subs.append(sub)
-        return sub
+        return self.telemetry.subscribe(maxsize)
 
     def unsubscribe(self, sub: TelemetrySubscription) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
-            sub.close()
+        self.telemetry.unsubscribe(sub)
 
     def close(self) -> None:
         """End every telemetry stream."""
-        for sub in self._subs:
-            sub.close()
-        self._subs.clear()
-
-    def _publish(self, sample: TrackingSample) -> None:
-        for sub in self._subs:
-            sub._put(sample)
+        self.telemetry.close()
 
     @property
     def lead_s(self) -> float:
         lead = self.cfg.lead_s
         return self.gated.capabilities.command_latency_s if lead is None else lead
 
-    # -- pre-positioning --------------------------------------------------------------
+    # -- pre-positioning and parking (station/tracking/positioning.py) --------------------
     def estimate_slew_s(self, plan: TrackPlan, from_pos: MountPosition) -> float:
         """Clock seconds a slew from ``from_pos`` to the rise point takes (trapezoidal)."""
-        caps = self.gated.capabilities
-        az0, el0 = plan.start
-        out = 0.0
-        for dist, lim in ((abs(az0 - from_pos.az_deg), caps.az), (abs(el0 - from_pos.el_deg), caps.el)):
-            v, a = lim.max_rate_deg_s, lim.max_accel_deg_s2
-            ramp = v * v / a
-            out = max(out, 2 * math.sqrt(dist / a) if dist < ramp else dist / v + v / a)
-        return out + caps.command_latency_s
+        return self.positioner.estimate_slew_s(plan, from_pos)
 
     async def preposition(self, plan: TrackPlan, *, deadline_s: float | None = None) -> float:
         """Slew to the rise point and wait there; returns the clock time it was reached.
 
         Raises :class:`PrepositionTimeout` if not there by ``deadline_s`` (default: AOS).
         """
-        deadline = plan.aos_s if deadline_s is None else deadline_s
-        az, el = plan.start
-        for leg_az, leg_el in await self._legs_to(az, el):
-            await self.gated.slew_to(leg_az, leg_el)
-            await self._wait_at(plan.pass_id, leg_az, leg_el, deadline)
-        await self.gated.slew_to(az, el)
-        return await self._wait_at(plan.pass_id, az, el, deadline, publish=True, plan=plan)
+        return await self.positioner.preposition(plan, deadline_s=deadline_s)
 
-    async def _legs_to(self, az: float, el: float) -> list[tuple[float, float]]:
-        """The intermediate stops of a move to (az, el), final one excluded.
-
-        The gate checks the whole az/el box a direct slew may sweep; when that box holds
-        the Sun or dips under the horizon mask, go up first, turn in azimuth high in the
-        sky, then come down.
-        """
-        pos = await self.gated.position()
-        if self.gated.would_refuse(az, el) is None:
-            return []
-        high = max(pos.el_deg, el)
-        legs = [(pos.az_deg, high), (az, high)]
-        return [leg for leg in legs if leg not in ((pos.az_deg, pos.el_deg), (az, el))]
-
-    async def _wait_at(self, pass_id: str, az: float, el: float, deadline: float, *,
-                       publish: bool = False, plan: TrackPlan | None = None) -> float:
-        tol = self.cfg.preposition_tolerance_deg
-        while True:
-            pos = await self.gated.position()
-            err = float(angle_between_deg(np.asarray(pos.az_deg), np.asarray(pos.el_deg), az, el))
-            self._publish(TrackingSample(
-                pass_id=pass_id, phase="preposition", time_s=pos.time_s,
-                commanded_az_deg=az, commanded_el_deg=el, actual_az_deg=pos.az_deg,
-                actual_el_deg=pos.el_deg, error_arcsec=err * 3600.0,
-                sky_error_arcsec=err * 3600.0, lateness_s=0.0, acquired=False))
-            if abs(pos.az_deg - az) <= tol and abs(pos.el_deg - el) <= tol:
-                if plan is not None:
-                    log.info("pass %s: at the rise point %.0f s before AOS", pass_id,
-                             plan.aos_s - pos.time_s)
-                return pos.time_s
-            if pos.time_s >= deadline:
-                raise PrepositionTimeout(
-                    f"pass {pass_id}: mount at az {pos.az_deg:.3f}°, el {pos.el_deg:.3f}°, "
-                    f"not at az {az:.3f}°, el {el:.3f}° by the deadline"
-                )
-            await self.clock.sleep(_POLL_S)
-
-    # -- parking --------------------------------------------------------------------------
     async def park(self) -> bool:
-        """Command park; True if parking.
-
-        When the direct move is refused (the Sun or the horizon mask in the swept box), the
-        mount first rises straight up to the park elevation (or its own, if higher) and
-        parks from there. If that is refused too, it is stopped where it is.
-        """
-        try:
-            try:
-                await self.gated.park()
-                return True
-            except CommandRefused as exc:
-                pos = await self.gated.position()
-                high = max(pos.el_deg, self.gated.park_el_deg)
-                if exc.rule not in (Rule.SUN, Rule.HORIZON) or high == pos.el_deg:
-                    raise
-                log.warning("direct park refused (%s); rising to %.1f° first", exc.reason, high)
-                await self.gated.slew_to(pos.az_deg, high)
-                est = abs(high - pos.el_deg) / self.gated.capabilities.el.max_rate_deg_s
-                await self._wait_at("", pos.az_deg, high, self.clock.now_s() + 2 * est + 10)
-                await self.gated.park()
-                return True
-        except (CommandRefused, PrepositionTimeout) as exc:
-            log.error("park impossible (%s); stopping the mount where it is instead", exc)
-            await self.gated.stop()
-            return False
+        """Command park (over the top if need be, else stop); True if parking."""
+        return await self.positioner.park()
 
     async def wait_parked(self, timeout_s: float) -> bool:
         """Poll until the mount is at the park position or ``timeout_s`` clock seconds pass."""
-        end = self.clock.now_s() + timeout_s
-        while True:
-            pos = await self.gated.position()
-            if self.gated.is_parked(pos):
-                return True
-            if self.clock.now_s() >= end:
-                return False
-            await self.clock.sleep(_POLL_S)
+        return await self.positioner.wait_parked(timeout_s)
 
     async def _safe_park(self, why: str) -> bool:
         log.log(logging.INFO if why == "end of pass" else logging.WARNING, "parking the mount: %s", why)
@@ -304,7 +165,7 @@ class Tracker:
         pass has to be given up; mount errors propagate after a park attempt.
         """
         stats = self.stats = TrackingStats(pass_id=plan.pass_id)
-        self._dropped_base = sum(s.dropped for s in self._subs)
+        self._dropped_base = self.telemetry.dropped()
         try:
             await self._run(plan, stats)
         except asyncio.CancelledError:
@@ -320,7 +181,7 @@ class Tracker:
             stats.parked = await self._safe_park(stats.reason)
             raise
         finally:
-            stats.telemetry_dropped = sum(s.dropped for s in self._subs) - self._dropped_base
+            stats.telemetry_dropped = self.telemetry.dropped() - self._dropped_base
         stats.outcome = "complete"
         if self.cfg.park_after_pass:
             stats.parked = await self._safe_park("end of pass")
@@ -350,7 +211,7 @@ class Tracker:
             await self._command(run, now)
             self._judge(run, pos, late)
             k += 1
-        self._finish(stats, run.errors, run.sky_errors, run.lateness)
+        _finish(stats, run.errors, run.sky_errors, run.lateness)
 
     async def _read_until_aos(self, plan: TrackPlan) -> None:
         # Keep reading the axes until AOS: the gate estimates the mount's rate from
@@ -450,21 +311,8 @@ class Tracker:
             stats.outcome = "lost"
             stats.reason = (f"tracking error {err:.0f}\" above {cfg.loss_error_deg:g}° "
                             f"for {cfg.loss_duration_s:g} s")
-            self._finish(stats, run.errors, run.sky_errors, run.lateness)
+            _finish(stats, run.errors, run.sky_errors, run.lateness)
             raise TrackingLost(f"pass {run.plan.pass_id}: {stats.reason}", stats)
-
-    @staticmethod
-    def _finish(stats: TrackingStats, errors: list[float], sky: list[float],
-                lateness: deque[float]) -> None:
-        if errors:
-            arr = np.asarray(errors)
-            stats.rms_error_arcsec = float(np.sqrt(np.mean(arr * arr)))
-            stats.max_error_arcsec = float(arr.max())
-            stats.p95_error_arcsec = float(np.percentile(arr, 95))
-            sk = np.asarray(sky)
-            stats.rms_sky_error_arcsec = float(np.sqrt(np.mean(sk * sk)))
-        if lateness:
-            stats.p99_lateness_s = float(np.percentile(np.asarray(lateness), 99))
 
     async def _intercept(self, plan: TrackPlan, now: float) -> float:
         """Slew to where the satellite will be once the mount can get there; returns the
@@ -497,3 +345,16 @@ class Tracker:
         pts = [TrackPoint(float(t[i]), float(plan.az_deg[i]), float(plan.el_deg[i])) for i in idx]
         await self.gated.load_track(pts)
         return float(t[i1 - 1]) if i1 < len(t) else math.inf
+
+
+def _finish(stats: TrackingStats, errors: list[float], sky: list[float], lateness: deque[float]) -> None:
+    """The final error and lateness statistics (percentiles, exact RMS) of a pass."""
+    if errors:
+        arr = np.asarray(errors)
+        stats.rms_error_arcsec = float(np.sqrt(np.mean(arr * arr)))
+        stats.max_error_arcsec = float(arr.max())
+        stats.p95_error_arcsec = float(np.percentile(arr, 95))
+        sk = np.asarray(sky)
+        stats.rms_sky_error_arcsec = float(np.sqrt(np.mean(sk * sk)))
+    if lateness:
+        stats.p99_lateness_s = float(np.percentile(np.asarray(lateness), 99))

@@ -156,40 +156,13 @@ def plan_track(
         raise ValueError(f"pass {pass_id or satellite.name!r}: LOS {los_s} is not after AOS {aos_s}")
     t, sky_az, sky_el = _sample(satellite, site, aos_s, los_s, tracking.sample_interval_s, refraction)
     margin = tracking.rate_margin
-    az_rate = limits.az_rate_deg_s * margin
-    el_rate = limits.el_rate_deg_s * margin
     high = float(np.max(sky_el)) > tracking.keyhole_el_deg
-    fast = bool(np.any(np.abs(np.diff(sky_az)) / np.diff(t) > az_rate))
+    fast = bool(np.any(np.abs(np.diff(sky_az)) / np.diff(t) > limits.az_rate_deg_s * margin))
     if (high or fast) and tracking.sample_interval_s > _KEYHOLE_STEP_S:
         # Resample finely: the rate-limited path bends within a second.
         t, sky_az, sky_el = _sample(satellite, site, aos_s, los_s, _KEYHOLE_STEP_S, refraction)
-    el_lo = max(limits.el_axis_min_deg, limits.min_el_deg)
-    # Keyhole paths have corners; smoothing them keeps acceleration within the margin.
-    accel = ({"az_accel_deg_s2": limits.az_accel_deg_s2 * margin,
-              "el_accel_deg_s2": limits.el_accel_deg_s2 * margin} if (high or fast) else {})
-    candidates = [("rate_limited" if fast else "none", keyhole_path(
-        t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=False,
-        el_min_deg=el_lo, el_max_deg=min(90.0, limits.el_axis_max_deg), **accel))]
-    if high and limits.el_over_zenith:
-        candidates.append(("flip", keyhole_path(
-            t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=True,
-            el_min_deg=el_lo, el_max_deg=limits.el_axis_max_deg, **accel)))
-    # The candidate with the smaller worst-case error; the plain one wins ties.
-    keyhole, (az, el, err) = min(candidates, key=lambda c: round(float(np.max(c[1][2])), 6))
-    # Trim the ends that are under the horizon mask or the elevation floor: the gate
-    # would refuse them (AOS/LOS from the schedule are computed without refraction).
-    # A stream's last targets are extrapolated by the controller (and checked so by the
-    # gate): the elevation that far ahead must clear the floor as well.
-    floor = np.maximum(site.horizon_min_el_deg(np.mod(sky_az, 360.0)), limits.min_el_deg) + 1e-3
-    # It then brakes: allow for the braking distance from the pass's own rate plus the
-    # rate change one control period of measurement lag allows (see GatedMount).
-    el_rate = np.gradient(sky_el, t)
-    a = limits.el_accel_deg_s2
-    v = np.minimum(np.abs(el_rate) + a * 2.5 / tracking.rate_hz, limits.el_rate_deg_s)
-    brake = v * v / (1.8 * a)
-    ahead = sky_el + el_rate * limits.stream_extrapolation_s - brake
-    above = np.minimum(sky_el, ahead) >= floor
-    idx = np.flatnonzero(above)
+    keyhole, (az, el, err) = _mount_path(t, sky_az, sky_el, limits, margin, high=high, fast=fast)
+    idx = np.flatnonzero(_clears_floor(t, sky_az, sky_el, site, limits, tracking))
     if idx.size < 2:
         raise ValueError(
             f"pass {pass_id or satellite.name!r}: fewer than two samples clear the horizon mask"
@@ -210,6 +183,46 @@ def plan_track(
         float(np.max(err)) * 3600.0,
     )
     return plan
+
+
+def _mount_path(t: np.ndarray, sky_az: np.ndarray, sky_el: np.ndarray, limits: GateLimits,
+                margin: float, *, high: bool, fast: bool,
+                ) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(keyhole strategy, (mount az, mount el, expected error)): the plain or rate-limited
+    path, or over the zenith (flip) when the mount can and that errs less; rates and
+    accelerations are the limits times the tracking ``margin``."""
+    az_rate = limits.az_rate_deg_s * margin
+    el_rate = limits.el_rate_deg_s * margin
+    el_lo = max(limits.el_axis_min_deg, limits.min_el_deg)
+    # Keyhole paths have corners; smoothing them keeps acceleration within the margin.
+    accel = ({"az_accel_deg_s2": limits.az_accel_deg_s2 * margin,
+              "el_accel_deg_s2": limits.el_accel_deg_s2 * margin} if (high or fast) else {})
+    candidates = [("rate_limited" if fast else "none", keyhole_path(
+        t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=False,
+        el_min_deg=el_lo, el_max_deg=min(90.0, limits.el_axis_max_deg), **accel))]
+    if high and limits.el_over_zenith:
+        candidates.append(("flip", keyhole_path(
+            t, sky_az, sky_el, az_rate_deg_s=az_rate, el_rate_deg_s=el_rate, flip=True,
+            el_min_deg=el_lo, el_max_deg=limits.el_axis_max_deg, **accel)))
+    # The candidate with the smaller worst-case error; the plain one wins ties.
+    return min(candidates, key=lambda c: round(float(np.max(c[1][2])), 6))
+
+
+def _clears_floor(t: np.ndarray, sky_az: np.ndarray, sky_el: np.ndarray, site: SiteConfig,
+                  limits: GateLimits, tracking: TrackingConfig) -> np.ndarray:
+    """Which samples clear the horizon mask and the elevation floor, now and as far ahead
+    as the controller extrapolates a stream, braking included: the ends that do not are
+    trimmed, since the gate would refuse them (AOS/LOS from the schedule are computed
+    without refraction)."""
+    floor = np.maximum(site.horizon_min_el_deg(np.mod(sky_az, 360.0)), limits.min_el_deg) + 1e-3
+    # It then brakes: allow for the braking distance from the pass's own rate plus the
+    # rate change one control period of measurement lag allows (see GatedMount).
+    el_rate = np.gradient(sky_el, t)
+    a = limits.el_accel_deg_s2
+    v = np.minimum(np.abs(el_rate) + a * 2.5 / tracking.rate_hz, limits.el_rate_deg_s)
+    brake = v * v / (1.8 * a)
+    ahead = sky_el + el_rate * limits.stream_extrapolation_s - brake
+    return np.minimum(sky_el, ahead) >= floor
 
 
 def _sample(satellite: EarthSatellite, site: SiteConfig, aos_s: float, los_s: float,

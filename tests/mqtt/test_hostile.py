@@ -159,7 +159,7 @@ async def test_an_error_in_a_session_reconnects_and_says_offline_meanwhile(
         secure_broker, tmp_path, clock, station, op):
     broker, pki = secure_broker
     service = MqttService(station_cfg(tmp_path, broker, pki), clock, station)
-    original = service._send
+    original = service.outbox.send
     calls = 0
 
     async def send_failing_once(client: aiomqtt.Client) -> None:
@@ -170,7 +170,7 @@ async def test_an_error_in_a_session_reconnects_and_says_offline_meanwhile(
             raise RuntimeError("a bug in the sender (injected)")
         await original(client)
 
-    service._send = send_failing_once  # type: ignore[method-assign]
+    service.outbox.send = send_failing_once  # type: ignore[method-assign]
     async with service:
         def recovered() -> bool:  # online, then offline while it was away, then online again
             seen = op.payloads(STATUS)
@@ -273,7 +273,7 @@ async def test_a_flood_never_pushes_out_an_alarm(secure_broker, tmp_path, clock,
         assert service.stats.dropped == 0  # no alarm was dropped for a reply
         keys = [json.loads(p)["key"] for p in op.payloads(f"{P}/alarms")]
         assert keys == [f"flood.{k}" for k in range(60)]
-        assert len(service._replies) <= REPLY_QUEUE_MAX
+        assert len(service.outbox.replies) <= REPLY_QUEUE_MAX
         assert service.stats.connects == 1
 
 
@@ -361,5 +361,5 @@ def test_messages_no_broker_could_take_are_never_queued(tmp_path, clock):
     service.publish_alarm(AlarmMessage(key="k", state="raised", severity="info",
                                        message="m" * (MAX_MESSAGE_BYTES + 1), time=clock.now()))
     assert service.stats.invalid == 4
-    assert not service._reliable and not service._latest
-    assert not any(t.endswith("state/#") for t in service._retained)
+    assert not service.outbox.alarms and not service.outbox.latest
+    assert not any(t.endswith("state/#") for t in service.outbox.retained)

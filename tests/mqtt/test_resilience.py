@@ -161,8 +161,8 @@ async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):
     for i in range(25):
         service.publish_alarm(AlarmMessage(key=f"a{i}", state="raised", severity="info",
                                            message="x", time=clock.now()))
-    assert len(service._reliable) == 10 and service.stats.dropped == 15
-    assert service._reliable[0].payload.startswith(b'{"key":"a15"')  # the newest are kept
+    assert len(service.outbox.alarms) == 10 and service.stats.dropped == 15
+    assert service.outbox.alarms[0].payload.startswith(b'{"key":"a15"')  # the newest are kept
 
     def mount(t):
         return MountTelemetry(time=clock.now(), actual_az_deg=t, actual_el_deg=0, moving=True,
@@ -173,13 +173,13 @@ async def test_queue_bounds_coalescing_and_drops_are_counted(tmp_path, clock):
     await clock.advance(0.2)
     assert service.publish_mount(mount(3.0))          # 5 Hz: taken, replaces the unsent 1.0
     assert service.stats.telemetry_throttled == 1 and service.stats.telemetry_coalesced == 1
-    assert json.loads(service._latest[f"qkd/{ID}/mount"])["actual_az_deg"] == 3.0
+    assert json.loads(service.outbox.latest[f"qkd/{ID}/mount"])["actual_az_deg"] == 3.0
 
 
 async def test_a_session_ends_even_if_a_subtask_swallows_its_cancellation():
     # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation that
     # races with the PUBACK. The session must still end, or the service hangs.
-    from station.mqtt.service import _cancel_all
+    from station.mqtt.connection import _cancel_all
 
     swallowed = 0
 
