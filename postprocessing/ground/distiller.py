@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from postprocessing.amplification import toeplitz_hash
-from postprocessing.auth import AuthenticationError, Direction, KeyPoolError
+from postprocessing.auth import AuthenticationError, Direction, KeyPoolError, Transcript
 from postprocessing.bits import pack_bits, unpack_bits
 from postprocessing.channel.framing import ChannelError, dump_model, lower_bytes
 from postprocessing.channel.link import PeerRefused, SatelliteLink
@@ -204,12 +204,13 @@ class _EcChannel:
     def __init__(self, link: SatelliteLink, pass_id: str, session: int, offset: int, length: int) -> None:
         self.link, self.pass_id = link, pass_id
         self.session, self.offset, self.length = session, offset, length
+        self.transcript: Transcript | None = None
 
-    async def _ask(self, op: str, request: Any, reply_type: type) -> Any:
+    async def _ask(self, op: str, request: Any, reply_type: type, *, untagged: bool = False) -> Any:
         body, frames = dump_model(request)
         reply = await self.link.request(self.pass_id, EcOp(session=self.session, offset_bits=self.offset,
                                                            length_bits=self.length, op=op, request=body),
-                                        extra_frames=frames)
+                                        extra_frames=frames, transcript=self.transcript, untagged=untagged)
         assert isinstance(reply.body, EcReply)
         if reply.body.session != self.session or reply.body.op != op:
             raise ChannelError(f"EC {op} of session {self.session} answered for session "
@@ -228,16 +229,25 @@ class _EcChannel:
 
 class _CascadeEcChannel(_EcChannel):
     """Cascade's :class:`~postprocessing.reconciliation.cascade.CascadeChannel` over the link
-    (its ``finish`` is Cascade's, so it is a class of its own)."""
+    (its ``finish`` is Cascade's, so it is a class of its own).
+
+    Delayed authentication: the session's vacuum, setup and parity messages travel
+    untagged into the session's :class:`~postprocessing.auth.Transcript`; ``finish`` and its
+    reply are tagged over the whole transcript, so nothing of the session is believed
+    until they check out (a mismatch raises AuthenticationError or PeerRefused)."""
+
+    def __init__(self, link: SatelliteLink, pass_id: str, session: int, offset: int, length: int) -> None:
+        super().__init__(link, pass_id, session, offset, length)
+        self.transcript = Transcript(link.pool, f"{pass_id}/{session}")
 
     async def vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
-        return await self._ask("cascade_vacuum", request, VacuumDiscloseReply)
+        return await self._ask("cascade_vacuum", request, VacuumDiscloseReply, untagged=True)
 
     async def setup(self, request: CascadeSetupRequest) -> CascadeSetupReply:
-        return await self._ask("cascade_setup", request, CascadeSetupReply)
+        return await self._ask("cascade_setup", request, CascadeSetupReply, untagged=True)
 
     async def parities(self, request: ParityRequest) -> ParityReply:
-        return await self._ask("cascade_parities", request, ParityReply)
+        return await self._ask("cascade_parities", request, ParityReply, untagged=True)
 
     async def finish(self, request: CascadeFinishRequest) -> CascadeFinishReply:  # type: ignore[override]
         return await self._ask("cascade_finish", request, CascadeFinishReply)
@@ -402,8 +412,16 @@ class PassDistiller:
             else:
                 channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
                 result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
-        except ReconciliationError as exc:
-            await self._abort(f"error correction failed: {exc}")
+        except (ReconciliationError, ValueError) as exc:
+            await self._abort(f"error correction of session {self.p.ec_sessions} failed: {exc}")
+        except AuthenticationError as exc:
+            await self._abort(f"EC session {self.p.ec_sessions}: a message from the satellite failed "
+                              f"authentication: {exc}")
+        except PeerRefused as exc:
+            await self._abort(f"EC session {self.p.ec_sessions}: {exc}", notify=False)
+        except (ChannelError, KeyPoolError) as exc:
+            await self._abort(f"EC session {self.p.ec_sessions}: the classical channel failed: {exc}",
+                              notify=False)
         kept = result.kept_mask
         flips = part["bit"][kept] ^ result.corrected_bits
         self.p.tally.add_sifted(part["basis"][kept], part["klass"][kept])
@@ -581,7 +599,7 @@ class PassDistiller:
         report.reason = estimate.reason or ""
         report.end_of_stream_to_key_s = time.perf_counter() - t_end
         report.duration_s = time.time() - self.p.started_s
-        report.auth_messages = 2 * self.link.requests
+        report.auth_messages = 2 * self.link.tagged
         self.state = "done"
         await asyncio.to_thread(self.ckpt.wipe)
         return report

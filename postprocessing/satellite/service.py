@@ -222,7 +222,8 @@ class SatelliteService:
         p = self._passes.get((station, pass_id))
         if p is None:
             raise Refusal("bad_state", f"pass {pass_id} has no session: say hello first")
-        p.exchanges += 1
+        if msg.tag:  # untagged session messages cost no pad (their transcript's closing tag does)
+            p.exchanges += 1
         if isinstance(body, Abort):
             if p.state != "stored":
                 self._abort(p, f"the ground station aborted: {body.reason}")
