@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from postprocessing.auth import AuthenticationError, Direction, KeyPool, Transcript, WegmanCarterMac, encode_for_mac
+from postprocessing.auth import (
+    AuthenticationError,
+    Direction,
+    KeyPool,
+    Transcript,
+    WegmanCarterMac,
+    encode_for_mac,
+)
 from postprocessing.auth.transcript import TRANSCRIPT_DOMAIN
 from postprocessing.bits import pack_bits
 
