@@ -390,12 +390,8 @@ class PassDistiller:
 
     async def _reconcile_due(self, *, final: bool) -> None:
         seg = self.s.cascade_segment_bits if self.s.ec_method == "cascade" else self.s.ec_segment_bits
-        while self.p.sifted_bits - self.p.reconciled_bits >= (1 if final else seg):
-            lo = self.p.reconciled_bits
-            hi = min(lo + seg, self.p.sifted_bits)
-            if final and self.p.sifted_bits - hi < seg // 4:
-                hi = self.p.sifted_bits  # no stub session at the end
-            await self._reconcile(lo, hi)
+        while (nxt := next_session(self.p.reconciled_bits, self.p.sifted_bits, seg, final=final)) is not None:
+            await self._reconcile(*nxt)
 
     def _sifted_range(self, lo: int, hi: int) -> np.ndarray:
         if len(self._sifted) > 1:
@@ -413,7 +409,7 @@ class PassDistiller:
                 channel = _EcChannel(self.link, self.pass_id, self.p.ec_sessions, lo, hi - lo)
                 result = await reconcile(np.ascontiguousarray(part["bit"]), qber, channel, error_probs=priors)
         except (ReconciliationError, ValueError) as exc:
-            await self._abort(f"error correction of session {self.p.ec_sessions} failed: {exc}")
+            await self._abort(f"EC session {self.p.ec_sessions}: error correction failed: {exc}")
         except AuthenticationError as exc:
             await self._abort(f"EC session {self.p.ec_sessions}: a message from the satellite failed "
                               f"authentication: {exc}")
@@ -470,6 +466,20 @@ class PassDistiller:
             raise ReconciliationError(f"the satellite disclosed {got.vacuum_bits} vacuum-class bits, "
                                       f"asked {n_vac}")
         rest = np.ascontiguousarray(part["bit"][~vac])
+        if rest.size < 2:
+            # Cascade needs two bits: a session with fewer besides the vacuum class (only a
+            # whole pass that tiny, see next_session) skips setup and parities, closes at
+            # once, and both ends drop its non-vacuum bit(s), counted as discarded.
+            fin = await channel.finish(CascadeFinishRequest(parity_requests=0, leaked_bits=0))
+            if fin.leaked_bits != 0:
+                raise ReconciliationError(f"the satellite counts {fin.leaked_bits} revealed parities "
+                                          "in a session without Cascade")
+            log.info("pass %s: EC session %d has %d non-vacuum bit(s): dropped (discarded), "
+                     "%d vacuum-class bits kept", self.pass_id, self.p.ec_sessions, rest.size, n_vac)
+            return ReconciliationResult(corrected_bits=alice_vac, kept_mask=vac.copy(), leaked_bits=n_vac,
+                                        disclosed_bits=n_vac, qber_estimate=self.s.qber_prior,
+                                        qber_measured=0.0, efficiency_f=float("nan"), round_trips=2,
+                                        blocks=())
         # Cascade needs the expected QBER, not LDPC's safety margin (too high a QBER only
         # makes its first blocks smaller and costs parities; it cannot make it fail).
         q = (float(min(max(priors[~vac].mean() / _QBER_MARGIN, 0.005), 0.11)) if priors is not None and rest.size
@@ -654,6 +664,30 @@ class PassDistiller:
         raise PassAborted(reason, rep)
 
 
+#: A session during the pass leaves at least this many sifted bits behind it, so the pass
+#: never ends with a stub session (it joins the last one instead): each session costs one
+#: pad each way (Cascade) and a Cascade session needs >= 2 bits besides the vacuum class.
+MIN_TAIL_BITS = 8192
+
+
+def next_session(reconciled: int, sifted: int, segment: int, *, final: bool) -> tuple[int, int] | None:
+    """The next EC session's range [lo, hi) of the sifted key, or None if none is due.
+
+    During the pass a ``segment`` is reconciled once ``MIN_TAIL_BITS`` more are sifted
+    after it; at the end of the pass the rest is one session, or a segment and the rest
+    when the rest would exceed 1.25 segments. So every session but a whole pass's only one
+    has at least ``min(segment // 4, MIN_TAIL_BITS)`` bits: a tiny tail is folded into the
+    last session."""
+    left = sifted - reconciled
+    if left <= 0:
+        return None
+    if not final:
+        return (reconciled, reconciled + segment) if left >= segment + MIN_TAIL_BITS else None
+    if left - segment < max(segment // 4, MIN_TAIL_BITS):
+        return reconciled, sifted
+    return reconciled, reconciled + segment
+
+
 _QBER_MARGIN = 1.10
 #: Cascade as ec tuned it (k1 = 1/QBER, 4 passes, plain bisection). Every round trip costs
 #: two authenticated messages (~256 bits of the auth pool, replenished from the key), so
@@ -676,4 +710,4 @@ def _tag_bits(epsilon_cor: float) -> int:
     return verification_tag_bits(epsilon_cor)
 
 
-__all__ = ["Checkpoint", "GroundSettings", "PassAborted", "PassDistiller"]
+__all__ = ["MIN_TAIL_BITS", "Checkpoint", "GroundSettings", "PassAborted", "PassDistiller", "next_session"]

@@ -62,6 +62,7 @@ from postprocessing.reconciliation import (
 from postprocessing.reconciliation.alice import AliceReconciler
 from postprocessing.reconciliation.cascade import (
     CascadeAlice,
+    CascadeFinishReply,
     CascadeFinishRequest,
     CascadeSetupRequest,
     ParityRequest,
@@ -95,8 +96,12 @@ class _CascadeSession:
         self._vacuum = klass == 2
         self._n = int(bits.size)
         self._vacuum_bits = bits[self._vacuum]
-        self.cascade = CascadeAlice(bits[~self._vacuum], random_bytes=rng.bytes)
+        # Fewer than two bits besides the vacuum class: no Cascade (it needs two); the
+        # session closes right after the disclosure and its non-vacuum bit is dropped.
+        rest = bits[~self._vacuum]
+        self.cascade = CascadeAlice(rest, random_bytes=rng.bytes) if rest.size >= 2 else None
         self.disclosed = False
+        self._closed = False
 
     def answer_vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
         if request.vacuum_bits != self._vacuum_bits.size:
@@ -109,28 +114,44 @@ class _CascadeSession:
         if not self.disclosed:
             raise ReconciliationError(f"cascade {op} before cascade_vacuum")
 
+    def _cascade(self, op: str) -> CascadeAlice:
+        if self.cascade is None:
+            raise ReconciliationError(f"cascade {op}: the session has {self._n - self._vacuum_bits.size} "
+                                      "bit(s) besides the vacuum class, too few for Cascade (finish it "
+                                      "with 0 requests and 0 parities)")
+        return self.cascade
+
     def answer_setup(self, request: CascadeSetupRequest) -> Any:
         self._opened("setup")
-        return self.cascade.answer_setup(request)
+        return self._cascade("setup").answer_setup(request)
 
     def answer_parities(self, request: ParityRequest) -> Any:
         self._opened("parities")
-        return self.cascade.answer_parities(request)
+        return self._cascade("parities").answer_parities(request)
 
     def answer_finish(self, request: CascadeFinishRequest) -> Any:
         self._opened("finish")
-        return self.cascade.answer_finish(request)
+        if self.cascade is not None:
+            return self.cascade.answer_finish(request)
+        if self._closed or (request.parity_requests, request.leaked_bits) != (0, 0):
+            raise ReconciliationError("cascade finish of a session without Cascade: expected 0 "
+                                      f"requests and 0 parities once, got {request.parity_requests} "
+                                      f"and {request.leaked_bits}")
+        self._closed = True
+        return CascadeFinishReply(leaked_bits=0)
 
     @property
     def finished(self) -> bool:
-        return self.disclosed and self.cascade.finished
+        return self.disclosed and (self.cascade.finished if self.cascade is not None else self._closed)
 
     @property
     def leaked_bits(self) -> int:
-        return self.cascade.leaked_bits + (int(self._vacuum_bits.size) if self.disclosed else 0)
+        cascade = self.cascade.leaked_bits if self.cascade is not None else 0
+        return cascade + (int(self._vacuum_bits.size) if self.disclosed else 0)
 
     def kept_mask(self) -> np.ndarray:
-        return np.ones(self._n, dtype=bool)
+        """Every bit, or (a session too small for Cascade) its vacuum-class bits only."""
+        return np.ones(self._n, dtype=bool) if self.cascade is not None else self._vacuum.copy()
 
 
 @dataclass
