@@ -172,6 +172,68 @@ async def test_consumer_killed_mid_pass_resumes_to_the_same_key(
                                        report.replenished_auth_bits + report.stored_bits])
 
 
+async def test_live_consumer_killed_mid_pass_resumes_to_the_same_key(
+        micius_e2e: E2E, micius_pass_file: Path, tmp_path: Path) -> None:
+    """``keys distill --connect`` (live, consuming the station's stream server, which
+    serves the recorded pass) killed with SIGKILL after 15 sifting rounds, then run again:
+    it catches up from its received file and the stream, and ends with the same key as the
+    offline run, with no sifted bit lost or counted twice at either end."""
+    from station.events.stream_server import StreamServer
+    from tests.conftest import free_port
+
+    server = StreamServer(f"tcp://127.0.0.1:{free_port()}", micius_pass_file.parent)
+    server.start()
+    sat_pool, _ = provision_pools(tmp_path)
+    truths: dict[str, Truth] = {}
+    service = recording_service(satellite_config(tmp_path, sat_pool), truths)
+    try:
+        async with running_satellite(service) as endpoint:
+            toml = station_toml(tmp_path, satellite_endpoint=endpoint)
+            state = tmp_path / "state" / "keys"
+            state.mkdir(parents=True)
+            (tmp_path / "ground" / "pool.json").rename(state / "auth-pool.json")
+            cmd = [sys.executable, "-m", "station", "keys", "distill", "--connect", server.bound_endpoint,
+                   "--pass", MICIUS, "--config", str(toml), "--report", str(tmp_path / "report.json")]
+            progress = state / "work" / MICIUS / "progress.json"
+            first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if progress.exists() and json.loads(progress.read_text())["chunks"] >= 15:
+                    break
+                if first.returncode is not None:
+                    pytest.fail(f"the first live run ended early ({first.returncode})")
+                await asyncio.sleep(0.05)
+            else:
+                first.kill()
+                pytest.fail("the first live run never reached 15 chunks")
+            os.kill(first.pid, signal.SIGKILL)
+            await first.wait()
+            killed_at = json.loads(progress.read_text())
+            assert killed_at["chunks"] >= 15, "the checkpoint must survive the kill"
+            assert (state / "received" / f"{MICIUS}.arrows").exists()
+            second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT)
+            out, _ = await second.communicate()
+            assert second.returncode == 0, out.decode()[-3000:]
+    finally:
+        server.stop()
+    from postprocessing.report import KeyReport
+
+    report = KeyReport.model_validate_json((tmp_path / "report.json").read_text())
+    assert report.outcome == "stored", report.reason
+    t = truths[MICIUS]
+    final = truth_key(t)
+    assert np.array_equal(final, micius_e2e.truth_final), "the resumed live run's key differs"
+    # No loss, no double count: the same sifted bits as offline, at both ends.
+    assert report.sifted_bits == micius_e2e.report.sifted_bits == t.sifted_index.size
+    assert report.detections == micius_e2e.report.detections
+    ground = stored_bits(state / "store", "micius-sim")
+    assert np.array_equal(ground, final[report.replenished_auth_bits:
+                                       report.replenished_auth_bits + report.stored_bits])
+    assert np.array_equal(ground, stored_bits(tmp_path / "sat" / "keys", STATION))
+
+
 def test_ldpc_stays_selectable_end_to_end(micius_e2e: E2E, micius_pass_file: Path, tmp_path: Path) -> None:
     """``ec_method = "ldpc"``: the same pass over the same satellite distils by LDPC
     syndromes (more leakage than Cascade, so a shorter key), stored alike at both ends."""
