@@ -10,7 +10,9 @@
 
 Each message consumes 128 pad bits of its direction; the pool counts bits consumed and
 replenished (``pool.level()``). Replays, reordering and tampering raise
-:class:`AuthenticationError`; an empty pool :class:`KeyPoolExhaustedError`.
+:class:`AuthenticationError`; an empty pool :class:`KeyPoolExhaustedError`. A
+reconciliation session's untagged messages are authenticated at its end by a
+:class:`Transcript` (one pad per direction per session).
 """
 
 from postprocessing.auth.mac import (
@@ -32,10 +34,12 @@ from postprocessing.auth.pool import (
     KeyPoolExhaustedError,
     PoolLevel,
 )
+from postprocessing.auth.transcript import MAX_TRANSCRIPT_BYTES, Transcript
 
 __all__ = [
     "HASH_KEY_BITS",
     "MAX_MESSAGE_BYTES",
+    "MAX_TRANSCRIPT_BYTES",
     "MIN_INITIAL_BITS",
     "PAD_BITS",
     "REPLENISH_UNIT_BITS",
@@ -46,6 +50,7 @@ __all__ = [
     "KeyPoolError",
     "KeyPoolExhaustedError",
     "PoolLevel",
+    "Transcript",
     "WegmanCarterMac",
     "encode_for_mac",
     "forgery_probability",

@@ -16,10 +16,14 @@ import hmac
 import math
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from postprocessing.auth.pool import PAD_BITS, AuthenticationError, Direction, KeyPool
+
+if TYPE_CHECKING:
+    from postprocessing.auth.transcript import Transcript
 
 TAG_BYTES = PAD_BITS // 8
 _DOMAIN = b"qkd-station/wegman-carter/v1\x00"
@@ -70,18 +74,24 @@ class WegmanCarterMac:
     def pool(self) -> KeyPool:
         return self._pool
 
-    def sign(self, message_parts: Sequence[bytes], direction: Direction, counter: int) -> bytes:
-        """The 16-byte tag of the message ``counter`` in ``direction``."""
+    def sign(self, message_parts: Sequence[bytes], direction: Direction, counter: int,
+             transcript: Transcript | None = None) -> bytes:
+        """The 16-byte tag of the message ``counter`` in ``direction``; with ``transcript``,
+        the tag covers the session's transcript before the message (closing a session)."""
         data = encode_for_mac(message_parts, direction, counter)
         pad = self._pool.take_pad(direction, counter)
+        if transcript is not None:
+            return transcript.tag(message_parts, direction, counter, pad)
         return _tag(self._pool.hash_key(direction), pad, data)
 
     def verify(self, message_parts: Sequence[bytes], direction: Direction, counter: int,
-               tag: bytes, *, max_gap: int = 0) -> None:
+               tag: bytes, *, max_gap: int = 0, transcript: Transcript | None = None) -> None:
         """Return if ``tag`` authenticates the message, else raise :class:`AuthenticationError`.
 
         A replayed or out-of-order counter is refused before any pad is used. ``max_gap``:
         see :meth:`KeyPool.take_pad` (accept a counter that far ahead after a peer's crash).
+        ``transcript``: the message closes a session whose untagged messages the tag covers
+        too (a mismatch means the two ends saw different session messages).
         """
         d = Direction(direction)
         if not isinstance(tag, bytes) or len(tag) != TAG_BYTES:
@@ -92,6 +102,13 @@ class WegmanCarterMac:
         except (TypeError, ValueError, struct.error) as exc:
             raise AuthenticationError(f"{d.value} message {counter}: malformed message ({exc})") from None
         pad = self._pool.take_pad(d, counter, max_gap=max_gap)
+        if transcript is not None:
+            if not hmac.compare_digest(transcript.tag(message_parts, d, counter, pad), tag):
+                raise AuthenticationError(
+                    f"{d.value} message {counter}: the tag over the reconciliation session's transcript "
+                    f"({transcript.records} messages) does not match: the two ends saw different session "
+                    "messages (tampered, replayed, dropped or reordered)")
+            return
         if not hmac.compare_digest(_tag(self._pool.hash_key(d), pad, data), tag):
             raise AuthenticationError(
                 f"{d.value} message {counter}: the tag does not match (tampered message or wrong key)")

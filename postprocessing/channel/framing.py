@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from postprocessing.auth import AuthenticationError, Direction, KeyPool, WegmanCarterMac
+from postprocessing.auth import AuthenticationError, Direction, KeyPool, Transcript, WegmanCarterMac
 from postprocessing.channel.messages import REPLIES, REQUESTS, Body, Envelope
 
 TAG_BYTES = 16
@@ -54,11 +54,14 @@ class Message:
 
 def encode(body: Body, *, station: str, pass_id: str, mac: WegmanCarterMac | None,
            direction: Direction, frames: dict[str, bytes] | None = None,
-           extra_frames: tuple[bytes, ...] = (), counter: int | None = None) -> list[bytes]:
+           extra_frames: tuple[bytes, ...] = (), counter: int | None = None,
+           transcript: Transcript | None = None) -> list[bytes]:
     """Frames of one message, signed with the next counter of ``direction``.
 
-    ``mac=None`` sends an unauthenticated message (only an :class:`ErrorReply` to a
-    message that could not be authenticated; its tag frame is empty)."""
+    ``mac=None`` sends an unauthenticated message (an :class:`ErrorReply` to a message
+    that could not be authenticated, or a message inside a reconciliation session, whose
+    transcript the session's closing tags cover; its tag frame is empty). ``transcript``
+    (with ``mac``): the message closes that session, its tag covers the transcript too."""
     named = frames or {}
     if set(named) != set(body.FRAMES):
         raise ChannelError(f"{body.TYPE}: frames {sorted(named)} given, the type has "
@@ -68,7 +71,7 @@ def encode(body: Body, *, station: str, pass_id: str, mac: WegmanCarterMac | Non
     env = Envelope(type=body.TYPE, station=station, pass_id=pass_id, counter=counter,
                    body=body.model_dump(mode="json"))
     parts = [env.model_dump_json().encode()] + [bytes(named[n]) for n in body.FRAMES] + list(extra_frames)
-    tag = mac.sign(parts, direction, counter) if mac is not None else b""
+    tag = mac.sign(parts, direction, counter, transcript) if mac is not None else b""
     return parts + [tag]
 
 
@@ -105,15 +108,18 @@ def decode(raw: list[bytes], *, replies: bool) -> Message:
     return Message(env, body, named, extra, tuple(raw[:-1]), tag)
 
 
-def verify(msg: Message, mac: WegmanCarterMac, direction: Direction, *, allow_skip: bool = False) -> None:
+def verify(msg: Message, mac: WegmanCarterMac, direction: Direction, *, allow_skip: bool = False,
+           transcript: Transcript | None = None) -> None:
     """Check the tag (consuming the pad of the message's counter). With ``allow_skip``
-    (a hello), first burn up to :data:`MAX_COUNTER_SKIP` pads the peer burnt in a crash."""
+    (a hello), first burn up to :data:`MAX_COUNTER_SKIP` pads the peer burnt in a crash.
+    With ``transcript`` the message closes a reconciliation session: its tag must cover
+    that session's transcript as well."""
     if len(msg.tag) != TAG_BYTES:
         raise AuthenticationError(f"{direction.value} message {msg.envelope.counter} "
                                   f"({msg.envelope.type}) has no {TAG_BYTES}-byte tag")
     if allow_skip:
         burn_to(mac.pool, direction, msg.envelope.counter)
-    mac.verify(list(msg.parts), direction, msg.envelope.counter, msg.tag)
+    mac.verify(list(msg.parts), direction, msg.envelope.counter, msg.tag, transcript=transcript)
 
 
 def burn_to(pool: KeyPool, direction: Direction, counter: int) -> int:

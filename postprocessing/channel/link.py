@@ -22,6 +22,7 @@ from postprocessing.auth import (
     Direction,
     KeyPool,
     KeyPoolError,
+    Transcript,
     WegmanCarterMac,
 )
 from postprocessing.channel.framing import ChannelError, Message, decode, encode, verify
@@ -29,7 +30,11 @@ from postprocessing.channel.messages import (
     NAME_PATTERN,
     PASS_ID_PATTERN,
     REPLY_OF,
+    TRANSCRIPT_CLOSING,
+    TRANSCRIPT_OPENING,
+    TRANSCRIPT_OPS,
     Body,
+    EcOp,
     ErrorReply,
     Hello,
 )
@@ -67,7 +72,9 @@ def _socket_options(sock: zmq.asyncio.Socket) -> None:
 class SatelliteLink:
     """The ground station's side: authenticated requests to the satellite.
 
-    Every request and reply consumes one pad of its direction from ``pool``. A reply that
+    Every request and reply consumes one pad of its direction from ``pool``, except the
+    untagged messages inside a reconciliation session (their transcript is authenticated
+    by the session's closing exchange). A reply that
     fails authentication raises :class:`~postprocessing.auth.AuthenticationError`; an
     error reply raises :class:`PeerRefused`; silence beyond ``timeout_s`` raises
     :class:`ChannelError` (code ``timeout``). After any of these the session is over.
@@ -85,6 +92,7 @@ class SatelliteLink:
         self._sock: zmq.asyncio.Socket | None = None
         self._lock = asyncio.Lock()
         self.requests = 0
+        self.tagged = 0  # requests that carried a tag (each: one pad each way)
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
@@ -97,12 +105,29 @@ class SatelliteLink:
         return self._sock
 
     async def request(self, pass_id: str, body: Body, frames: dict[str, bytes] | None = None,
-                      extra_frames: tuple[bytes, ...] = ()) -> Reply:
-        """Send ``body`` and return the satellite's verified reply of the matching type."""
+                      extra_frames: tuple[bytes, ...] = (), *, transcript: Transcript | None = None,
+                      untagged: bool = False) -> Reply:
+        """Send ``body`` and return the satellite's verified reply of the matching type.
+
+        ``untagged`` (with ``transcript``): a message inside a reconciliation session: sent
+        without a tag, its reply accepted without one, both recorded in ``transcript``; no
+        pad is consumed. ``transcript`` alone: the session's closing request, whose tag and
+        whose reply's tag cover the transcript (a mismatch raises AuthenticationError)."""
+        if untagged and transcript is None:
+            raise ChannelError("an untagged request needs the session's transcript", "internal")
         async with self._lock:
             sock = self._socket()
-            parts = encode(body, station=self.station, pass_id=pass_id, mac=self.mac,
-                           direction=G2S, frames=frames, extra_frames=extra_frames)
+            if untagged:
+                assert transcript is not None
+                parts = encode(body, station=self.station, pass_id=pass_id, mac=None, direction=G2S,
+                               frames=frames, extra_frames=extra_frames,
+                               counter=self.pool.next_counter(G2S))
+                transcript.record(G2S, parts[:-1])
+            else:
+                parts = encode(body, station=self.station, pass_id=pass_id, mac=self.mac,
+                               direction=G2S, frames=frames, extra_frames=extra_frames,
+                               transcript=transcript)
+                self.tagged += 1
             self.requests += 1
             await sock.send_multipart(parts, copy=False)
             try:
@@ -119,7 +144,14 @@ class SatelliteLink:
             if msg.envelope.station != self.station or msg.envelope.pass_id != pass_id:
                 raise ChannelError(f"a reply for {msg.envelope.station}/{msg.envelope.pass_id} "
                                    f"arrived at {self.station}/{pass_id}")
-            verify(msg, self.mac, S2G, allow_skip=isinstance(body, Hello))
+            if untagged:
+                assert transcript is not None
+                if msg.tag:
+                    raise AuthenticationError(f"a reply inside reconciliation session {transcript.label} "
+                                              "carries a tag (session messages travel untagged)")
+                transcript.record(S2G, msg.parts)
+            else:
+                verify(msg, self.mac, S2G, allow_skip=isinstance(body, Hello), transcript=transcript)
             if isinstance(msg.body, ErrorReply):
                 raise PeerRefused(f"the satellite refused {body.TYPE}: {msg.body.code}: "
                                   f"{msg.body.message}", msg.body.code, authenticated=True)
@@ -174,6 +206,8 @@ class ChannelServer:
         self.bound_endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.served = 0
         self.refused = 0
+        # Per (station, pass): the open reconciliation session's (number, transcript).
+        self._transcripts: dict[tuple[str, str], tuple[int, Transcript]] = {}
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Answer requests until ``stop`` is set."""
@@ -203,25 +237,71 @@ class ChannelServer:
             self.refused += 1
             return self._unsigned("unknown_station", f"no pre-shared key with station {env.station!r}",
                                   env.station, env.pass_id)
+        body = msg.body
+        if not msg.tag and isinstance(body, EcOp) and body.op in TRANSCRIPT_OPS:
+            return await self._answer_in_session(msg, body, mac)
+        transcript = None
+        if isinstance(body, EcOp) and body.op == TRANSCRIPT_CLOSING:
+            # The closing tag covers the session's transcript; without one (nothing was
+            # recorded for this session) it covers an empty transcript, which the ground's
+            # tag never does: the check fails.
+            held = self._transcripts.pop((env.station, env.pass_id), None)
+            transcript = (held[1] if held is not None and held[0] == body.session
+                          else Transcript(mac.pool, f"{env.pass_id}/{body.session}"))
         try:
-            verify(msg, mac, G2S, allow_skip=isinstance(msg.body, Hello))
+            verify(msg, mac, G2S, allow_skip=isinstance(body, Hello), transcript=transcript)
         except (AuthenticationError, KeyPoolError) as exc:
             self.refused += 1
             log.warning("station %s, pass %s: %s refused: %s", env.station, env.pass_id, env.type, exc)
             if self.on_auth_failure is not None:
                 self.on_auth_failure(env.station, env.pass_id, str(exc))
             return self._unsigned("auth_failed", str(exc), env.station, env.pass_id)
+        reply, named, extra = await self._handle(env.station, msg)
+        self.served += 1
+        return encode(reply, station=env.station, pass_id=env.pass_id, mac=mac, direction=S2G,
+                      frames=named, extra_frames=extra, transcript=transcript)
+
+    async def _answer_in_session(self, msg: Message, body: EcOp, mac: WegmanCarterMac) -> list[bytes]:
+        """An untagged message inside a reconciliation session: recorded, answered untagged,
+        the answer recorded; the session's closing exchange authenticates them all."""
+        env = msg.envelope
+        key = (env.station, env.pass_id)
+        held = self._transcripts.get(key)
+        if body.op == TRANSCRIPT_OPENING:
+            # A (re)started session: a resumed ground re-runs it from its first op. A
+            # replayed opening mid-session restarts only this end's transcript, so the
+            # closing check fails.
+            held = self._transcripts[key] = (body.session, Transcript(mac.pool, f"{env.pass_id}/{body.session}"))
+        elif held is None or held[0] != body.session:
+            self.refused += 1
+            return self._unsigned("bad_state", f"EC session {body.session}: untagged {body.op} outside an "
+                                               f"open session (it must follow {TRANSCRIPT_OPENING})",
+                                  env.station, env.pass_id)
+        transcript = held[1]
         try:
-            body, named, extra = await self.handler(env.station, msg)
+            transcript.record(G2S, msg.parts)
+        except AuthenticationError as exc:
+            self.refused += 1
+            return self._unsigned("auth_failed", str(exc), env.station, env.pass_id)
+        reply, named, extra = await self._handle(env.station, msg)
+        self.served += 1
+        parts = encode(reply, station=env.station, pass_id=env.pass_id, mac=None, direction=S2G,
+                       frames=named, extra_frames=extra, counter=mac.pool.next_counter(S2G))
+        try:
+            transcript.record(S2G, parts[:-1])
+        except AuthenticationError as exc:
+            return self._unsigned("auth_failed", str(exc), env.station, env.pass_id)
+        return parts
+
+    async def _handle(self, station: str, msg: Message) -> tuple[Body, dict[str, bytes] | None, tuple[bytes, ...]]:
+        try:
+            return await self.handler(station, msg)
         except Refusal as exc:
             self.refused += 1
-            body, named, extra = ErrorReply(code=exc.code, message=str(exc)[:2000]), None, ()  # type: ignore[arg-type]
+            return ErrorReply(code=exc.code, message=str(exc)[:2000]), None, ()  # type: ignore[arg-type]
         except Exception as exc:  # a fault of ours must not silence the service
-            log.exception("station %s, pass %s: %s failed", env.station, env.pass_id, env.type)
-            body, named, extra = ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}"[:2000]), None, ()
-        self.served += 1
-        return encode(body, station=env.station, pass_id=env.pass_id, mac=mac, direction=S2G,
-                      frames=named, extra_frames=extra)
+            log.exception("station %s, pass %s: %s failed", station, msg.envelope.pass_id, msg.envelope.type)
+            return ErrorReply(code="internal", message=f"{type(exc).__name__}: {exc}"[:2000]), None, ()  # type: ignore[arg-type]
 
     def _unsigned(self, code: str, message: str, station: str = "unknown",
                   pass_id: str = "unknown") -> list[bytes]:

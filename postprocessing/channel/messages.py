@@ -77,6 +77,14 @@ EcOpName = Literal["syndromes", "reveal", "finish", "cascade_setup", "cascade_pa
                    "cascade_vacuum"]
 
 
+#: Delayed authentication (docs/classical-channel.md, "Session transcripts"): these ops of a
+#: Cascade session travel untagged and are covered by the transcript tags of the session's
+#: closing op; the opening op starts (or restarts) the session's transcript.
+TRANSCRIPT_OPS: frozenset[str] = frozenset({"cascade_vacuum", "cascade_setup", "cascade_parities"})
+TRANSCRIPT_OPENING = "cascade_vacuum"
+TRANSCRIPT_CLOSING = "cascade_finish"
+
+
 class VacuumDiscloseRequest(BaseModel):
     """Bob asks for Alice's bits of the session's vacuum-class pulses, in sifted order:
     with a ~50 % error rate they cost Cascade far more parities (about log2 of the block
@@ -240,6 +248,9 @@ class Envelope(BaseModel):
 
 __all__ = [
     "MAX_DETECTIONS_PER_CHUNK",
+    "TRANSCRIPT_CLOSING",
+    "TRANSCRIPT_OPENING",
+    "TRANSCRIPT_OPS",
     "PROTOCOL_VERSION",
     "REPLIES",
     "REPLY_OF",

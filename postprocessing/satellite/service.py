@@ -21,8 +21,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +64,7 @@ from postprocessing.reconciliation import (
 from postprocessing.reconciliation.alice import AliceReconciler
 from postprocessing.reconciliation.cascade import (
     CascadeAlice,
+    CascadeFinishReply,
     CascadeFinishRequest,
     CascadeSetupRequest,
     ParityRequest,
@@ -95,8 +98,12 @@ class _CascadeSession:
         self._vacuum = klass == 2
         self._n = int(bits.size)
         self._vacuum_bits = bits[self._vacuum]
-        self.cascade = CascadeAlice(bits[~self._vacuum], random_bytes=rng.bytes)
+        # Fewer than two bits besides the vacuum class: no Cascade (it needs two); the
+        # session closes right after the disclosure and its non-vacuum bit is dropped.
+        rest = bits[~self._vacuum]
+        self.cascade = CascadeAlice(rest, random_bytes=rng.bytes) if rest.size >= 2 else None
         self.disclosed = False
+        self._closed = False
 
     def answer_vacuum(self, request: VacuumDiscloseRequest) -> VacuumDiscloseReply:
         if request.vacuum_bits != self._vacuum_bits.size:
@@ -109,28 +116,44 @@ class _CascadeSession:
         if not self.disclosed:
             raise ReconciliationError(f"cascade {op} before cascade_vacuum")
 
+    def _cascade(self, op: str) -> CascadeAlice:
+        if self.cascade is None:
+            raise ReconciliationError(f"cascade {op}: the session has {self._n - self._vacuum_bits.size} "
+                                      "bit(s) besides the vacuum class, too few for Cascade (finish it "
+                                      "with 0 requests and 0 parities)")
+        return self.cascade
+
     def answer_setup(self, request: CascadeSetupRequest) -> Any:
         self._opened("setup")
-        return self.cascade.answer_setup(request)
+        return self._cascade("setup").answer_setup(request)
 
     def answer_parities(self, request: ParityRequest) -> Any:
         self._opened("parities")
-        return self.cascade.answer_parities(request)
+        return self._cascade("parities").answer_parities(request)
 
     def answer_finish(self, request: CascadeFinishRequest) -> Any:
         self._opened("finish")
-        return self.cascade.answer_finish(request)
+        if self.cascade is not None:
+            return self.cascade.answer_finish(request)
+        if self._closed or (request.parity_requests, request.leaked_bits) != (0, 0):
+            raise ReconciliationError("cascade finish of a session without Cascade: expected 0 "
+                                      f"requests and 0 parities once, got {request.parity_requests} "
+                                      f"and {request.leaked_bits}")
+        self._closed = True
+        return CascadeFinishReply(leaked_bits=0)
 
     @property
     def finished(self) -> bool:
-        return self.disclosed and self.cascade.finished
+        return self.disclosed and (self.cascade.finished if self.cascade is not None else self._closed)
 
     @property
     def leaked_bits(self) -> int:
-        return self.cascade.leaked_bits + (int(self._vacuum_bits.size) if self.disclosed else 0)
+        cascade = self.cascade.leaked_bits if self.cascade is not None else 0
+        return cascade + (int(self._vacuum_bits.size) if self.disclosed else 0)
 
     def kept_mask(self) -> np.ndarray:
-        return np.ones(self._n, dtype=bool)
+        """Every bit, or (a session too small for Cascade) its vacuum-class bits only."""
+        return np.ones(self._n, dtype=bool) if self.cascade is not None else self._vacuum.copy()
 
 
 @dataclass
@@ -171,6 +194,51 @@ class _Pass:
         self.finalize_reply = None
 
 
+class PassJournal:
+    """The satellite's durable record of each pass's state (``<dir>/<station>/<pass>.json``,
+    0600 in 0700 directories, written whole and renamed into place): no bits, no seeds, only
+    the state and the reason. A satellite restarted mid-pass has lost the session (its
+    disclosures included), so it refuses the pass cleanly instead of starting it over."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def _path(self, station: str, pass_id: str) -> Path:
+        return self.dir / station / f"{pass_id}.json"  # both names are pattern-checked: no '/', no '..'
+
+    def state(self, station: str, pass_id: str) -> tuple[str, str] | None:
+        path = self._path(station, pass_id)
+        try:
+            data = json.loads(path.read_text())
+            return str(data["state"]), str(data.get("reason", ""))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Unreadable: treat as interrupted, which refuses the pass (never reopens it).
+            return "open", f"the pass journal {path} is unreadable ({exc})"
+
+    def record(self, station: str, pass_id: str, state: str, reason: str = "") -> None:
+        d = self.dir / station
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        os.chmod(d, 0o700)
+        path = self._path(station, pass_id)
+        tmp = path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps({"station": station, "pass_id": pass_id, "state": state,
+                                     "reason": reason[:2000]}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 class SatelliteService:
     """Alice for every configured station; ``await serve(stop)`` runs the channel."""
 
@@ -182,6 +250,7 @@ class SatelliteService:
         self.keystore = keystore if keystore is not None else KeyStore(cfg.keystore_dir)
         self._passes: dict[tuple[str, str], _Pass] = {}
         self.server: ChannelServer | None = None
+        self.journal = PassJournal(cfg.state_dir / "passes")
 
     # -- lifecycle ---------------------------------------------------------------------
     def bind(self, endpoint: str | None = None) -> str:
@@ -222,7 +291,8 @@ class SatelliteService:
         p = self._passes.get((station, pass_id))
         if p is None:
             raise Refusal("bad_state", f"pass {pass_id} has no session: say hello first")
-        p.exchanges += 1
+        if msg.tag:  # untagged session messages cost no pad (their transcript's closing tag does)
+            p.exchanges += 1
         if isinstance(body, Abort):
             if p.state != "stored":
                 self._abort(p, f"the ground station aborted: {body.reason}")
@@ -254,8 +324,19 @@ class SatelliteService:
             raise Refusal("bad_state", f"the key of pass {pass_id} with {station} is already in the "
                                        "satellite's store: a pass is distilled once")
         if p is None:
-            p = self._passes[(station, pass_id)] = _Pass(station, pass_id)
-            log.info("station %s: pass %s opened", station, pass_id)
+            before = self.journal.state(station, pass_id)
+            if before is not None and before[0] in ("open", "finalized"):
+                # This satellite restarted during the pass: what it disclosed then (parities,
+                # vacuum bits) is no longer counted, so the pass cannot go on or start over.
+                p = self._passes[(station, pass_id)] = _Pass(station, pass_id)
+                self._abort(p, f"the satellite restarted during this pass (it was {before[0]}); its "
+                               "session and the count of what it disclosed were lost, so the pass is refused")
+            elif before is not None and before[0] == "aborted":
+                p = self._passes[(station, pass_id)] = _Pass(station, pass_id, state="aborted", reason=before[1])
+            else:
+                p = self._passes[(station, pass_id)] = _Pass(station, pass_id)
+                self.journal.record(station, pass_id, "open")
+                log.info("station %s: pass %s opened", station, pass_id)
         p.exchanges += 1
         pool = self.pools[station]
         state = {"open": "open" if p.chunk_digests else "new"}.get(p.state, p.state)
@@ -413,6 +494,7 @@ class SatelliteService:
                   "pa_seed": pack_bits(pa_seed)}
         p.finalize_reply = (reply, frames)
         p.state = "finalized"
+        self.journal.record(p.station, p.pass_id, "finalized")
         p.sifted_index = []
         p.ec = {}
         return reply, frames
@@ -438,6 +520,7 @@ class SatelliteService:
             self.keystore.deposit(p.station, p.pass_id, stored,
                                   key_ids=derive_key_ids(self.link_name(p.station), p.pass_id, n_blocks))
         p.state, p.stored_bits, p.replenished_bits = "stored", n_blocks * 256, r
+        self.journal.record(p.station, p.pass_id, "stored")
         p.wipe()
         log.info("station %s: pass %s stored, %d key bits (%d replenished the auth pool)",
                  p.station, p.pass_id, p.stored_bits, r)
@@ -448,6 +531,7 @@ class SatelliteService:
 
     def _abort(self, p: _Pass, reason: str) -> None:
         p.state, p.reason = "aborted", reason
+        self.journal.record(p.station, p.pass_id, "aborted", reason)
         p.wipe()
         log.warning("station %s: pass %s aborted, its key discarded: %s", p.station, p.pass_id, reason)
 

@@ -172,6 +172,127 @@ async def test_consumer_killed_mid_pass_resumes_to_the_same_key(
                                        report.replenished_auth_bits + report.stored_bits])
 
 
+async def test_live_consumer_killed_mid_pass_resumes_to_the_same_key(
+        micius_e2e: E2E, micius_pass_file: Path, tmp_path: Path) -> None:
+    """``keys distill --connect`` (live, consuming the station's stream server, which
+    serves the recorded pass) killed with SIGKILL after 15 sifting rounds, then run again:
+    it catches up from its received file and the stream, and ends with the same key as the
+    offline run, with no sifted bit lost or counted twice at either end."""
+    from station.events.stream_server import StreamServer
+    from tests.conftest import free_port
+
+    server = StreamServer(f"tcp://127.0.0.1:{free_port()}", micius_pass_file.parent)
+    server.start()
+    sat_pool, _ = provision_pools(tmp_path)
+    truths: dict[str, Truth] = {}
+    service = recording_service(satellite_config(tmp_path, sat_pool), truths)
+    try:
+        async with running_satellite(service) as endpoint:
+            toml = station_toml(tmp_path, satellite_endpoint=endpoint)
+            state = tmp_path / "state" / "keys"
+            state.mkdir(parents=True)
+            (tmp_path / "ground" / "pool.json").rename(state / "auth-pool.json")
+            cmd = [sys.executable, "-m", "station", "keys", "distill", "--connect", server.bound_endpoint,
+                   "--pass", MICIUS, "--config", str(toml), "--report", str(tmp_path / "report.json")]
+            progress = state / "work" / MICIUS / "progress.json"
+            first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if progress.exists() and json.loads(progress.read_text())["chunks"] >= 15:
+                    break
+                if first.returncode is not None:
+                    pytest.fail(f"the first live run ended early ({first.returncode})")
+                await asyncio.sleep(0.05)
+            else:
+                first.kill()
+                pytest.fail("the first live run never reached 15 chunks")
+            os.kill(first.pid, signal.SIGKILL)
+            await first.wait()
+            killed_at = json.loads(progress.read_text())
+            assert killed_at["chunks"] >= 15, "the checkpoint must survive the kill"
+            assert (state / "received" / f"{MICIUS}.arrows").exists()
+            second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT)
+            out, _ = await second.communicate()
+            assert second.returncode == 0, out.decode()[-3000:]
+    finally:
+        server.stop()
+    from postprocessing.report import KeyReport
+
+    report = KeyReport.model_validate_json((tmp_path / "report.json").read_text())
+    assert report.outcome == "stored", report.reason
+    t = truths[MICIUS]
+    final = truth_key(t)
+    assert np.array_equal(final, micius_e2e.truth_final), "the resumed live run's key differs"
+    # No loss, no double count: the same sifted bits as offline, at both ends.
+    assert report.sifted_bits == micius_e2e.report.sifted_bits == t.sifted_index.size
+    assert report.detections == micius_e2e.report.detections
+    ground = stored_bits(state / "store", "micius-sim")
+    assert np.array_equal(ground, final[report.replenished_auth_bits:
+                                       report.replenished_auth_bits + report.stored_bits])
+    assert np.array_equal(ground, stored_bits(tmp_path / "sat" / "keys", STATION))
+
+
+async def test_consumer_killed_inside_a_cascade_session_resumes_to_the_same_key(
+        micius_pass_file: Path, tmp_path: Path) -> None:
+    """``keys distill`` killed with SIGKILL in the middle of a Cascade session (its untagged
+    messages half exchanged, no closing tag yet), then run again: the resumed ground re-runs
+    the session from its first op, the satellite restarts its transcript and answers from
+    its replay cache, the closing tags agree, and the key is the ground truth's, stored
+    alike at both ends."""
+    sat_pool, _ = provision_pools(tmp_path)
+    truths: dict[str, Truth] = {}
+    service = recording_service(satellite_config(tmp_path, sat_pool), truths)
+    async with running_satellite(service) as endpoint:
+        toml = station_toml(tmp_path, satellite_endpoint=endpoint)
+        toml.write_text(toml.read_text().replace("[keys]\n", "[keys]\ncascade_segment_bits = 200000\n", 1))
+        state = tmp_path / "state" / "keys"
+        state.mkdir(parents=True)
+        (tmp_path / "ground" / "pool.json").rename(state / "auth-pool.json")
+        cmd = [sys.executable, "-m", "station", "keys", "distill", str(micius_pass_file),
+               "--config", str(toml), "--report", str(tmp_path / "report.json")]
+        first = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL)
+
+        def mid_session() -> bool:
+            p = service._passes.get((STATION, MICIUS))
+            sess = p.ec.get(1) if p is not None else None  # the second session, well under way
+            cascade = getattr(sess.reconciler, "cascade", None) if sess is not None else None
+            return cascade is not None and cascade.round_trips >= 20 and not cascade.finished
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not mid_session():
+            if first.returncode is not None:
+                pytest.fail(f"the first run ended early ({first.returncode})")
+            await asyncio.sleep(0.01)
+        else:
+            if not mid_session():
+                first.kill()
+                pytest.fail("the first run never reached the middle of session 1")
+        os.kill(first.pid, signal.SIGKILL)
+        await first.wait()
+        interrupted = service._passes[(STATION, MICIUS)].ec[1].reconciler
+        assert not interrupted.finished, "the kill came after the session's closing exchange"
+        leaked_before = interrupted.leaked_bits
+        second = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT)
+        out, _ = await second.communicate()
+        assert second.returncode == 0, out.decode()[-3000:]
+    from postprocessing.report import KeyReport
+
+    report = KeyReport.model_validate_json((tmp_path / "report.json").read_text())
+    assert report.outcome == "stored", report.reason
+    assert report.ec.sessions >= 7  # 200,000-bit sessions
+    assert report.ec.leaked_bits >= leaked_before > 0
+    final = truth_key(truths[MICIUS])
+    assert report.sifted_bits == truths[MICIUS].sifted_index.size
+    ground = stored_bits(state / "store", "micius-sim")
+    assert np.array_equal(ground, final[report.replenished_auth_bits:
+                                       report.replenished_auth_bits + report.stored_bits])
+    assert np.array_equal(ground, stored_bits(tmp_path / "sat" / "keys", STATION))
+
+
 def test_ldpc_stays_selectable_end_to_end(micius_e2e: E2E, micius_pass_file: Path, tmp_path: Path) -> None:
     """``ec_method = "ldpc"``: the same pass over the same satellite distils by LDPC
     syndromes (more leakage than Cascade, so a shorter key), stored alike at both ends."""

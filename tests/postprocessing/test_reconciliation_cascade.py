@@ -270,3 +270,40 @@ async def test_a_tiny_key_is_refused_rather_than_revealed() -> None:
     alice = CascadeAlice(alice_bits, random_bytes=bytes)
     with pytest.raises(ReconciliationRefused, match="cap of 2 revealed bits"):
         await cascade_reconcile(bob_bits, 0.05, InMemoryCascadeChannel(alice))
+
+
+def test_contradicting_parities_stop_bob_instead_of_looping() -> None:
+    """A parity altered in transit (the session's messages are authenticated only at its
+    end) can make Bob flip a bit back and forth forever; a second flip of one bit is
+    impossible with honest parities, so Bob stops asking and ends not converged."""
+    import asyncio
+
+    from postprocessing.reconciliation.cascade import CascadeAlice, cascade_reconcile
+
+    rng = np.random.default_rng(11)
+    alice = rng.integers(0, 2, 20_000, dtype=np.uint8)
+    bob = alice ^ (rng.random(alice.size) < 0.02).astype(np.uint8)
+    a = CascadeAlice(alice, random_bytes=np.random.default_rng(5).bytes)
+
+    class Lying:
+        asked = 0
+
+        async def setup(self, req):  # type: ignore[no-untyped-def]
+            return a.answer_setup(req)
+
+        async def parities(self, req):  # type: ignore[no-untyped-def]
+            rep = a.answer_parities(req)
+            self.asked += 1
+            if req.request_index >= 2:  # every bisection answer: the first parity inverted
+                par = bytearray(rep.parities)
+                par[0] ^= 0x80
+                rep = rep.model_copy(update={"parities": bytes(par)})
+            return rep
+
+        async def finish(self, req):  # type: ignore[no-untyped-def]
+            return a.answer_finish(req)
+
+    ch = Lying()
+    res = asyncio.run(cascade_reconcile(bob, 0.02, ch))
+    assert not res.blocks[0].converged
+    assert ch.asked < 1000, ch.asked  # stopped, far below the 20,000 round-trip cap

@@ -3,6 +3,7 @@ truth, and what a confused or hostile ground station cannot make it do."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,5 +151,51 @@ async def test_both_ends_must_agree_on_the_ec_method(tmp_path: Path, case: str, 
                             await link.request(PASS, op(0, 0, half, "syndromes", {}))
                         else:
                             await link.request(PASS, op(1, half, n, "syndromes", {}))
+            finally:
+                link.close()
+
+
+async def test_a_restarted_satellite_refuses_an_interrupted_pass_cleanly(tmp_path: Path) -> None:
+    """The satellite keeps a pass's session in memory; restarted mid-pass it has lost what
+    it disclosed, so it must neither continue nor start the pass over: its journal (0600,
+    no bits) makes it answer the ground's hello with the pass aborted and why."""
+    import os
+    import stat
+
+    sat_pool, ground_pool = provision_pools(tmp_path)
+    cfg = satellite_config(tmp_path, sat_pool)
+    idx = np.arange(1000, 1000 + 400 * 10, 10, dtype=np.int64)
+    async with running_satellite(SatelliteService(cfg)) as ep:
+        with KeyPool(ground_pool) as pool:
+            link = SatelliteLink(ep, station=STATION, pool=pool, timeout_s=30)
+            try:
+                assert (await link.request(PASS, _hello(pool))).body.state == "new"
+                await link.request(PASS, *_sift(idx, np.zeros(idx.size, np.uint8), 0))
+            finally:
+                link.close()
+    journal = tmp_path / "sat" / "passes" / STATION / f"{PASS}.json"
+    assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(journal.parent).st_mode) == 0o700
+    assert set(json.loads(journal.read_text())) == {"station", "pass_id", "state", "reason"}
+    cfg2 = satellite_config(tmp_path, sat_pool)  # the same state dir, a new process's service
+    for _ in range(2):  # and it stays refused
+        async with running_satellite(SatelliteService(cfg2)) as ep:
+            with KeyPool(ground_pool) as pool:
+                link = SatelliteLink(ep, station=STATION, pool=pool, timeout_s=30)
+                try:
+                    reply = (await link.request(PASS, _hello(pool))).body
+                    assert isinstance(reply, HelloReply)
+                    assert reply.state == "aborted" and "restarted during this pass" in reply.reason
+                    with pytest.raises(PeerRefused, match="aborted"):
+                        await link.request(PASS, *_sift(idx, np.zeros(idx.size, np.uint8), 0))
+                finally:
+                    link.close()
+    assert json.loads(journal.read_text())["state"] == "aborted"
+    # Another pass is unaffected.
+    async with running_satellite(SatelliteService(cfg2)) as ep:
+        with KeyPool(ground_pool) as pool:
+            link = SatelliteLink(ep, station=STATION, pool=pool, timeout_s=30)
+            try:
+                assert (await link.request("41731-20161220T000000Z", _hello(pool))).body.state == "new"
             finally:
                 link.close()

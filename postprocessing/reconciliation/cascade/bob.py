@@ -143,6 +143,11 @@ class CascadeBob:
         self._bob: list[np.ndarray] = []
         self.current_pass = 0
         self.flips = 0
+        # A bit is flipped only where a one-bit interval is odd, i.e. Alice's bit differs:
+        # with honest parities no bit is ever flipped twice. A second flip means the
+        # parities contradict each other (altered in transit): Bob stops asking.
+        self._flipped = np.zeros(n, dtype=bool)
+        self.inconsistent = False
         self.top_parities = 0
         self.bisection_parities = 0
         # per request: (pass, starts, mids) of each layer of splits, in request order
@@ -177,6 +182,9 @@ class CascadeBob:
     # -- bisection rounds ---------------------------------------------------------------
     def _flip(self, key_positions: np.ndarray) -> None:
         key_positions = np.unique(key_positions)
+        if self._flipped[key_positions].any():
+            self.inconsistent = True
+        self._flipped[key_positions] = True
         self.bits[key_positions] ^= 1
         self.flips += int(key_positions.size)
         for p in range(self.n_passes):
@@ -185,8 +193,12 @@ class CascadeBob:
 
     def next_ranges(self) -> Ranges | None:
         """The left halves of every odd interval of the passes worked so far (flipping the
-        bit of every one-bit odd interval first); None once every interval is even."""
+        bit of every one-bit odd interval first); None once every interval is even, or once
+        Alice's parities proved inconsistent (:attr:`inconsistent`; the session then ends
+        not converged, and its authentication or the verification hash rejects it)."""
         while True:
+            if self.inconsistent:
+                return None
             odd_by_pass: list[tuple[int, np.ndarray]] = []
             singles = []
             for p in range(self.current_pass + 1):
@@ -247,7 +259,7 @@ class CascadeBob:
         self._pending = []
 
     def settled(self) -> bool:
-        return (self.current_pass + 1 >= self.n_passes
+        return (not self.inconsistent and self.current_pass + 1 >= self.n_passes
                 and all((a == b).all() for a, b in zip(self._alice, self._bob, strict=True)))
 
 
