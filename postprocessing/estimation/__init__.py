@@ -2,7 +2,7 @@
 
 After Lim, Curty, Walenta, Xu and Zbinden, PRA 89, 022307 (2014): a pure function of a
 pass's sifted counts per basis and intensity class, the bits error correction leaked, and
-the security parameters. See docs/_security.md for the formulas and the choices.
+the security parameters. See docs/postprocessing.md ("Security analysis") for the formulas and the choices.
 
     result = secret_key_length(counts, leaked_ec_bits, SecurityParameters())
     result.key_length_bits          # what privacy amplification outputs

@@ -37,7 +37,7 @@ class SecurityParameters(_Frozen):
 
     ``key_bases``: ``"both"`` (default) distils key from the Z and the X basis, each
     basis's phase error estimated from the other basis's errors, ε_sec split evenly
-    between them (see docs/_security.md); ``"Z"`` or ``"X"`` is Lim et al.'s protocol
+    between them (see docs/postprocessing.md, "Security analysis"); ``"Z"`` or ``"X"`` is Lim et al.'s protocol
     exactly, with key from that basis alone and the other one as test basis.
 
     ``tail_bound``: how observed counts bound their expectations (the n± of Lim et al.):
@@ -46,7 +46,7 @@ class SecurityParameters(_Frozen):
     reproduces Liao's 300,939 bits from the simulated pass at f ≈ 1.16; ``"chernoff"`` the
     multiplicative Chernoff bound per intensity class, as SatQuMA does, tighter for the
     small decoy and vacuum classes (about +35 % key on the Micius pass). Both are
-    rigorous; see docs/_security.md.
+    rigorous; see docs/postprocessing.md, "Security analysis".
     """
 
     epsilon_sec: float = Field(1e-9, gt=0.0, lt=1.0)

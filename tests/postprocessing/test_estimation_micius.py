@@ -6,7 +6,7 @@ class below, with the QBER per class the reconciliation measured (given to 0.01 
 error counts here are rounded from it). They are the whole sifted key; λ_EC is modelled as
 f · n · h(QBER) for one reconciliation over all of it (overall QBER 1.24 %).
 
-Run with ``-s`` to see the table. The figures are in docs/_security.md.
+Run with ``-s`` to see the table. The figures are in docs/postprocessing.md ("Security analysis").
 """
 
 from __future__ import annotations
