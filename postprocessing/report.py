@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 BASES = ("Z", "X")
 CLASSES = ("signal", "decoy", "vacuum")
@@ -76,6 +76,12 @@ class KeyReport(BaseModel):
     duration_s: float = 0.0
     end_of_stream_to_key_s: float | None = None
 
+    @computed_field(description="Sifted bits that did not become reconciled key: a tiny last EC "
+                                "session's bits dropped at both ends, failed blocks; on an aborted "
+                                "pass also the bits never reconciled. sifted_bits − ec.kept_bits.")
+    def discarded_bits(self) -> int:
+        return max(0, self.sifted_bits - self.ec.kept_bits)
+
     def versus_paper(self, paper: dict[str, float] = PAPER_MICIUS) -> list[tuple[str, float, float, float]]:
         """(quantity, ours, paper, ratio) for the figures the paper reports."""
         rows = [("detections", float(self.detections), paper["detections"]),
@@ -88,7 +94,8 @@ class KeyReport(BaseModel):
         lines = [f"key {self.pass_id} ({self.station} ↔ {self.satellite}): {self.outcome}"
                  + (f" — {self.reason}" if self.reason else "")]
         lines.append(f"  detections {self.detections:,} ({self.gated_detections:,} in the gate), "
-                     f"sifted {self.sifted_bits:,}, kept after EC {self.ec.kept_bits:,}")
+                     f"sifted {self.sifted_bits:,}, kept after EC {self.ec.kept_bits:,}"
+                     + (f" ({self.discarded_bits:,} discarded)" if self.discarded_bits else ""))
         for b in BASES:
             q = self.qber.get(b, {})
             lines.append(f"  {b}: sifted " + ", ".join(f"{k} {self.sifted.get(b, {}).get(k, 0):,}" for k in CLASSES)

@@ -100,6 +100,7 @@ async def test_a_pass_too_small_for_cascade_keeps_its_vacuum_bits_and_ends_empty
     assert report.outcome == "empty", report.reason
     assert report.verification_passed
     assert report.sifted_bits == 3 + non_vacuum and report.ec.kept_bits == 3  # the other bit discarded
+    assert report.discarded_bits == non_vacuum
     assert report.ec.leaked_bits == 3  # the disclosed vacuum-class bits
     assert sess.state == "stored"
     assert not (settings.work_dir / MICIUS).exists()
