@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext
-from station.daemon.modes import Outcome, Phase
-from station.daemon.pass_runner import PassReport, PassRunner
+from station.daemon.modes import Outcome
+from station.daemon.pass_runner import OnPhase, PassReport, PassRunner
 from station.daemon.passbook import PassBook
 from station.daemon.publisher import Publisher
 from station.daemon.record import SegmentState
@@ -33,7 +33,7 @@ class PassSlot:
         self.finished = asyncio.Event()
 
     def start(self, entry: PlannedPass, publisher: Publisher, *,
-              on_phase: Callable[[Phase, PassRunner], None],
+              on_phase: OnPhase,
               on_file_opened: Callable[[str], None], segment: int = 1,
               earlier: list[SegmentState] | None = None) -> None:
         """Run ``entry`` (segment ``segment``) in its own task."""

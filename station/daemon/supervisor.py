@@ -40,6 +40,7 @@ from station.daemon.statefile import StateFile, StationState, pass_state, stamp
 from station.daemon.status import StationView
 from station.daemon.watchdog import Heartbeat, beating, wait_beating
 from station.mqtt.messages import (
+    TRANSITION_REASON_MAX,
     HealthMessage,
     PhaseTransition,
     StateMessage,
@@ -246,14 +247,15 @@ class Supervisor:
         self._publish_schedule()
         self._publish_state()
 
-    def _on_phase(self, phase: Phase, runner: PassRunner) -> None:
+    def _on_phase(self, phase: Phase, runner: PassRunner, reason: str) -> None:
         previous, entry, now = self.phase, runner.entry, self.ctx.clock.now()
         self._update(phase=phase, current_pass=pass_state(
             entry, runner.segment, phase, now, self.record.current_pass, runner.earlier_segments))
-        log.info("pass %s: phase %s", entry.pass_id, phase.value)
+        log.info("pass %s: phase %s (%s)", entry.pass_id, phase.value, reason)
         self.publisher.publish_transition(PhaseTransition(
             time=now, pass_id=entry.pass_id, satellite=entry.satellite, segment=runner.segment,
-            from_phase=previous, to_phase=phase, mode=self.mode))
+            from_phase=previous, to_phase=phase, mode=self.mode,
+            reason=reason[:TRANSITION_REASON_MAX]))
         self.status_hook(f"{self.mode.value}: {phase.value} {entry.satellite} {entry.pass_id}")
         self._publish_state()
 
@@ -294,7 +296,7 @@ class Supervisor:
         self._update(mode=Mode.SAFE)
         self.ctx.alarms.raise_("station.safe", Severity.CRITICAL, f"safe mode: {reason}")
         if self.pass_task is not None and not self.pass_task.done():
-            self.request_abort(reason, go_safe=True)
+            self.request_abort(f"safe mode: {reason}", go_safe=True)
         else:
             await self.park_idle(reason)
         self.status_hook(f"safe: {reason}")

@@ -30,7 +30,7 @@ async def inject_in_track(st, inject, *, acquiring: bool = False) -> None:
     """Call ``inject()`` once the pass is tracking (and, if asked, acquiring)."""
     clock = st.ctx.clock
     while st.supervisor.phase != Phase.TRACK or (
-            acquiring and not (st.supervisor.runner and st.supervisor.runner._acquiring)):
+            acquiring and not (st.supervisor.runner and st.supervisor.runner.acquiring)):
         await clock.sleep(1.0)
     inject()
 
