@@ -308,6 +308,13 @@ class PassRunner:
                 # LOS: the telemetry stream ends and the progress loop wakes and stops.
                 self._los.set()
                 telemetry.close()
+        except BaseExceptionGroup as group:
+            # The task group wraps even its body's exception: unwrap it, so a PassAborted
+            # ends the pass with its own reason and not as an "internal error".
+            cause = _sole_cause(group)
+            if cause is None:
+                raise
+            raise cause from None
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -418,6 +425,21 @@ class PassRunner:
             r.go_safe = True
         else:
             ctx.alarms.clear("mount.park", "parked")
+
+
+def _sole_cause(group: BaseExceptionGroup) -> BaseException | None:
+    """What ended a task group: its first PassAborted, else its one exception; None when
+    several other exceptions are in it (they stay grouped, each with its traceback)."""
+    aborted = group.subgroup(PassAborted)
+    leaves = _leaves(aborted if aborted is not None else group)
+    return leaves[0] if aborted is not None or len(leaves) == 1 else None
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def pass_header(ctx: StationContext, entry: PassInfo, segment: int,
