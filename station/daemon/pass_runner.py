@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from drivers.errors import ConnectionLost, DriverError
-from drivers.mount.base import MountError
+from drivers.errors import DriverError
 from station import __version__
 from station.daemon.accounting import (
     Recorded,
@@ -30,11 +29,13 @@ from station.daemon.accounting import (
 )
 from station.daemon.acquisition import Acquisition, TelemetryWatch, publishing_slew
 from station.daemon.alarms import Severity
-from station.daemon.context import StationContext, with_grace
-from station.daemon.joining import MIN_USEFUL_WINDOW_S, TooLittleWindow, join_track
+from station.daemon.context import StationContext
+from station.daemon.joining import MIN_USEFUL_WINDOW_S, Joined, TooLittleWindow
 from station.daemon.lateness import LatenessMonitor, tolerated_lateness_s
 from station.daemon.modes import Outcome, Phase
-from station.daemon.passreport import PassReport
+from station.daemon.motion import follow, slew_to_start
+from station.daemon.parking import park_after_pass
+from station.daemon.passreport import PassAborted, PassReport
 from station.daemon.progress import Progress, channel_name, channel_names
 from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.readiness import alarm_results, blocking_failures, run_checks
@@ -44,7 +45,6 @@ from station.events.pipeline import PassRecorder
 from station.orbit.geometry import SatelliteLinkGeometry
 from station.orbit.passes import PassInfo
 from station.tracking import TrackPlan, plan_for_pass
-from station.tracking.controller import PrepositionTimeout, TrackingAborted
 from station.utc import log_time
 
 __all__ = ["MIN_USEFUL_WINDOW_S", "PassAborted", "PassReport", "PassRunner", "channel_name",
@@ -55,15 +55,6 @@ log = logging.getLogger("station.pass")
 T = TypeVar("T")
 #: Called on every phase change with the phase entered, the runner and why.
 OnPhase = Callable[[Phase, "PassRunner", str], None]
-
-
-class PassAborted(Exception):
-    """The pass must end now; ``go_safe`` asks the supervisor for the safe mode."""
-
-    def __init__(self, reason: str, *, go_safe: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.go_safe = go_safe
 
 
 class PassRunner:
@@ -106,6 +97,9 @@ class PassRunner:
         """The tagger is recording for this pass."""
         return self.acquisition is not None and self.acquisition.acquiring
 
+    def _abort_cause(self) -> PassAborted:
+        return PassAborted(self._abort_reason, go_safe=self._abort_safe)
+
     def request_abort(self, reason: str, *, go_safe: bool = False) -> None:
         """End the pass as soon as possible (operator abort, fault, shutdown)."""
         if not self._abort.is_set():
@@ -122,9 +116,10 @@ class PassRunner:
                  entry.max_el_deg, log_time(entry.qkd_start), log_time(entry.qkd_end))
         try:
             try:
-                if await self._abortable(self._prepare()):
-                    await self._abortable(self._track())
+                if await abortable(self._prepare(), self._abort, self._abort_cause):
+                    await abortable(self._track(), self._abort, self._abort_cause)
             except PassAborted as exc:
+                self.report.tracking = exc.tracking or self.report.tracking
                 self._set_outcome(Outcome.ABORTED, exc.reason, exc.go_safe)
             except asyncio.CancelledError:
                 self._set_outcome(Outcome.ABORTED, "daemon shutting down")
@@ -160,31 +155,12 @@ class PassRunner:
             self.report.outcome, self.report.reason = outcome, reason
         self.report.go_safe = self.report.go_safe or go_safe
 
-    async def _abortable(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` until it ends or an abort is requested (then raise PassAborted)."""
-        task = asyncio.ensure_future(coro)
-        waiter = asyncio.ensure_future(self._abort.wait())
-        try:
-            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            waiter.cancel()
-            await asyncio.gather(task, waiter, return_exceptions=True)
-            raise
-        if task in done:
-            waiter.cancel()
-            await asyncio.gather(waiter, return_exceptions=True)
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise PassAborted(self._abort_reason, go_safe=self._abort_safe)
-
     # -- prepare ---------------------------------------------------------------------------
     async def _prepare(self) -> bool:
         ctx, entry = self.ctx, self.entry
         # The segment is settled before the first transition names it.
         self._settle_segment()
-        self._set_phase(Phase.PREPARE, self._prepare_reason())
+        self._set_phase(Phase.PREPARE, prepare_reason(entry, self.segment, ctx.clock.now_s()))
         results = await run_checks(ctx, entry)
         self.report.readiness = results
         alarm_results(ctx, entry.pass_id, results)
@@ -198,9 +174,14 @@ class PassRunner:
         plan = await plan_for_pass(ctx.mount, ctx.cfg, satellite, aos=entry.aos, los=entry.los,
                                    pass_id=entry.pass_id)
         # The slew is on the mount telemetry topic too: a dashboard sees it leave park.
-        async with publishing_slew(ctx, self.publisher):
-            if not await self._to_start(plan):
-                return False
+        try:
+            async with publishing_slew(ctx, self.publisher):
+                self.plan = await slew_to_start(ctx, entry, plan, segment=self.segment,
+                                                started_s=self.started_s, on_join=self._joined)
+        except TooLittleWindow as exc:
+            self._set_outcome(Outcome.SKIPPED, str(exc))
+            log.warning("pass %s segment %d skipped: %s", entry.pass_id, self.segment, exc)
+            return False
         await ctx.tagger.configure(ctx.cfg.timetagger.channel_configs())
         if ctx.hooks.follows_link:  # a simulated downlink follows the real pass geometry
             ctx.hooks.set_link(SatelliteLinkGeometry(satellite, ctx.cfg.site))
@@ -211,67 +192,12 @@ class PassRunner:
         self._on_file_opened(str(self.recorder.path))
         return True
 
-    def _prepare_reason(self) -> str:
-        entry, now_s = self.entry, self.ctx.clock.now_s()
-        if now_s > entry.aos.timestamp():
-            return f"segment {self.segment}: joining the track of {entry.satellite} under way"
-        if entry.qkd_start is None:
-            return (f"AOS in {entry.aos.timestamp() - now_s:.0f} s (no QKD window): "
-                    "slewing to the start of the track")
-        return (f"QKD window opens in {entry.qkd_start.timestamp() - now_s:.0f} s: "
-                "readiness checks, then slewing to the start of the track")
-
-    async def _to_start(self, full_plan: TrackPlan) -> bool:
-        """Slew to the start of the track; False (outcome ``skipped``) when a track under way
-        leaves too little window to join.
-
-        A track under way (a resumed segment) is joined where the satellite will be as soon
-        as the mount can be there, not after a full slew plus margin. A slew that takes
-        longer than estimated (a detour around the Sun or the horizon mask) joins again
-        further on, twice at most.
-        """
-        ctx, entry = self.ctx, self.entry
-        joining, plan = ctx.clock.now_s() > full_plan.aos_s, full_plan
-        for attempt in range(3):
-            if joining:
-                try:
-                    joined = await join_track(ctx, entry, full_plan, segment=self.segment,
-                                              started_s=self.started_s)
-                except TooLittleWindow as exc:
-                    self._set_outcome(Outcome.SKIPPED, str(exc))
-                    log.warning("pass %s segment %d skipped: %s", entry.pass_id, self.segment, exc)
-                    return False
-                plan, self._join_cause = joined.plan, joined.cause
-                self.report.join_delay_s = joined.delay_s
-            self.plan = plan
-            try:
-                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
-                return True
-            except PrepositionTimeout as exc:
-                if not joining or attempt == 2:
-                    raise PassAborted(f"not at the rise point in time: {exc}") from exc
-                log.warning("pass %s: not on the track in time (%s); joining further on",
-                            entry.pass_id, exc)
-            except MountError as exc:
-                await self._mount_fault(exc)  # raises unless the link came back
-                await ctx.tracker.preposition(plan, deadline_s=plan.aos_s)
-                return True
-        return True  # not reached: the last attempt returns or raises
+    def _joined(self, joined: Joined) -> None:
+        self._join_cause, self.report.join_delay_s = joined.cause, joined.delay_s
 
     def _settle_segment(self) -> None:
-        """The first segment number from ``self.segment`` up whose pass file does not
-        exist yet: a pass recorded before (a rerun of a simulated night, or a crash that
-        left its file) is never overwritten, it gets a new segment."""
-        entry = self.entry
-        probe = PassHeader(pass_id=entry.pass_id, segment=self.segment)
-        while self.ctx.pipeline.path_for(probe).exists():
-            probe = probe.model_copy(update={"segment": probe.segment + 1})
-        if probe.segment != self.segment:
-            log.warning("pass %s: %s exists; recording as segment %d", entry.pass_id,
-                        self.ctx.pipeline.path_for(PassHeader(pass_id=entry.pass_id,
-                                                              segment=self.segment)),
-                        probe.segment)
-            self.segment = self.report.segment = probe.segment
+        self.segment = self.report.segment = free_segment(self.ctx, self.entry.pass_id,
+                                                          self.segment)
 
     def _disk_loss(self, message: str) -> None:
         """The pipeline says the disk refused a write: alarm now, not at the end."""
@@ -304,7 +230,7 @@ class PassRunner:
                 tg.create_task(self.acquisition.run(), name=f"acquire-{entry.pass_id}")
                 tg.create_task(self.watch.run(telemetry), name=f"telemetry-{entry.pass_id}")
                 tg.create_task(progress.run(), name=f"progress-{entry.pass_id}")
-                await self._follow(plan)
+                self.report.tracking = await follow(ctx, entry.pass_id, plan)
                 # LOS: the telemetry stream ends and the progress loop wakes and stops.
                 self._los.set()
                 telemetry.close()
@@ -319,37 +245,6 @@ class PassRunner:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             ctx.tracker.unsubscribe(telemetry)
-
-    async def _follow(self, plan: TrackPlan) -> None:
-        """Track to LOS, riding out a mount link drop within the grace period."""
-        while True:
-            try:
-                self.report.tracking = await self.ctx.tracker.track(plan)
-                return
-            except TrackingAborted as exc:
-                self.report.tracking = exc.stats
-                raise PassAborted(f"tracking: {exc}") from exc
-            except MountError as exc:
-                self.report.tracking = self.ctx.tracker.stats
-                await self._mount_fault(exc)
-                now_s = self.ctx.clock.now_s()
-                if plan.los_s - now_s < 2.0:
-                    return
-                plan = plan.window(now_s + 1.0, plan.los_s)
-                log.info("pass %s: mount back, resuming the track", self.entry.pass_id)
-
-    async def _mount_fault(self, exc: DriverError) -> None:
-        """The mount failed mid-pass: reconnect within the grace period or abort to safe."""
-        ctx = self.ctx
-        ctx.mark_lost("mount", exc)
-        if not isinstance(exc, ConnectionLost):
-            raise PassAborted(f"mount error: {exc}", go_safe=True) from exc
-        grace_s = ctx.cfg.operations.faults.mount_reconnect_grace_s
-        log.warning("pass %s: mount link lost (%s); reconnecting for up to %.0f s",
-                    self.entry.pass_id, exc, grace_s)
-        if not await with_grace(lambda: ctx.connect("mount"), ctx.clock, grace_s):
-            raise PassAborted(
-                f"mount link lost and not back within {grace_s:g} s: {exc}", go_safe=True) from exc
 
     # -- finalize and park ---------------------------------------------------------------------
     async def _finalize(self) -> None:
@@ -407,24 +302,12 @@ class PassRunner:
         publish_summaries(self.publisher, self.entry, self.report, self.earlier_segments)
 
     async def _park(self) -> None:
-        ctx, r = self.ctx, self.report
+        r = self.report
         self._set_phase(Phase.PARK, f"pass {r.outcome.value}: parking the mount")
-        if not ctx.links["mount"].connected:
-            log.error("pass %s: cannot park, the mount is not connected", self.entry.pass_id)
-            return
-        try:
-            if await ctx.tracker.park():
-                r.mount_parked = await ctx.tracker.wait_parked(
-                    ctx.cfg.operations.faults.park_timeout_s)
-        except (MountError, TimeoutError) as exc:
-            ctx.mark_lost("mount", exc)
-        if not r.mount_parked:
-            ctx.alarms.raise_("mount.park", Severity.CRITICAL,
-                              "the mount did not reach the park position",
-                              pass_id=self.entry.pass_id)
+        parked = await park_after_pass(self.ctx, self.entry.pass_id)
+        r.mount_parked = bool(parked)
+        if parked is False:  # tried and failed (None: the mount was away, nothing tried)
             r.go_safe = True
-        else:
-            ctx.alarms.clear("mount.park", "parked")
 
 
 def _sole_cause(group: BaseExceptionGroup) -> BaseException | None:
@@ -471,3 +354,49 @@ async def switch_beacon(ctx: StationContext, pass_id: str, *, on: bool) -> None:
     except DriverError as exc:
         ctx.alarms.raise_("beacon_laser.command", Severity.WARNING,
                           f"beacon laser {'on' if on else 'off'} failed: {exc}", pass_id=pass_id)
+
+
+def prepare_reason(entry: PassInfo, segment: int, now_s: float) -> str:
+    """Why a pass enters ``prepare`` now, in words (the transition's reason)."""
+    if now_s > entry.aos.timestamp():
+        return f"segment {segment}: joining the track of {entry.satellite} under way"
+    if entry.qkd_start is None:
+        return (f"AOS in {entry.aos.timestamp() - now_s:.0f} s (no QKD window): "
+                "slewing to the start of the track")
+    return (f"QKD window opens in {entry.qkd_start.timestamp() - now_s:.0f} s: "
+            "readiness checks, then slewing to the start of the track")
+
+
+def free_segment(ctx: StationContext, pass_id: str, segment: int) -> int:
+    """The first segment number from ``segment`` up whose pass file does not exist yet: a
+    pass recorded before (a rerun of a simulated night, or a crash that left its file) is
+    never overwritten, it gets a new segment."""
+    probe = PassHeader(pass_id=pass_id, segment=segment)
+    while ctx.pipeline.path_for(probe).exists():
+        probe = probe.model_copy(update={"segment": probe.segment + 1})
+    if probe.segment != segment:
+        log.warning("pass %s: %s exists; recording as segment %d", pass_id,
+                    ctx.pipeline.path_for(PassHeader(pass_id=pass_id, segment=segment)),
+                    probe.segment)
+    return probe.segment
+
+
+async def abortable(coro: Coroutine[Any, Any, T], abort: asyncio.Event,
+                    cause: Callable[[], BaseException]) -> T:
+    """Run ``coro`` until it ends or ``abort`` is set (then raise ``cause()``)."""
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(abort.wait())
+    try:
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        waiter.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+        raise
+    if task in done:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise cause()

@@ -69,6 +69,15 @@ class PassBook:
     def get(self, pass_id: str) -> PlannedPass | None:
         return self.schedule.get(pass_id) if self.schedule else None
 
+    def resumable(self, pass_id: str) -> PlannedPass | None:
+        """The pass a crash interrupted, from the new schedule; None (the pass marked
+        ``interrupted``) when it is not in it."""
+        entry = self.get(pass_id)
+        if entry is None:
+            log.error("cannot resume pass %s: not in the new schedule", pass_id)
+            self.done[pass_id] = Outcome.INTERRUPTED
+        return entry
+
     def upcoming(self, after: PlannedPass | None = None) -> PlannedPass | None:
         """The next scheduled pass still worth starting (after ``after``, if given)."""
         if self.schedule is None:

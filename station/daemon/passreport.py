@@ -1,4 +1,5 @@
-"""What one pass segment amounted to: the rehearsal report and the summary's source."""
+"""What one pass segment amounted to (the rehearsal report and the summary's source), and
+the exception that ends a pass early."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ from station.daemon.readiness import CheckResult
 from station.daemon.record import SegmentState
 from station.tracking import TrackingStats
 
-__all__ = ["PassReport"]
+__all__ = ["PassAborted", "PassReport"]
+
+
+class PassAborted(Exception):
+    """The pass must end now; ``go_safe`` asks the supervisor for the safe mode.
+    ``tracking`` carries the tracking statistics so far when the track was under way."""
+
+    def __init__(self, reason: str, *, go_safe: bool = False,
+                 tracking: TrackingStats | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.go_safe = go_safe
+        self.tracking = tracking
 
 
 class PassReport(BaseModel):

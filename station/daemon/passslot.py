@@ -32,6 +32,15 @@ class PassSlot:
         #: Set each time a pass ends (tests and rehearsals wait on it).
         self.finished = asyncio.Event()
 
+    @property
+    def running(self) -> bool:
+        """A pass is in progress (its task not yet taken)."""
+        return self.task is not None
+
+    @property
+    def current_pass_id(self) -> str | None:
+        return self.runner.entry.pass_id if self.runner is not None else None
+
     def start(self, entry: PlannedPass, publisher: Publisher, *,
               on_phase: OnPhase,
               on_file_opened: Callable[[str], None], segment: int = 1,

@@ -32,7 +32,7 @@ async def inject_in_track(st, inject, *, acquiring: bool = False) -> None:
     """Call ``inject()`` once the pass is tracking (and, if asked, acquiring)."""
     clock = st.ctx.clock
     while st.supervisor.phase != Phase.TRACK or (
-            acquiring and not (st.supervisor.runner and st.supervisor.runner.acquiring)):
+            acquiring and not (st.supervisor.slot.runner and st.supervisor.slot.runner.acquiring)):
         await clock.sleep(1.0)
     inject()
 
@@ -270,7 +270,7 @@ async def test_blocking_readiness_failure_skips_the_pass(mosquitto: Broker, tmp_
     assert report.pass_file is None and report.tracking is None
     assert st.ctx.alarms.is_active("readiness.time_reference_locked")
     assert st.ctx.alarms.is_active("time_reference.lock")
-    assert st.supervisor.health_message().time_reference_locked is False
+    assert st.supervisor.reporter.health().time_reference_locked is False
 
 
 async def test_unexpected_exception_parks_goes_safe_and_stays_up(mosquitto: Broker, tmp_path: Path) -> None:
