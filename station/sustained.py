@@ -41,11 +41,20 @@ class Sustained:
         """How long the current run has lasted at ``now_s`` (0 when not active)."""
         return 0.0 if self._since_s is None else now_s - self._since_s
 
-    def update(self, holds: bool, now_s: float) -> bool:
-        """Record one reading; True when the condition has now held for ``duration_s``."""
+    def update(self, holds: bool, now_s: float, *, since_s: float | None = None) -> bool:
+        """Record one reading; True when the condition has now held for ``duration_s``.
+
+        ``since_s`` is when a run that starts with this reading began, if earlier than
+        ``now_s``: a reading that speaks for an unobserved stretch before it (the time
+        since the previous reading, after a stall). It is ignored while a run lasts.
+
+        >>> s = Sustained(2.0)
+        >>> s.update(True, 10.0, since_s=7.5), s.since_s
+        (True, 7.5)
+        """
         if not holds:
             self._since_s = None
             return False
         if self._since_s is None:
-            self._since_s = now_s
+            self._since_s = now_s if since_s is None else min(since_s, now_s)
         return now_s - self._since_s >= self.duration_s

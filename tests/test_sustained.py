@@ -23,3 +23,13 @@ def test_one_good_reading_restarts_the_run():
 
 def test_zero_duration_fires_on_the_first_reading():
     assert Sustained(0.0).update(True, 5.0) is True
+
+
+def test_a_reading_after_a_stall_speaks_for_the_unobserved_time():
+    # The first bad reading after 5 s without any: the run began at the last reading seen.
+    s = Sustained(2.0)
+    assert s.update(True, 15.0, since_s=10.0) is True and s.since_s == 10.0
+    # While the run lasts, since_s is ignored; a since_s later than now is taken as now.
+    assert s.update(True, 16.0, since_s=15.5) is True and s.since_s == 10.0
+    s.update(False, 17.0)
+    assert s.update(True, 18.0, since_s=19.0) is False and s.since_s == 18.0

@@ -159,8 +159,8 @@ def _tagger_started(ctx: StationContext) -> bool:
 def _measure_qber(ctx: StationContext, entry: PlannedPass, report: PassReport) -> None:
     """Sift the recorded pass against what the simulated satellite sent (sim tagger only)."""
     import numpy as np
+    from scipy.constants import c as C_M_S  # the speed of light, m/s
 
-    from drivers.timetagger.sim import C_M_S
     from postprocessing.satellite.truth import qber_from_events
     from station.events import PassFileReader
     from station.orbit.geometry import SatelliteLinkGeometry

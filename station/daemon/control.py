@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from station.daemon.modes import Mode
+from station.daemon.parking import park_idle
 from station.mqtt.commands import CommandRefused
 from station.mqtt.messages import (
     AbortPassResult,
@@ -50,11 +51,11 @@ class OperatorControl:
 
     async def park(self) -> ParkResult:
         sup = self.sup
-        if sup.pass_running:
+        if sup.slot.running:
             report = await sup.abort_current("operator park")
             return ParkResult(parked=bool(report and report.mount_parked), pass_aborted=True)
         self._require_mount()
-        return ParkResult(parked=await sup.park_idle("operator park"), pass_aborted=False)
+        return ParkResult(parked=await park_idle(sup.ctx, "operator park"), pass_aborted=False)
 
     async def stop(self) -> StopResult:
         sup = self.sup
@@ -68,7 +69,7 @@ class OperatorControl:
         if sup.mode in (Mode.AUTO, Mode.SAFE):
             raise CommandRefused(
                 f"goto refused in {sup.mode.value} mode: set_mode manual (or maintenance) first")
-        if sup.pass_running:
+        if sup.slot.running:
             raise CommandRefused("goto refused: a pass is in progress; abort_pass first")
         self._require_mount()
         try:
@@ -83,16 +84,16 @@ class OperatorControl:
         if mode == Mode.SAFE:
             await sup.enter_safe("operator request")
         else:
-            if mode != Mode.AUTO and sup.pass_running:
+            if mode != Mode.AUTO and sup.slot.running:
                 await sup.abort_current(f"mode changed to {mode.value}")
             sup.set_mode(mode)
             if previous == Mode.SAFE:
                 sup.ctx.alarms.clear("station.safe", f"cleared by operator ({mode.value})")
-            if mode == Mode.AUTO and previous != Mode.AUTO and not sup.pass_running \
+            if mode == Mode.AUTO and previous != Mode.AUTO and not sup.slot.running \
                     and sup.ctx.links["mount"].connected:
                 # Handing the station back to the schedule: it waits for the next pass
                 # parked, not wherever an operator left the telescope.
-                await sup.park_idle("back to auto mode")
+                await park_idle(sup.ctx, "back to auto mode")
         log.info("mode %s → %s", previous.value, sup.mode.value)
         sup.wake()
         return SetModeResult(mode=sup.mode, previous=previous)
@@ -121,7 +122,7 @@ class OperatorControl:
 
     async def abort_pass(self, reason: str) -> AbortPassResult:
         sup = self.sup
-        if not sup.pass_running:
+        if not sup.slot.running:
             raise CommandRefused("no pass is in progress")
         report = await sup.abort_current(f"operator: {reason}")
         return AbortPassResult(pass_id=report.pass_id if report else None,

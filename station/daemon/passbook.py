@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from station.daemon.alarms import Severity
 from station.daemon.context import ELEMENTS_ALARM, StationContext, note_element_load
+from station.daemon.joining import MIN_USEFUL_WINDOW_S
 from station.daemon.modes import Outcome
-from station.daemon.pass_runner import MIN_USEFUL_WINDOW_S
 from station.orbit.catalog import LoadReport
 from station.schedule import PlannedPass, Schedule, plan
+from station.utc import log_time
 
 log = logging.getLogger("station.supervisor")
 
@@ -52,7 +52,7 @@ class PassBook:
         for p in schedule.scheduled():
             if p.los_s > now_s and p.pass_id not in self.done:
                 log.info("schedule: %s %s scheduled, AOS %s, max el %.1f°, QKD %.0f s (%s)",
-                         p.satellite, p.pass_id, _hms(p.aos), p.max_el_deg,
+                         p.satellite, p.pass_id, log_time(p.aos), p.max_el_deg,
                          p.qkd_duration_s, p.reason)
         self._check_elements(now_s)
         return schedule
@@ -68,6 +68,15 @@ class PassBook:
 
     def get(self, pass_id: str) -> PlannedPass | None:
         return self.schedule.get(pass_id) if self.schedule else None
+
+    def resumable(self, pass_id: str) -> PlannedPass | None:
+        """The pass a crash interrupted, from the new schedule; None (the pass marked
+        ``interrupted``) when it is not in it."""
+        entry = self.get(pass_id)
+        if entry is None:
+            log.error("cannot resume pass %s: not in the new schedule", pass_id)
+            self.done[pass_id] = Outcome.INTERRUPTED
+        return entry
 
     def upcoming(self, after: PlannedPass | None = None) -> PlannedPass | None:
         """The next scheduled pass still worth starting (after ``after``, if given)."""
@@ -105,5 +114,3 @@ class PassBook:
         return report
 
 
-def _hms(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")

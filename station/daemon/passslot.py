@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext
-from station.daemon.modes import Outcome, Phase
-from station.daemon.pass_runner import PassReport, PassRunner
+from station.daemon.modes import Outcome
+from station.daemon.pass_runner import OnPhase, PassReport, PassRunner
 from station.daemon.passbook import PassBook
 from station.daemon.publisher import Publisher
 from station.daemon.record import SegmentState
@@ -32,8 +32,17 @@ class PassSlot:
         #: Set each time a pass ends (tests and rehearsals wait on it).
         self.finished = asyncio.Event()
 
+    @property
+    def running(self) -> bool:
+        """A pass is in progress (its task not yet taken)."""
+        return self.task is not None
+
+    @property
+    def current_pass_id(self) -> str | None:
+        return self.runner.entry.pass_id if self.runner is not None else None
+
     def start(self, entry: PlannedPass, publisher: Publisher, *,
-              on_phase: Callable[[Phase, PassRunner], None],
+              on_phase: OnPhase,
               on_file_opened: Callable[[str], None], segment: int = 1,
               earlier: list[SegmentState] | None = None) -> None:
         """Run ``entry`` (segment ``segment``) in its own task."""

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from station.daemon.alarms import Severity
 from station.daemon.context import StationContext
 from station.files import make_dirs
 from station.orbit.passes import PassInfo
@@ -104,3 +105,14 @@ async def run_checks(ctx: StationContext, entry: PassInfo) -> list[CheckResult]:
 
 def blocking_failures(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if not r.ok and r.policy == "blocking"]
+
+
+def alarm_results(ctx: StationContext, pass_id: str, results: list[CheckResult]) -> None:
+    """Raise an alarm per failed check (critical when blocking) and clear those passing."""
+    for r in results:
+        key = f"readiness.{r.name}"
+        if r.ok:
+            ctx.alarms.clear(key, f"{r.name}: {r.detail}")
+        else:
+            sev = Severity.CRITICAL if r.policy == "blocking" else Severity.WARNING
+            ctx.alarms.raise_(key, sev, f"{r.name}: {r.detail}", pass_id=pass_id)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from station.daemon.alarms import Severity
 from station.daemon.context import StationContext
+from station.daemon.joining import MIN_USEFUL_WINDOW_S
 from station.daemon.modes import Mode, Outcome, Phase
-from station.daemon.pass_runner import MIN_USEFUL_WINDOW_S
 from station.daemon.publisher import Publisher
 from station.daemon.record import (
     Cause,
@@ -29,6 +29,7 @@ from station.daemon.record import (
 )
 from station.daemon.statefile import PassState, StationState, stamp
 from station.events import passfile
+from station.utc import log_time
 
 log = logging.getLogger("station.supervisor")
 
@@ -57,8 +58,6 @@ def stream_stem(pass_id: str, segment: int) -> str:
     return pass_id if segment == 1 else f"{pass_id}-s{segment}"
 
 
-def _hms(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _start_mode(saved: StationState, start_mode: Mode) -> tuple[Mode, str]:
@@ -110,7 +109,7 @@ async def _interrupted(ctx: StationContext, saved: StationState, cur: PassState,
         # The clock is before the state file's last entry: a simulated night started
         # over. The pass is ahead again, not interrupted in progress.
         log.warning("%s; the clock (%s) is before that, so the pass will be taken "
-                    "afresh when it comes", detail, _hms(ctx.clock.now()))
+                    "afresh when it comes", detail, log_time(ctx.clock.now()))
     elif (ctx.cfg.operations.resume_after_crash and mode == Mode.AUTO
             and cur.qkd_end.timestamp() - MIN_USEFUL_WINDOW_S > now_s):
         # The runner checks again once it knows how long joining the track takes.
@@ -150,7 +149,7 @@ async def _interrupted_segment(ctx: StationContext, cur: PassState, last_saved: 
     end_s = seg.ended_at.timestamp() if seg.ended_at else last_saved.timestamp()
     seg.causes.append(Cause(start_s=end_s, end_s=max(end_s, ctx.clock.now_s()), cause=(
         f"the daemon stopped during segment {cur.segment} (last batch on disk "
-        f"{_hms(seg.ended_at)}) and was restarted at {_hms(ctx.clock.now())}")))
+        f"{log_time(seg.ended_at)}) and was restarted at {log_time(ctx.clock.now())}")))
     return seg, satellite
 
 

@@ -1,7 +1,11 @@
-"""A small JSON file in the state directory that says where the station was.
+"""A small JSON file in the state directory that says where the station was, and the one
+record of mode and phase it holds.
 
-Written atomically (temporary file, fsync, rename) on every transition, so after a crash
-or power cut the daemon knows whether a pass was in progress and which file it wrote.
+:class:`ModeRecord` is that record in the daemon: every change of mode or phase goes
+through it and is saved at once, atomically (temporary file, fsync, rename), so after a
+crash or power cut the daemon knows whether a pass was in progress and which file it
+wrote. Everything else (the ``state`` message, the supervisor's ``mode`` and ``phase``)
+is derived from it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from station.daemon.alarms import Severity
 from station.daemon.modes import Mode, Phase
 from station.daemon.record import SegmentState
 from station.events.passfile import reserve_space
 from station.files import make_dirs, open_file
 
 if TYPE_CHECKING:
+    from station.clock import Clock
+    from station.daemon.alarms import AlarmBook
     from station.orbit.passes import PassInfo
 
 log = logging.getLogger(__name__)
@@ -141,3 +148,62 @@ def pass_state(entry: PassInfo, segment: int, phase: Phase, now: datetime,
         pass_file=previous.pass_file if previous and same else None,
         phase_times={**(previous.phase_times if previous and same else {}), phase.value: now},
         earlier_segments=earlier)
+
+
+class ModeRecord:
+    """The one record of mode, phase and the pass in progress, saved on every change.
+
+    A save that fails raises the ``state.file`` alarm; the record in memory stays true
+    and the next change tries again.
+    """
+
+    def __init__(self, state_dir: Path, clock: Clock, alarms: AlarmBook, start_mode: Mode):
+        self.file = StateFile(state_dir)
+        self.clock, self.alarms = clock, alarms
+        self.state = StationState(mode=start_mode, updated=clock.now())
+        #: Why the station is in its mode, in words ('' when chosen at start-up).
+        self.mode_reason = ""
+
+    @property
+    def mode(self) -> Mode:
+        return self.state.mode
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def current_pass(self) -> PassState | None:
+        return self.state.current_pass
+
+    def update(self, **changes: object) -> None:
+        """Change the record and save it."""
+        self.state = stamp(self.state, self.clock.now(), **changes)
+        try:
+            self.file.save(self.state)
+        except OSError as exc:
+            self.alarms.raise_("state.file", Severity.WARNING,
+                               f"cannot write the state file {self.file.path}: {exc}")
+
+    def restore(self, state: StationState, mode_reason: str) -> None:
+        """Take the record recovery made of what the previous run left, and save it."""
+        self.state, self.mode_reason = state, mode_reason
+        self.update()
+
+    def set_mode(self, mode: Mode, reason: str = "") -> None:
+        self.mode_reason = reason
+        self.update(mode=mode)
+
+    def enter_phase(self, phase: Phase, entry: PassInfo, segment: int,
+                    earlier: list[SegmentState]) -> Phase:
+        """Record the pass in progress entering ``phase``; returns the phase it left."""
+        previous = self.phase
+        self.update(phase=phase, current_pass=pass_state(
+            entry, segment, phase, self.clock.now(), self.current_pass, earlier))
+        return previous
+
+    def file_opened(self, path: str) -> None:
+        """The pass in progress writes ``path`` (recovery closes it after a crash)."""
+        cur = self.current_pass
+        if cur is not None:
+            self.update(current_pass=cur.model_copy(update={"pass_file": path}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from datetime import datetime
 
 from station import __version__
 from station.clock import from_epoch_s
@@ -17,16 +18,19 @@ from station.daemon.context import StationContext
 from station.daemon.disk import DiskReading
 from station.daemon.modes import Mode, Outcome, Phase
 from station.mqtt.messages import (
+    TRANSITION_REASON_MAX,
     ConfigSummary,
     DriverHealth,
     ElementAge,
     HealthMessage,
     PassDecision,
     PassRef,
+    PhaseTransition,
     ScheduledPass,
     ScheduleMessage,
     StateMessage,
 )
+from station.orbit.passes import PassInfo
 from station.schedule import PlannedPass, Schedule
 
 
@@ -109,3 +113,11 @@ def health_message(ctx: StationContext, disk: DiskReading,
         disk_free_bytes=disk.free_bytes, expected_pass_bytes=disk.expected_pass_bytes,
         time_reference_locked=timeref_locked,
         stream_consumer_connected=ctx.pipeline.consumer_connected, ok=ok)
+
+
+def transition_message(now: datetime, entry: PassInfo, segment: int, previous: Phase,
+                       phase: Phase, mode: Mode, reason: str) -> PhaseTransition:
+    """The ``transitions`` message of a pass entering ``phase`` (the reason cut to length)."""
+    return PhaseTransition(
+        time=now, pass_id=entry.pass_id, satellite=entry.satellite, segment=segment,
+        from_phase=previous, to_phase=phase, mode=mode, reason=reason[:TRANSITION_REASON_MAX])

@@ -215,6 +215,10 @@ class AlarmMessage(Payload):
     pass_id: str | None = Field(None, description="Pass during which it happened.")
 
 
+#: Longest ``PhaseTransition.reason`` (characters); longer reasons are cut to it.
+TRANSITION_REASON_MAX = 1000
+
+
 class PhaseTransition(Payload):
     """``transitions``: one message per pass phase change (not retained, QoS 1, kept until
     sent), so a dashboard sees every phase even when ``state`` updates were coalesced."""
@@ -226,6 +230,13 @@ class PhaseTransition(Payload):
     from_phase: Phase = Field(description="Phase left.")
     to_phase: Phase = Field(description="Phase entered: prepare | track | finalize | park | idle.")
     mode: Mode = Field(description="Operating mode at the time.")
+    reason: str = Field(
+        max_length=TRANSITION_REASON_MAX, description="Why the phase changed, in words (e.g. "
+        "'QKD window opens in 95 s: readiness checks, then slewing to the start of the "
+        "track', 'LOS', 'aborted: operator: clouds', 'pass completed').")
+    kind: Literal["phase"] = Field(
+        "phase", description="Always 'phase': tells this message from the other kinds of "
+        "event on the transitions topic.")
 
 
 class TrackingErrorStats(Payload):

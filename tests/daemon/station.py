@@ -87,9 +87,9 @@ class Running:
     async def next_pass(self, wall_timeout_s: float = 240.0) -> Any:
         """Wait (in wall time) for the next pass to end; its report."""
         sup = self.supervisor
-        sup.pass_finished.clear()
+        sup.slot.finished.clear()
         async with asyncio.timeout(wall_timeout_s):
-            await sup.pass_finished.wait()
+            await sup.slot.finished.wait()
         return sup.reports[-1]
 
 

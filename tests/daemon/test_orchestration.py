@@ -15,6 +15,7 @@ from station.config import load_config
 from station.config.root import StationConfig, live_sections, restart_sections
 from station.daemon.alarms import AlarmBook
 from station.daemon.context import StationContext
+from station.daemon.parking import park_idle
 from station.daemon.publisher import NullPublisher, Publisher
 from station.daemon.supervisor import Supervisor
 from station.mqtt.service import MqttService
@@ -62,7 +63,7 @@ async def test_only_a_link_failure_is_reported_as_a_lost_link(tmp_path: Path) ->
         raise ConnectionLost("serial cable out")
 
     ctx.tracker.park = link_drops  # type: ignore[method-assign]
-    assert await sup.park_idle("test") is False
+    assert await park_idle(sup.ctx, "test") is False
     assert not ctx.links["mount"].connected and "serial cable out" in ctx.links["mount"].detail
 
     async def bug() -> bool:
@@ -71,5 +72,5 @@ async def test_only_a_link_failure_is_reported_as_a_lost_link(tmp_path: Path) ->
     ctx.links["mount"].connected = True
     ctx.tracker.park = bug  # type: ignore[method-assign]
     with pytest.raises(KeyError, match="a bug"):
-        await sup.park_idle("test")  # reaches the loop's unexpected-exception path as is
+        await park_idle(sup.ctx, "test")  # reaches the loop's unexpected-exception path as is
     assert ctx.links["mount"].connected

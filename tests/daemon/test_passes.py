@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +32,42 @@ async def inject_in_track(st, inject, *, acquiring: bool = False) -> None:
     """Call ``inject()`` once the pass is tracking (and, if asked, acquiring)."""
     clock = st.ctx.clock
     while st.supervisor.phase != Phase.TRACK or (
-            acquiring and not (st.supervisor.runner and st.supervisor.runner._acquiring)):
+            acquiring and not (st.supervisor.slot.runner and st.supervisor.slot.runner.acquiring)):
         await clock.sleep(1.0)
     inject()
+
+
+def assert_transitions_say_why(transitions: list[dict]) -> None:
+    """Each of the pass's transitions has kind 'phase' and a reason in words."""
+    mine = [t for t in transitions if t["pass_id"] == MICIUS]
+    assert mine and all(t["kind"] == "phase" for t in mine)
+    why = {t["to_phase"]: t["reason"] for t in mine}
+    assert re.fullmatch(r"QKD window opens in \d+ s: readiness checks, then slewing to the "
+                        r"start of the track", why["prepare"]), why
+    assert why["track"].startswith("on the track: following"), why
+    assert why["finalize"] == "LOS", why
+    assert why["park"] == "pass completed: parking the mount", why
+    assert why["idle"] == "pass completed", why
+
+
+def assert_slew_published(transitions: list[dict], mount: list[dict]) -> None:
+    """During prepare the mount topic shows the slew from park (the zenith) down to where
+    tracking then starts: not tracking, no target, moving."""
+    at = {t["to_phase"]: datetime.fromisoformat(t["time"]) for t in transitions
+          if t["pass_id"] == MICIUS}
+    when = [(datetime.fromisoformat(m["time"]), m) for m in mount]
+    slew = [m for t, m in when if at["prepare"] <= t < at["track"]]
+    tracked = [m for t, m in when if t >= at["track"] and m["tracking"]]
+    assert len(slew) >= 3, slew
+    assert all(m["moving"] and not m["tracking"] and m["target_az_deg"] is None
+               and m["tracking_error_arcsec"] is None for m in slew)
+    first, last = slew[0], slew[-1]
+    assert first["actual_el_deg"] > 70.0, first  # it left park
+    assert last["actual_el_deg"] < first["actual_el_deg"] - 30.0, (first, last)
+    start = tracked[0]
+    assert abs(last["actual_el_deg"] - start["actual_el_deg"]) < 2.0, (last, start)
+    d_az = (last["actual_az_deg"] - start["actual_az_deg"] + 180.0) % 360.0 - 180.0
+    assert abs(d_az) < 2.0, (last, start)
 
 
 async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None:
@@ -99,9 +134,28 @@ async def test_micius_pass_end_to_end(mosquitto: Broker, tmp_path: Path) -> None
     progress = st_log.json_on("pass")
     assert progress and progress[-1]["events_recorded"] > 0
     assert any(m["tracking"] for m in st_log.json_on("mount"))
+    assert_transitions_say_why(st_log.json_on("transitions"))
     rates = st_log.json_on("timetagger")
     assert any(m["acquiring"] and m["rates_hz"].get("H", 0) > 1000 for m in rates)
     assert backend_of(st.ctx).true_position().el_deg > 89.9  # parked at the zenith
+
+
+async def test_the_slew_to_the_track_is_on_the_mount_topic(mosquitto: Broker, tmp_path: Path) -> None:
+    # A clock 20 times real time, not max speed: on max speed the clock jumps while a
+    # message waits for the socket, and the newest-wins telemetry keeps only the last.
+    cfg = sim_config(tmp_path, mosquitto.port,
+                     clock={"mode": "simulated", "start": "2016-12-19T16:46:35Z", "speed": 20.0},
+                     operations={"readiness": {"stream_consumer": "off"}})
+    async with running_station(cfg) as st:
+        log = st.mqtt_log
+        await log.wait_json("mount", lambda m: m["tracking"], timeout_s=120.0)
+        st.supervisor.request_abort("test over")
+        report = await st.next_pass()
+        await log.wait_json("transitions", lambda t: t["to_phase"] == "idle")
+    assert report.outcome == Outcome.ABORTED and report.reason == "test over"
+    assert_slew_published(log.json_on("transitions"), log.json_on("mount"))
+    fin = next(t for t in log.json_on("transitions") if t["to_phase"] == "finalize")
+    assert fin["reason"] == "aborted: test over", fin
 
 
 async def test_mount_link_lost_without_return_aborts_to_safe(mosquitto: Broker, tmp_path: Path) -> None:
@@ -124,6 +178,11 @@ async def test_mount_link_lost_without_return_aborts_to_safe(mosquitto: Broker, 
         assert stop.complete and sum(len(b.events) for b in batches) == report.events_recorded
         await st.mqtt_log.wait_json(
             "alarms", lambda a: a["key"] == "station.safe" and a["state"] == "raised")
+        # The transitions say why the pass ended early.
+        fin = await st.mqtt_log.wait_json("transitions", lambda t: t["to_phase"] == "finalize")
+        assert fin["reason"].startswith("aborted: mount link lost and not back within 5 s"), fin
+        idle = await st.mqtt_log.wait_json("transitions", lambda t: t["to_phase"] == "idle")
+        assert idle["reason"].startswith("pass aborted: mount link lost"), idle
 
 
 async def test_mount_link_back_within_grace_completes_the_pass(mosquitto: Broker, tmp_path: Path) -> None:
@@ -211,7 +270,7 @@ async def test_blocking_readiness_failure_skips_the_pass(mosquitto: Broker, tmp_
     assert report.pass_file is None and report.tracking is None
     assert st.ctx.alarms.is_active("readiness.time_reference_locked")
     assert st.ctx.alarms.is_active("time_reference.lock")
-    assert st.supervisor.health_message().time_reference_locked is False
+    assert st.supervisor.reporter.health().time_reference_locked is False
 
 
 async def test_unexpected_exception_parks_goes_safe_and_stays_up(mosquitto: Broker, tmp_path: Path) -> None:

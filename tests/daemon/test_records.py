@@ -181,21 +181,21 @@ async def test_an_unknown_free_disk_never_clears_the_disk_alarm(mosquitto: Broke
                      operations={"faults": {"min_free_disk_mb": 1e12}})
     async with running_station(cfg) as st:
         sup, ctx = st.supervisor, st.ctx
-        assert sup.check_health().disk_free_bytes is not None
+        assert sup.reporter.check_health(pass_running=False).disk_free_bytes is not None
         assert ctx.alarms.is_active("disk.full")
         good = ctx.cfg
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("")
         # Measuring free disk now raises OSError (the state dir cannot be made under a file).
         ctx.cfg = good.model_copy(update={"state_dir": blocker / "state"})
-        health = sup.check_health()
+        health = sup.reporter.check_health(pass_running=False)
         assert health.disk_free_bytes is None and not health.ok
         assert ctx.alarms.is_active("disk.full")  # kept: unknown is not "enough again"
         assert sup.reporter.disk.full
-        assert sup.health_message() == health  # the builder alone measures nothing
+        assert sup.reporter.health() == health  # the builder alone measures nothing
         ctx.cfg = good.model_copy(update={"operations": good.operations.model_copy(update={
             "faults": good.operations.faults.model_copy(update={"min_free_disk_mb": 0.0})})})
-        assert sup.check_health().disk_free_bytes is not None
+        assert sup.reporter.check_health(pass_running=False).disk_free_bytes is not None
         assert not ctx.alarms.is_active("disk.full")  # a real measurement clears it
         ctx.cfg = good
 
