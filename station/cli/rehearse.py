@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING
 from station.cli._common import add_config_argument, load_or_exit
 
 if TYPE_CHECKING:
+    from station.clock import SimClock
     from station.config import StationConfig
     from station.daemon.context import StationContext
     from station.daemon.pass_runner import PassReport
     from station.schedule import PlannedPass
+
+log = logging.getLogger("station.rehearse")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,72 +77,23 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
                    hours: float = 24.0, measure_qber: bool = True) -> PassReport | None:
     """Run one pass on a simulated clock; returns its :class:`PassReport` (None: no pass)."""
     from drivers.errors import DriverError
-    from station.clock import SimClock, from_epoch_s
+    from station.clock import SimClock
     from station.daemon.alarms import AlarmBook
     from station.daemon.context import StationContext
-    from station.daemon.lateness import LatenessMonitor, tolerated_lateness_s
-    from station.daemon.modes import Outcome, Phase
-    from station.daemon.pass_runner import PassRunner
-    from station.daemon.record import DEGRADED_WINDOW_LOSS_FRACTION
-    from station.orbit.catalog import Catalog, fixed_clock
-    from station.schedule import parse_pass_id, plan
 
-    log = logging.getLogger("station.rehearse")
-    origin_s = cfg.clock.start.timestamp() if cfg.clock.start else None
-    if pass_id is not None:
-        try:
-            _, aos_s = parse_pass_id(pass_id)
-        except ValueError as exc:
-            print(f"--pass: {exc}", file=sys.stderr)
-            return None
-        search_from_s, search_hours = aos_s - 3600.0, 2.0
-    else:
-        if origin_s is None:
-            print("--next needs [clock] start in the config (or give --pass)", file=sys.stderr)
-            return None
-        search_from_s, search_hours = origin_s, hours
-    catalog = await asyncio.to_thread(Catalog.from_config, cfg.orbit, fixed_clock(search_from_s))
-    schedule = await asyncio.to_thread(
-        plan, cfg, catalog, search_from_s, search_hours, [pass_id] if pass_id else [], [])
-    entry = schedule.get(pass_id) if pass_id else schedule.next_scheduled(search_from_s)
+    entry = await _find_pass(cfg, pass_id, hours)
     if entry is None:
-        print(f"no {'pass ' + pass_id if pass_id else 'scheduled pass'} found from "
-              f"{from_epoch_s(search_from_s):%Y-%m-%dT%H:%M:%SZ}", file=sys.stderr)
         return None
     start = entry.aos - timedelta(seconds=entry.lead_time_s + 5.0)
     clock = SimClock(start, speed=speed)
-    alarms = AlarmBook(clock.now)
-    ctx = StationContext.build(cfg, clock, alarms)
+    ctx = StationContext.build(cfg, clock, AlarmBook(clock.now))
     log.info("rehearsing %s (%s): clock from %s at %s", entry.pass_id, entry.satellite,
              f"{start:%H:%M:%S}", "max speed" if speed == float("inf") else f"×{speed:g}")
     await ctx.pipeline.start()
     try:
         await ctx.connect_all()
         await clock.sleep_until(entry.aos - timedelta(seconds=entry.lead_time_s))
-        runner = PassRunner(ctx, entry)
-        # A clock faster than this host can follow makes a meaningless pass: watch the
-        # loop's lateness and end the run as invalid the moment it is sustained.
-        monitor = LatenessMonitor(
-            clock, limit_s=tolerated_lateness_s(cfg.tracking.rate_hz),
-            on_invalid=lambda why: runner.request_abort(f"invalid run: {why}"),
-            counts=lambda: runner.phase in (Phase.PREPARE, Phase.TRACK))
-        watcher = asyncio.create_task(monitor.run(), name="lateness-monitor")
-        try:
-            report = await runner.run()
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        if monitor.active:
-            if report.tracking is not None:
-                t = report.tracking
-                monitor.judge_tracking(t.ticks, t.skipped_ticks, t.max_lateness_s)
-            monitor.judge_loss(report.window_lost_fraction, DEGRADED_WINDOW_LOSS_FRACTION)
-            report.clock_lateness = monitor.finish()
-            if not report.clock_lateness.valid and report.outcome != Outcome.ABORTED:
-                # Found too late to stop the pass (a stall that outlasted it): the run
-                # is no rehearsal of the station all the same.
-                report.outcome = Outcome.ABORTED
-                report.reason = f"invalid run: {report.clock_lateness.reason}"
+        report = await _run_watched(ctx, clock, entry)
         if measure_qber and report.pass_file and report.events_recorded and _tagger_started(ctx):
             try:
                 await asyncio.to_thread(_measure_qber, ctx, entry, report)
@@ -149,6 +103,68 @@ async def rehearse(cfg: StationConfig, *, pass_id: str | None, speed: float,
     finally:
         await ctx.pipeline.stop()
         await ctx.close()
+
+
+async def _find_pass(cfg: StationConfig, pass_id: str | None, hours: float) -> PlannedPass | None:
+    """The pass to rehearse: ``pass_id``'s, or the next scheduled from ``[clock] start``
+    (None, with the reason on stderr, when there is none)."""
+    from station.clock import from_epoch_s
+    from station.orbit.catalog import Catalog, fixed_clock
+    from station.schedule import parse_pass_id, plan
+
+    if pass_id is not None:
+        try:
+            _, aos_s = parse_pass_id(pass_id)
+        except ValueError as exc:
+            print(f"--pass: {exc}", file=sys.stderr)
+            return None
+        search_from_s, search_hours = aos_s - 3600.0, 2.0
+    elif cfg.clock.start is None:
+        print("--next needs [clock] start in the config (or give --pass)", file=sys.stderr)
+        return None
+    else:
+        search_from_s, search_hours = cfg.clock.start.timestamp(), hours
+    catalog = await asyncio.to_thread(Catalog.from_config, cfg.orbit, fixed_clock(search_from_s))
+    schedule = await asyncio.to_thread(
+        plan, cfg, catalog, search_from_s, search_hours, [pass_id] if pass_id else [], [])
+    entry = schedule.get(pass_id) if pass_id else schedule.next_scheduled(search_from_s)
+    if entry is None:
+        print(f"no {'pass ' + pass_id if pass_id else 'scheduled pass'} found from "
+              f"{from_epoch_s(search_from_s):%Y-%m-%dT%H:%M:%SZ}", file=sys.stderr)
+    return entry
+
+
+async def _run_watched(ctx: StationContext, clock: SimClock, entry: PlannedPass) -> PassReport:
+    """Run the pass with the loop's lateness watched: a clock faster than this host can
+    follow makes a meaningless pass, so sustained lateness ends the run as invalid."""
+    from station.daemon.lateness import LatenessMonitor, tolerated_lateness_s
+    from station.daemon.modes import Outcome, Phase
+    from station.daemon.pass_runner import PassRunner
+    from station.daemon.record import DEGRADED_WINDOW_LOSS_FRACTION
+
+    runner = PassRunner(ctx, entry)
+    monitor = LatenessMonitor(
+        clock, limit_s=tolerated_lateness_s(ctx.cfg.tracking.rate_hz),
+        on_invalid=lambda why: runner.request_abort(f"invalid run: {why}"),
+        counts=lambda: runner.phase in (Phase.PREPARE, Phase.TRACK))
+    watcher = asyncio.create_task(monitor.run(), name="lateness-monitor")
+    try:
+        report = await runner.run()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    if monitor.active:
+        if report.tracking is not None:
+            t = report.tracking
+            monitor.judge_tracking(t.ticks, t.skipped_ticks, t.max_lateness_s)
+        monitor.judge_loss(report.window_lost_fraction, DEGRADED_WINDOW_LOSS_FRACTION)
+        report.clock_lateness = monitor.finish()
+        if not report.clock_lateness.valid and report.outcome != Outcome.ABORTED:
+            # Found too late to stop the pass (a stall that outlasted it): the run
+            # is no rehearsal of the station all the same.
+            report.outcome = Outcome.ABORTED
+            report.reason = f"invalid run: {report.clock_lateness.reason}"
+    return report
 
 
 def _tagger_started(ctx: StationContext) -> bool:

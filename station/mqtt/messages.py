@@ -112,7 +112,7 @@ class ScheduleMessage(Payload):
 
 # --- telemetry ------------------------------------------------------------------------------
 class MountTelemetry(Payload):
-    """``mount``: where the telescope points (5 Hz while tracking, slow when idle)."""
+    """``mount``: where the telescope points (5 Hz while tracking and during the slew in prepare, slow when idle)."""
 
     time: UtcTime = Field(description="Time of the position sample (station clock).")
     actual_az_deg: float = Field(description="Measured azimuth (wrap-aware), degrees.")
