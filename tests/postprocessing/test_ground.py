@@ -86,6 +86,13 @@ def test_the_report_summary_compares_with_the_paper() -> None:
     text = r.summary(paper=PAPER_MICIUS)
     assert "Liao" in text and "1.000" in text
     assert all(ratio == pytest.approx(1.0) for *_, ratio in r.versus_paper())
+    # With per-class tables the QBER compared is the signal class's, not the overall one
+    # (which the ~50 % vacuum class and the decoys pull up).
+    r.kept = {"Z": {"signal": 600, "vacuum": 10}, "X": {"signal": 400}}
+    r.errors = {"Z": {"signal": 7, "vacuum": 5}, "X": {"signal": 4}}
+    r.qber_overall = 16 / 1010
+    qber = dict((name, ours) for name, ours, *_ in r.versus_paper())["QBER (signal class)"]
+    assert qber == pytest.approx(0.011)
 
 
 def test_the_station_configs_keys_defaults_are_the_pipelines() -> None:
