@@ -37,9 +37,13 @@ relay-demo: venv
 system-deps:
 	@bash .ci/system-deps $(TEST_DEBS) -- $(TEST_TOOLS)
 
+# Two workers: much of the suite waits on real peers and subprocesses, so two halve the
+# wall time on two cores; a file's tests stay on one worker (--dist loadfile) because they
+# share module fixtures. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: venv-dev system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: venv-dev
 	$(BIN)/ruff check .
