@@ -435,12 +435,7 @@ class KeyStore:
                   purpose: str) -> list[KeyBlock]:
         _check_text("purpose", purpose)
         ids = _unique_ids(key_ids)
-        rows = self._rows_by_id(db, ids)
-        for kid, row in zip(ids, rows, strict=True):
-            if row is None or row[1] != peer:
-                raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
-            if row[7] != "available":
-                raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
+        rows = self._available_rows(db, ids, peer)
         return self._consume(db, rows, purpose)
 
     def reserve(
@@ -590,12 +585,7 @@ class KeyStore:
         _check_text("purpose", purpose)
         ids = _unique_ids(key_ids)
         with self._lock, self._tx() as db:
-            rows = self._rows_by_id(db, ids)
-            for kid, row in zip(ids, rows, strict=True):
-                if row is None or row[1] != peer:
-                    raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
-                if row[7] != "available":
-                    raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
+            rows = self._available_rows(db, ids, peer)
             block_bits = {r[4] for r in rows}
             if len(block_bits) != 1:
                 raise KeyStoreError("the named blocks differ in size")
@@ -616,6 +606,17 @@ class KeyStore:
         )
         return [KeyBlock(_info(r[:-1], state="consumed", purpose=purpose, state_utc=now), r[-1])
                 for r in rows]
+
+    def _available_rows(self, db: sqlite3.Connection, ids: list[UUID], peer: str) -> list:
+        """The rows of ``ids``, each ``peer``'s and available, or KeyNotAvailable naming the
+        first that is not (so a request is served whole or not at all)."""
+        rows = self._rows_by_id(db, ids)
+        for kid, row in zip(ids, rows, strict=True):
+            if row is None or row[1] != peer:
+                raise KeyNotAvailable(f"no key block {kid} for peer {peer!r}")
+            if row[7] != "available":
+                raise KeyNotAvailable(f"key block {kid} is not available ({row[7]})")
+        return rows
 
     def _rows_by_id(self, db: sqlite3.Connection, ids: list[UUID]) -> list:
         out = []
