@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from randextract import ToeplitzHashing
 
 from postprocessing.amplification import toeplitz_hash, toeplitz_seed_bits
-
-
-def _random(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 2, n, dtype=np.uint8)
-
-
-def _reference(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
-    return np.asarray(ToeplitzHashing(input_length=x.size, output_length=m).extract(x, seed), dtype=np.uint8)
-
-
-def _direct(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
-    """T[i, j] = seed[(i − j) mod (n + m − 1)], product over the integers, then mod 2."""
-    n = x.size
-    i, j = np.arange(m)[:, None], np.arange(n)[None, :]
-    matrix = seed[(i - j) % (n + m - 1)].astype(np.int64)
-    return ((matrix @ x.astype(np.int64)) % 2).astype(np.uint8)
+from tests.postprocessing.toeplitz_refs import direct_hash as _direct
+from tests.postprocessing.toeplitz_refs import randextract_hash as _reference
+from tests.postprocessing.toeplitz_refs import random_bits as _random
 
 
 @pytest.mark.parametrize(("n", "m"), [(1, 1), (2, 1), (5, 4), (20, 8), (64, 64), (1000, 300),

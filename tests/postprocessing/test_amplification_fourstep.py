@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from randextract import ToeplitzHashing
 
 from postprocessing import amplification
 from postprocessing.amplification import (
@@ -22,21 +21,9 @@ from postprocessing.amplification import (
     _split,
     toeplitz_hash,
 )
-
-
-def _random(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 2, n, dtype=np.uint8)
-
-
-def _reference(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
-    return np.asarray(ToeplitzHashing(input_length=x.size, output_length=m).extract(x, seed), dtype=np.uint8)
-
-
-def _direct(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
-    n = x.size
-    i, j = np.arange(m)[:, None], np.arange(n)[None, :]
-    matrix = seed[(i - j) % (n + m - 1)].astype(np.int64)
-    return ((matrix @ x.astype(np.int64)) % 2).astype(np.uint8)
+from tests.postprocessing.toeplitz_refs import direct_hash as _direct
+from tests.postprocessing.toeplitz_refs import randextract_hash as _reference
+from tests.postprocessing.toeplitz_refs import random_bits as _random
 
 
 @pytest.fixture
