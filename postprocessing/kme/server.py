@@ -22,6 +22,7 @@ import ssl
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
 
 from postprocessing.keystore import KeyStore
@@ -105,6 +106,20 @@ def build_app(config: KmeConfig, store: KeyStore) -> web.Application:
     """The aiohttp application serving ETSI 014 from ``store``."""
     identify = _Identify(config)
     delivery = KeyDelivery(config, store)
+    routes = _Routes(config, delivery)
+    app = web.Application(middlewares=[_errors_middleware(identify, delivery)],
+                          client_max_size=config.max_request_bytes)
+    app[DELIVERY] = delivery
+    app.router.add_get(API + "/{slave_SAE_ID}/status", routes.status)
+    app.router.add_route("GET", API + "/{slave_SAE_ID}/enc_keys", routes.enc_keys)
+    app.router.add_route("POST", API + "/{slave_SAE_ID}/enc_keys", routes.enc_keys)
+    app.router.add_route("GET", API + "/{master_SAE_ID}/dec_keys", routes.dec_keys)
+    app.router.add_route("POST", API + "/{master_SAE_ID}/dec_keys", routes.dec_keys)
+    return app
+
+
+def _errors_middleware(identify: _Identify, delivery: KeyDelivery) -> Middleware:
+    """The middleware that names the calling SAE and turns every failure into a spec error body."""
 
     @web.middleware
     async def errors(request: web.Request, handler):
@@ -130,73 +145,78 @@ def build_app(config: KmeConfig, store: KeyStore) -> web.Application:
             log.exception("internal error on %s %s", request.method, request.path[:100])
             return _error(503, "internal error of the KME")
 
-    async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
-        if request.content_length is not None and request.content_length > config.max_request_bytes:
-            raise DeliveryError(400, f"request body exceeds {config.max_request_bytes} bytes")
-        try:
-            raw = await request.read()  # capped by client_max_size, chunked bodies too
-        except web.HTTPRequestEntityTooLarge:
-            raise DeliveryError(400, f"request body exceeds {config.max_request_bytes} bytes") from None
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise DeliveryError(400, f"request body is not valid JSON: {str(exc)[:120]}") from None
-        if _depth(data, config.max_json_depth) > config.max_json_depth:
-            raise DeliveryError(400, f"request JSON is nested deeper than {config.max_json_depth}")
-        if not isinstance(data, dict):
-            raise DeliveryError(400, "request body must be a JSON object")
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            details = [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]}
-                       for e in exc.errors(include_url=False, include_input=False)[:10]]
-            raise DeliveryError(400, f"invalid {model.__name__} body", details) from None
+    return errors
 
-    def sae_param(request: web.Request, name: str) -> str:
-        value = request.match_info[name]
-        if not _SAE_RE.fullmatch(value):
-            raise DeliveryError(400, f"{name} {value[:64]!r} is not a valid SAE ID")
-        return value
 
-    def int_query(request: web.Request, name: str) -> int | None:
-        values = request.query.getall(name, [])
-        if not values:
-            return None
-        if len(values) > 1 or not _INT_RE.fullmatch(values[0]):
-            raise DeliveryError(400, f"query parameter {name} must be one integer 0..999999999")
-        return int(values[0])
+class _Routes:
+    """The ETSI 014 handlers: check the request's parameters and body, then ask ``delivery``."""
 
-    async def status(request: web.Request) -> web.Response:
-        slave = sae_param(request, "slave_SAE_ID")
-        return _ok(await delivery.status(request[_SAE_KEY], slave))
+    def __init__(self, config: KmeConfig, delivery: KeyDelivery) -> None:
+        self._config = config
+        self._delivery = delivery
 
-    async def enc_keys(request: web.Request) -> web.Response:
-        slave = sae_param(request, "slave_SAE_ID")
+    async def status(self, request: web.Request) -> web.Response:
+        slave = _sae_param(request, "slave_SAE_ID")
+        return _ok(await self._delivery.status(request[_SAE_KEY], slave))
+
+    async def enc_keys(self, request: web.Request) -> web.Response:
+        slave = _sae_param(request, "slave_SAE_ID")
         if request.method == "POST":
-            req = await read_json(request, KeyRequest)
+            req = await _read_json(request, KeyRequest, self._config)
         else:
-            req = KeyRequest(number=int_query(request, "number"), size=int_query(request, "size"))
-        return _ok(await delivery.enc_keys(request[_SAE_KEY], slave, req))
+            req = KeyRequest(number=_int_query(request, "number"), size=_int_query(request, "size"))
+        return _ok(await self._delivery.enc_keys(request[_SAE_KEY], slave, req))
 
-    async def dec_keys(request: web.Request) -> web.Response:
-        master = sae_param(request, "master_SAE_ID")
+    async def dec_keys(self, request: web.Request) -> web.Response:
+        master = _sae_param(request, "master_SAE_ID")
         if request.method == "POST":
-            req = await read_json(request, KeyIds)
+            req = await _read_json(request, KeyIds, self._config)
         else:
             ids = request.query.getall("key_ID", [])
             if len(ids) != 1 or len(ids[0]) > 64:
                 raise DeliveryError(400, "GET dec_keys takes exactly one key_ID query parameter")
             req = KeyIds(key_IDs=[KeyIdItem(key_ID=ids[0])])
-        return _ok(await delivery.dec_keys(request[_SAE_KEY], master, req))
+        return _ok(await self._delivery.dec_keys(request[_SAE_KEY], master, req))
 
-    app = web.Application(middlewares=[errors], client_max_size=config.max_request_bytes)
-    app[DELIVERY] = delivery
-    app.router.add_get(API + "/{slave_SAE_ID}/status", status)
-    app.router.add_route("GET", API + "/{slave_SAE_ID}/enc_keys", enc_keys)
-    app.router.add_route("POST", API + "/{slave_SAE_ID}/enc_keys", enc_keys)
-    app.router.add_route("GET", API + "/{master_SAE_ID}/dec_keys", dec_keys)
-    app.router.add_route("POST", API + "/{master_SAE_ID}/dec_keys", dec_keys)
-    return app
+
+async def _read_json(request: web.Request, model: type[BaseModel], config: KmeConfig) -> Any:
+    """The request body as ``model``: size, JSON, depth, object and schema checks, in that order."""
+    if request.content_length is not None and request.content_length > config.max_request_bytes:
+        raise DeliveryError(400, f"request body exceeds {config.max_request_bytes} bytes")
+    try:
+        raw = await request.read()  # capped by client_max_size, chunked bodies too
+    except web.HTTPRequestEntityTooLarge:
+        raise DeliveryError(400, f"request body exceeds {config.max_request_bytes} bytes") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise DeliveryError(400, f"request body is not valid JSON: {str(exc)[:120]}") from None
+    if _depth(data, config.max_json_depth) > config.max_json_depth:
+        raise DeliveryError(400, f"request JSON is nested deeper than {config.max_json_depth}")
+    if not isinstance(data, dict):
+        raise DeliveryError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]}
+                   for e in exc.errors(include_url=False, include_input=False)[:10]]
+        raise DeliveryError(400, f"invalid {model.__name__} body", details) from None
+
+
+def _sae_param(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not _SAE_RE.fullmatch(value):
+        raise DeliveryError(400, f"{name} {value[:64]!r} is not a valid SAE ID")
+    return value
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    values = request.query.getall(name, [])
+    if not values:
+        return None
+    if len(values) > 1 or not _INT_RE.fullmatch(values[0]):
+        raise DeliveryError(400, f"query parameter {name} must be one integer 0..999999999")
+    return int(values[0])
 
 
 class KmeServer:
