@@ -278,33 +278,58 @@ async def cascade_reconcile(bob_bits: np.ndarray, qber_estimate: float,
     that does not match its request; a refusal by Alice propagates as the channel raises it.
     """
     cfg = config or CascadeConfig()
+    bits = _checked_bits(bob_bits, qber_estimate)
+    loop = asyncio.get_running_loop()
+    bob = await _set_up(bits, qber_estimate, channel, cfg, loop, executor)
+    asker = _ParityAsker(channel, cfg.max_ranges_per_request)
+    converged = await _bisect(bob, asker, cfg.max_round_trips, loop, executor)
+    leaked = await _finish(bob, asker, channel)
+    return _result(bob, converged, leaked, qber_estimate, asker.trips)
+
+
+def _checked_bits(bob_bits: np.ndarray, qber_estimate: float) -> np.ndarray:
+    """Bob's key as bits, refused if its length or the QBER estimate is out of range."""
     bits = as_bits(bob_bits, name="bob_bits")
     if not 2 <= bits.size <= MAX_KEY_BITS:
         raise ReconciliationError(f"bob_bits: {bits.size} bits, Cascade needs 2..{MAX_KEY_BITS}")
     if not 0.0 <= qber_estimate < 0.5:
         raise ReconciliationError(f"qber_estimate must be in [0, 0.5), got {qber_estimate}")
-    loop = asyncio.get_running_loop()
+    return bits
+
+
+async def _set_up(bits: np.ndarray, qber_estimate: float, channel: CascadeChannel,
+                  cfg: CascadeConfig, loop: asyncio.AbstractEventLoop,
+                  executor: Executor | None) -> CascadeBob:
+    """The setup round trip: send the schedule, check Alice's scheme, build Bob's state."""
     sizes = block_schedule(int(bits.size), qber_estimate, cfg)
     setup = await channel.setup(CascadeSetupRequest(key_bits=int(bits.size), block_sizes=sizes))
     if setup.scheme != PERMUTATION_SCHEME:
         raise ReconciliationError(f"Alice's permutation scheme {setup.scheme!r} is not "
                                   f"{PERMUTATION_SCHEME!r}")
-    bob = await loop.run_in_executor(
+    return await loop.run_in_executor(
         executor, lambda: CascadeBob(bits, sizes, setup.seed, tail_ranges=cfg.tail_ranges,
                                      tail_depth=cfg.tail_depth))
-    trips = 1
-    index = 0
 
-    async def ask(ranges: Ranges) -> np.ndarray:
-        nonlocal trips, index
+
+class _ParityAsker:
+    """Asks Alice the parities of ranges, at most ``max_ranges`` a request, counting the
+    requests (``index``) and the round trips (``trips``, the setup's included)."""
+
+    def __init__(self, channel: CascadeChannel, max_ranges: int) -> None:
+        self._channel = channel
+        self._max_ranges = max_ranges
+        self.trips = 1
+        self.index = 0
+
+    async def ask(self, ranges: Ranges) -> np.ndarray:
         passes, starts, ends = ranges
         out = []
-        for at in range(0, passes.size, cfg.max_ranges_per_request):
-            sl = slice(at, at + cfg.max_ranges_per_request)
-            index += 1
-            req = ParityRequest.build(index, passes[sl], starts[sl], ends[sl])
-            rep = await channel.parities(req)
-            trips += 1
+        for at in range(0, passes.size, self._max_ranges):
+            sl = slice(at, at + self._max_ranges)
+            self.index += 1
+            req = ParityRequest.build(self.index, passes[sl], starts[sl], ends[sl])
+            rep = await self._channel.parities(req)
+            self.trips += 1
             if rep.request_index != req.request_index or rep.range_count != req.range_count:
                 raise ReconciliationError(
                     f"parity reply ({rep.request_index}, {rep.range_count} ranges) does not "
@@ -312,18 +337,33 @@ async def cascade_reconcile(bob_bits: np.ndarray, qber_estimate: float,
             out.append(rep.bits())
         return np.concatenate(out)
 
-    top = await ask(bob.top_level_ranges())
+
+async def _bisect(bob: CascadeBob, asker: _ParityAsker, max_round_trips: int,
+                  loop: asyncio.AbstractEventLoop, executor: Executor | None) -> bool:
+    """The top-level parities, then bisection rounds until settled or out of round trips;
+    True when nothing is left to bisect and every block is even."""
+    top = await asker.ask(bob.top_level_ranges())
     nxt = await loop.run_in_executor(executor, lambda: (bob.accept_top(top), bob.next_ranges())[1])
-    while nxt is not None and trips < cfg.max_round_trips:
-        par = await ask(nxt)
+    while nxt is not None and asker.trips < max_round_trips:
+        par = await asker.ask(nxt)
         nxt = await loop.run_in_executor(
             executor, lambda par=par: (bob.accept_step(par), bob.next_ranges())[1])
-    converged = nxt is None and bob.settled()
+    return nxt is None and bob.settled()
+
+
+async def _finish(bob: CascadeBob, asker: _ParityAsker, channel: CascadeChannel) -> int:
+    """The finish round trip: Bob's leakage count, which Alice must confirm; returns it."""
     leaked = bob.top_parities + bob.bisection_parities
-    fin = await channel.finish(CascadeFinishRequest(parity_requests=index, leaked_bits=leaked))
-    trips += 1
+    fin = await channel.finish(CascadeFinishRequest(parity_requests=asker.index, leaked_bits=leaked))
+    asker.trips += 1
     if fin.leaked_bits != leaked:
         raise ReconciliationError(f"Alice counts {fin.leaked_bits} revealed parities, Bob {leaked}")
+    return leaked
+
+
+def _result(bob: CascadeBob, converged: bool, leaked: int, qber_estimate: float,
+            trips: int) -> ReconciliationResult:
+    """The session's result: one :class:`BlockReport` for the whole key, every bit kept."""
     n = bob.n
     q_meas = bob.flips / n
     h = binary_entropy(q_meas)
