@@ -50,7 +50,7 @@ from postprocessing.channel.messages import (
     VacuumDiscloseReply,
     VacuumDiscloseRequest,
 )
-from postprocessing.estimation import SecurityParameters, secret_key_length
+from postprocessing.estimation import SecurityParameters, SiftedCounts, secret_key_length
 from postprocessing.keystore import KeyStore, derive_key_ids
 from postprocessing.pulses import (
     Detectors,
@@ -543,6 +543,30 @@ class PassDistiller:
         await self._sift_pending()
         await self._reconcile_due(final=True)
         counts = self.p.tally.counts()
+        reply, fin = await self._send_finalize(counts)
+        key = np.concatenate(self._kept) if self._kept else np.zeros(0, np.uint8)
+        estimate = await asyncio.to_thread(secret_key_length, counts, fin.leaked_ec_bits, self.s.security)
+        ell = estimate.key_length_bits if key.size else 0
+        report = self._report(estimate=estimate, fin=fin)
+        await self._check_figures(fin, ell, key, report)
+        pa_seed = await self._verify_key(key, reply.message.frames, fin, report)
+        final = await self._confirm_final(key, pa_seed, ell, report)
+        n_blocks = await self._store_final(final, fin.replenish_bits, report)
+        report.final_bits = int(final.size)
+        report.replenished_auth_bits = fin.replenish_bits
+        report.stored_bits = n_blocks * 256
+        report.key_blocks = n_blocks
+        report.outcome = "stored" if n_blocks else "empty"
+        report.reason = estimate.reason or ""
+        report.end_of_stream_to_key_s = time.perf_counter() - t_end
+        report.duration_s = time.time() - self.p.started_s
+        report.auth_messages = 2 * self.link.tagged
+        self.state = "done"
+        await asyncio.to_thread(self.ckpt.wipe)
+        return report
+
+    async def _send_finalize(self, counts: SiftedCounts) -> tuple[Any, FinalizeReply]:
+        """Our pass totals to the satellite; its reply (with the seed frames) and its figures."""
         z, x = counts.basis("Z"), counts.basis("X")
         body = Finalize(chunks=self.p.chunks, sifted_bits=self.p.sifted_bits, kept_bits=self.p.kept_bits,
                         ec_sessions=self.p.ec_sessions, leaked_ec_bits=self.p.leaked_bits,
@@ -551,20 +575,23 @@ class PassDistiller:
         reply = await self._request(body)
         fin = reply.body
         assert isinstance(fin, FinalizeReply)
-        key = np.concatenate(self._kept) if self._kept else np.zeros(0, np.uint8)
-        params = self.s.security
-        estimate = await asyncio.to_thread(secret_key_length, counts, fin.leaked_ec_bits, params)
-        ell = estimate.key_length_bits if key.size else 0
-        report = self._report(estimate=estimate, fin=fin)
+        return reply, fin
+
+    async def _check_figures(self, fin: FinalizeReply, ell: int, key: np.ndarray,
+                             report: KeyReport) -> None:
+        """Abort unless the satellite's λ_EC, ℓ and kept bits agree with ours."""
         if fin.leaked_ec_bits < self.p.leaked_bits or fin.key_length_bits != ell or fin.kept_bits != key.size:
             await self._abort(f"the satellite's figures (λ_EC {fin.leaked_ec_bits}, ℓ {fin.key_length_bits}, "
                               f"{fin.kept_bits} kept) differ from ours ({self.p.leaked_bits}, {ell}, {key.size}): "
                               "both ends must run the same estimation with the same parameters",
                               report=report)
-        frames = reply.message.frames
+
+    async def _verify_key(self, key: np.ndarray, frames: dict[str, bytes], fin: FinalizeReply,
+                          report: KeyReport) -> np.ndarray:
+        """Check our key's verification tag against the satellite's; returns the PA seed."""
         try:
             vseed = VerificationSeed.from_bytes(frames["verification_seed"],
-                                                _tag_bits(params.epsilon_cor))
+                                                _tag_bits(self.s.security.epsilon_cor))
             pa_seed = unpack_bits(frames["pa_seed"], fin.pa_seed_bits)
         except ValueError as exc:
             await self._abort(f"the satellite's seeds are malformed: {exc}", report=report)
@@ -575,12 +602,21 @@ class PassDistiller:
             await self._request(Confirm(verified=False, final_bits=0, reason="verification tags differ"))
             await self._abort("verification failed: the corrected keys differ (EC converged to a "
                               "wrong word); nothing stored", report=report, notify=False)
+        return pa_seed
+
+    async def _confirm_final(self, key: np.ndarray, pa_seed: np.ndarray, ell: int,
+                             report: KeyReport) -> np.ndarray:
+        """Hash the key to ℓ bits and have the satellite confirm it stored its copy."""
         final = await asyncio.to_thread(toeplitz_hash, key, pa_seed, ell) if ell else np.zeros(0, np.uint8)
         conf = (await self._request(Confirm(verified=True, final_bits=int(final.size)))).body
         assert isinstance(conf, ConfirmReply)
         if not conf.stored:
             await self._abort("the satellite did not store the key", report=report, notify=False)
-        r = fin.replenish_bits
+        return final
+
+    async def _store_final(self, final: np.ndarray, r: int, report: KeyReport) -> int:
+        """Replenish the auth pool with the first ``r`` bits, deposit the rest in 256-bit
+        blocks (once per pass); returns the number of blocks."""
         try:
             if r:
                 await asyncio.to_thread(self.link.pool.replenish, final[:r])
@@ -592,18 +628,7 @@ class PassDistiller:
                     key_ids=derive_key_ids(f"{self.s.satellite}/{self.s.station}", self.pass_id, n_blocks))
         except (KeyPoolError, OSError, ValueError) as exc:
             await self._abort(f"storing the key failed: {exc}", report=report, notify=False)
-        report.final_bits = int(final.size)
-        report.replenished_auth_bits = r
-        report.stored_bits = n_blocks * 256
-        report.key_blocks = n_blocks
-        report.outcome = "stored" if n_blocks else "empty"
-        report.reason = estimate.reason or ""
-        report.end_of_stream_to_key_s = time.perf_counter() - t_end
-        report.duration_s = time.time() - self.p.started_s
-        report.auth_messages = 2 * self.link.tagged
-        self.state = "done"
-        await asyncio.to_thread(self.ckpt.wipe)
-        return report
+        return n_blocks
 
     def _report(self, *, estimate: Any = None, fin: FinalizeReply | None = None) -> KeyReport:
         m = self.p.mapper
