@@ -184,11 +184,14 @@ class _PassFeeder:
         reader = await asyncio.to_thread(PassFileReader, self._received_dir / f"{d.pass_id}.arrows")
         try:
             it = iter(reader)
+            last: int | None = None
             while d.next_seq < upto:
                 b = await asyncio.to_thread(next, it, None)
                 if b is None:
-                    raise RuntimeError(f"pass {d.pass_id}: the received file ends at batch {b}, "
+                    ends = "holds no batch" if last is None else f"ends at batch {last}"
+                    raise RuntimeError(f"pass {d.pass_id}: the received file {ends}, "
                                        f"batch {d.next_seq} is needed")
+                last = b.index
                 if b.index >= d.next_seq:
                     await d.feed(b.index, b.timestamp_ps, b.channel, b.metadata)
         finally:
