@@ -155,6 +155,44 @@ class _OverflowState:
 
 
 @dataclass(slots=True)
+class _EmissionGrid:
+    """One batch's emission-time grid (times relative to ``base_ps``, a UTC ps integer)
+    with the time of flight, elevation and detection efficiency at each node."""
+
+    start_ps: int
+    #: ``base_ps - epoch_ps - start_ps``: grid time 0 relative to the batch start.
+    offset_ps: int
+    period_ps: int
+    grid_ps: np.ndarray
+    tof_ps: np.ndarray
+    el_deg: np.ndarray
+    eta: np.ndarray
+    #: Arrival, relative to the batch start, of light emitted at each node (increasing).
+    arrival_rel: np.ndarray
+    #: The first pulse on the grid and its emission time relative to ``base_ps``.
+    n_first: int
+    c0: int
+    constant_tof: bool
+
+    def pulse_at_arrival(self, rel_ps: float) -> int:
+        """The first pulse arriving at or after ``rel_ps`` after the batch start."""
+        emission = float(np.interp(rel_ps, self.arrival_rel, self.grid_ps))
+        return self.n_first + math.ceil((emission - self.c0) / self.period_ps)
+
+    def emission_rel(self, n: np.ndarray) -> np.ndarray:
+        return self.c0 + (n - self.n_first).astype(np.float64) * self.period_ps
+
+    def arrival_ps(self, n: np.ndarray, sigma_ps: float, rng: np.random.Generator) -> np.ndarray:
+        """Tagger times of pulses ``n``, with Gaussian jitter ``sigma_ps`` drawn from ``rng``."""
+        e = self.emission_rel(n)
+        tof = self.tof_ps[0] if self.constant_tof else np.interp(e, self.grid_ps, self.tof_ps)
+        rel = (self.offset_ps + tof) + e
+        if sigma_ps > 0:
+            rel = rel + rng.normal(0.0, sigma_ps, size=rel.shape)
+        return self.start_ps + np.rint(rel).astype(np.int64)
+
+
+@dataclass(slots=True)
 class GeneratedBatch:
     """One batch from :class:`DownlinkGenerator`, with its ground truth counts."""
 
@@ -272,7 +310,20 @@ class DownlinkGenerator:
         self, geometry: _GeometryFit, start_ps: int, end_ps: int, rng: np.random.Generator,
         pointing_error_urad: float,
     ) -> tuple[np.ndarray, np.ndarray]:
-        opt = self.options
+        grid = self._emission_grid(geometry, start_ps, end_ps, pointing_error_urad)
+        n_lo, n_hi = self._pulse_range(grid, start_ps, end_ps)
+        # Draw order matters for reproducibility: signal before sync.
+        signal = self._signal_events(grid, n_lo, n_hi, rng)
+        if self.options.sync_source == "satellite":
+            sync = self._sync_laser_events(grid, n_lo, n_hi, rng)
+        else:
+            sync = np.empty(0, EVENT_DTYPE)
+        return signal, sync
+
+    def _emission_grid(
+        self, geometry: _GeometryFit, start_ps: int, end_ps: int, pointing_error_urad: float,
+    ) -> _EmissionGrid:
+        """The batch's grid of emission times with time of flight, elevation and efficiency."""
         period = self.period_ps
         # Grid of emission times (relative to base_ps, a UTC ps Python int) over which
         # time of flight and efficiency are interpolated.
@@ -297,76 +348,82 @@ class DownlinkGenerator:
         if np.any(np.diff(arrival_rel) <= 0):
             raise TimeTaggerError("time of flight changes faster than light: check the link geometry")
         n_first = -(-base_ps // period)  # first pulse on the grid
-        c0 = n_first * period - base_ps  # its emission time relative to base_ps
+        return _EmissionGrid(
+            start_ps=start_ps,
+            offset_ps=base_ps - self.epoch_ps - start_ps,
+            period_ps=period,
+            grid_ps=grid_ps,
+            tof_ps=tof_ps,
+            el_deg=el_deg,
+            eta=eta,
+            arrival_rel=arrival_rel,
+            n_first=n_first,
+            c0=n_first * period - base_ps,  # the first pulse's emission time relative to base_ps
+            constant_tof=bool(np.ptp(tof_ps) == 0.0),  # a bench link: skip interpolation
+        )
 
-        def pulse_at_arrival(rel_ps: float) -> int:
-            emission = float(np.interp(rel_ps, arrival_rel, grid_ps))
-            return n_first + math.ceil((emission - c0) / period)
-
+    def _pulse_range(self, grid: _EmissionGrid, start_ps: int, end_ps: int) -> tuple[int, int]:
+        """Pulses ``[n_lo, n_hi)`` whose nominal arrival falls in this batch (guard-shifted)."""
         guard = self.jitter_guard_ps
-        n_lo = self._next_pulse if self._next_pulse is not None else pulse_at_arrival(guard)
-        n_hi = max(n_lo, pulse_at_arrival(end_ps - start_ps + guard))
+        n_lo = self._next_pulse if self._next_pulse is not None else grid.pulse_at_arrival(guard)
+        n_hi = max(n_lo, grid.pulse_at_arrival(end_ps - start_ps + guard))
         self._next_pulse = n_hi
+        return n_lo, n_hi
 
-        def emission_rel(n: np.ndarray) -> np.ndarray:
-            return c0 + (n - n_first).astype(np.float64) * period
-
-        constant_tof = bool(np.ptp(tof_ps) == 0.0)  # a bench link: skip interpolation
-
-        def arrival_ps(n: np.ndarray, sigma_ps: float) -> np.ndarray:
-            e = emission_rel(n)
-            tof = tof_ps[0] if constant_tof else np.interp(e, grid_ps, tof_ps)
-            rel = (base_ps - self.epoch_ps - start_ps + tof) + e
-            if sigma_ps > 0:
-                rel = rel + rng.normal(0.0, sigma_ps, size=rel.shape)
-            return start_ps + np.rint(rel).astype(np.int64)
-
-        # --- signal: geometric gaps at the batch's highest detection probability, thinned.
+    def _signal_events(
+        self, grid: _EmissionGrid, n_lo: int, n_hi: int, rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Detected signal photons: geometric gaps at the batch's highest detection
+        probability, thinned to each pulse's own, then basis choice and detector."""
+        opt = self.options
+        eta = grid.eta
         eta_max = float(eta.max())
         p_max = -math.expm1(-self.mu_max * eta_max)
         n_pulses = n_hi - n_lo
         if p_max <= 0.0 or n_pulses <= 0:
-            signal = np.empty(0, EVENT_DTYPE)
+            return np.empty(0, EVENT_DTYPE)
+        offsets = _geometric_positions(rng, p_max, n_pulses)
+        n = n_lo + offsets
+        # What was sent is sent_pulses(seed, n); the class decides acceptance, basis
+        # and bit are only needed for the pulses kept.
+        h = pulse_hash(opt.seed, n)
+        klass = hash_intensity(h, opt.mu_probs)
+        if np.ptp(eta) == 0.0:
+            # Constant link: one acceptance probability per intensity class.
+            accept = -np.expm1(-self.mu * eta_max) / p_max
+            keep = rng.random(n.size) < accept[klass]
         else:
-            offsets = _geometric_positions(rng, p_max, n_pulses)
-            n = n_lo + offsets
-            # What was sent is sent_pulses(seed, n); the class decides acceptance, basis
-            # and bit are only needed for the pulses kept.
-            h = pulse_hash(opt.seed, n)
-            klass = hash_intensity(h, opt.mu_probs)
-            if np.ptp(eta) == 0.0:
-                # Constant link: one acceptance probability per intensity class.
-                accept = -np.expm1(-self.mu * eta_max) / p_max
-                keep = rng.random(n.size) < accept[klass]
-            else:
-                eta_n = np.interp(emission_rel(n), grid_ps, eta)
-                keep = rng.random(n.size) * p_max < -np.expm1(-self.mu[klass] * eta_n)
-            n = n[keep]
-            basis, bit = hash_basis_bit(h[keep])
-            m = n.size
-            rx_basis = (rng.random(m) >= opt.basis_split_z).astype(np.uint8)
-            # One uniform per photon: below the error probability it flips the sent bit
-            # (matching basis); in the other basis its halves pick either detector.
-            v = rng.random(m)
-            rx_bit = np.where(rx_basis == basis, bit ^ (v < self.error_prob), v < 0.5).astype(np.uint8)
-            signal = np.empty(m, EVENT_DTYPE)
-            signal["timestamp_ps"] = arrival_ps(n, self.jitter_sigma_ps)
-            signal["channel"] = 1 + 2 * rx_basis + rx_bit  # H=1 V=2 D=3 A=4
-        # --- the satellite's sync laser, while the satellite is above the horizon.
-        if opt.sync_source == "satellite":
-            pps = self.pulses_per_sync
-            first = -(-n_lo // pps) * pps
-            ns = np.arange(first, n_hi, pps, dtype=np.int64)
-            visible = np.interp(emission_rel(ns), grid_ps, el_deg) >= opt.min_elevation_deg
-            if opt.sync_detection_prob < 1.0:
-                visible &= rng.random(ns.size) < opt.sync_detection_prob
-            ns = ns[visible]
-            sync = np.empty(ns.size, EVENT_DTYPE)
-            sync["timestamp_ps"] = arrival_ps(ns, opt.sync_jitter_ps)
-            sync["channel"] = Channel.SYNC
-        else:
-            sync = np.empty(0, EVENT_DTYPE)
-        return signal, sync
+            eta_n = np.interp(grid.emission_rel(n), grid.grid_ps, eta)
+            keep = rng.random(n.size) * p_max < -np.expm1(-self.mu[klass] * eta_n)
+        n = n[keep]
+        basis, bit = hash_basis_bit(h[keep])
+        m = n.size
+        rx_basis = (rng.random(m) >= opt.basis_split_z).astype(np.uint8)
+        # One uniform per photon: below the error probability it flips the sent bit
+        # (matching basis); in the other basis its halves pick either detector.
+        v = rng.random(m)
+        rx_bit = np.where(rx_basis == basis, bit ^ (v < self.error_prob), v < 0.5).astype(np.uint8)
+        signal = np.empty(m, EVENT_DTYPE)
+        signal["timestamp_ps"] = grid.arrival_ps(n, self.jitter_sigma_ps, rng)
+        signal["channel"] = 1 + 2 * rx_basis + rx_bit  # H=1 V=2 D=3 A=4
+        return signal
+
+    def _sync_laser_events(
+        self, grid: _EmissionGrid, n_lo: int, n_hi: int, rng: np.random.Generator,
+    ) -> np.ndarray:
+        """The satellite's sync laser, while the satellite is above the horizon."""
+        opt = self.options
+        pps = self.pulses_per_sync
+        first = -(-n_lo // pps) * pps
+        ns = np.arange(first, n_hi, pps, dtype=np.int64)
+        visible = np.interp(grid.emission_rel(ns), grid.grid_ps, grid.el_deg) >= opt.min_elevation_deg
+        if opt.sync_detection_prob < 1.0:
+            visible &= rng.random(ns.size) < opt.sync_detection_prob
+        ns = ns[visible]
+        sync = np.empty(ns.size, EVENT_DTYPE)
+        sync["timestamp_ps"] = grid.arrival_ps(ns, opt.sync_jitter_ps, rng)
+        sync["channel"] = Channel.SYNC
+        return sync
 
     def _noise(self, start_ps: int, end_ps: int, rng: np.random.Generator) -> np.ndarray:
         opt = self.options

@@ -657,40 +657,12 @@ class ReplayTimeTagger(TimeTagger):
                 for raw in raws:
                     if origin_ps is None:
                         origin_ps = raw.start_ps
-                    rec_start = source.recorded_start_s
-                    if opt.pacing == "speed":
-                        release_s = t0_clock_s + (raw.end_ps - origin_ps) / _PS_PER_S / opt.speed
-                        start_time_s = t0_clock_s + (raw.start_ps - origin_ps) / _PS_PER_S / opt.speed
-                    elif opt.pacing == "recorded_time":
-                        if rec_start is not None:
-                            start_time_s = rec_start + raw.start_ps / _PS_PER_S
-                            release_s = rec_start + raw.end_ps / _PS_PER_S
-                        elif raw.start_time_s is not None:
-                            start_time_s = raw.start_time_s
-                            release_s = start_time_s + (raw.end_ps - raw.start_ps) / _PS_PER_S
-                        else:
-                            raise TimeTaggerError(
-                                f"batch {seq} has no start_time_s to pace by; set the option "
-                                "recording_start_utc", device=self.name)
-                    else:
-                        release_s = -math.inf
-                        start_time_s = raw.start_time_s if raw.start_time_s is not None else (
-                            rec_start + raw.start_ps / _PS_PER_S if rec_start is not None
-                            else None)
+                    release_s, start_time_s = self._pace(
+                        raw, seq, origin_ps, t0_clock_s, source.recorded_start_s)
                     if release_s > self.clock.now_s():
                         await self.clock.sleep_until(release_s)
-                    info = BatchInfo(
-                        seq=seq, start_ps=raw.start_ps, end_ps=raw.end_ps,
-                        resolution_ps=raw.resolution_ps or source.resolution_ps,
-                        overflow_begin=raw.overflow_begin, overflow_end=raw.overflow_end,
-                        in_overflow=raw.in_overflow, missed_events=raw.missed_events,
-                        start_time_s=start_time_s,
-                    )
-                    batch = Batch(info, raw.events)
+                    batch = self._account(raw, seq, start_time_s, source.resolution_ps)
                     seq += 1
-                    self._rates.update(batch)
-                    self.status.batches += 1
-                    self.status.events += len(raw.events)
                     await queue.put(batch)
                 await asyncio.sleep(0)  # unpaced playback still lets others run
             self.status.finished = True
@@ -702,5 +674,49 @@ class ReplayTimeTagger(TimeTagger):
             log.error("%s: replay of %s failed: %s", self.name, opt.path, exc)
             self._error = exc
         await queue.put(_END)
+
+    def _pace(
+        self, raw: _Raw, seq: int, origin_ps: int, t0_clock_s: float, rec_start: float | None,
+    ) -> tuple[float, float | None]:
+        """``(release_s, start_time_s)`` of one batch under the pacing option: the clock
+        time it is handed out at (``-inf``: at once) and the UTC start it is dated with."""
+        opt = self.options
+        start_time_s: float | None
+        if opt.pacing == "speed":
+            release_s = t0_clock_s + (raw.end_ps - origin_ps) / _PS_PER_S / opt.speed
+            start_time_s = t0_clock_s + (raw.start_ps - origin_ps) / _PS_PER_S / opt.speed
+        elif opt.pacing == "recorded_time":
+            if rec_start is not None:
+                start_time_s = rec_start + raw.start_ps / _PS_PER_S
+                release_s = rec_start + raw.end_ps / _PS_PER_S
+            elif raw.start_time_s is not None:
+                start_time_s = raw.start_time_s
+                release_s = start_time_s + (raw.end_ps - raw.start_ps) / _PS_PER_S
+            else:
+                raise TimeTaggerError(
+                    f"batch {seq} has no start_time_s to pace by; set the option "
+                    "recording_start_utc", device=self.name)
+        else:
+            release_s = -math.inf
+            start_time_s = raw.start_time_s if raw.start_time_s is not None else (
+                rec_start + raw.start_ps / _PS_PER_S if rec_start is not None
+                else None)
+        return release_s, start_time_s
+
+    def _account(self, raw: _Raw, seq: int, start_time_s: float | None,
+                 source_resolution_ps: float) -> Batch:
+        """The batch for one recorded batch, counted in the rates and the status."""
+        info = BatchInfo(
+            seq=seq, start_ps=raw.start_ps, end_ps=raw.end_ps,
+            resolution_ps=raw.resolution_ps or source_resolution_ps,
+            overflow_begin=raw.overflow_begin, overflow_end=raw.overflow_end,
+            in_overflow=raw.in_overflow, missed_events=raw.missed_events,
+            start_time_s=start_time_s,
+        )
+        batch = Batch(info, raw.events)
+        self._rates.update(batch)
+        self.status.batches += 1
+        self.status.events += len(raw.events)
+        return batch
 
 __all__ = ["ReplayOptions", "ReplayStatus", "ReplayTimeTagger", "detect_format"]

@@ -200,58 +200,78 @@ class SimTimeTagger(TimeTagger):
             end_ps = start_ps + batch_ps
             if stop_ps is None and await self._sleep_or_stop(
                     (epoch_ps + end_ps) / _PS_PER_S, stop_event):
-                # Everything timestamped up to the stop is delivered, then the stream
-                # ends. A generator that fell behind the clock (a slow consumer on a
-                # max-speed clock) catches up first: real hardware would have tagged it.
-                # Whole microseconds: float UTC seconds cannot resolve picoseconds.
-                stop_s = self._stop_at_s if self._stop_at_s is not None else self.clock.now_s()
-                stop_ps = round((stop_s - epoch_ps / _PS_PER_S) * 1e6) * 1_000_000
+                stop_ps = self._stop_ps(epoch_ps)
             if stop_ps is not None:
                 end_ps = min(end_ps, max(start_ps, stop_ps))
                 if end_ps <= start_ps:
                     return
             pointing = self._pointing_at((epoch_ps + start_ps) / _PS_PER_S)
-            if self._link_dirty:
-                self._link_dirty = False
-                gen.set_geometry(self._geometry)
-            if self._channels_dirty:
-                self._channels_dirty = False
-                gen.configure(self._channels)
+            self._apply_pending_settings(gen)
             seq = self._seq
-            try:
-                if expected_events < self.options.inline_below_events:
-                    # A thread hop costs more than a small batch (~1 ms of work): do it here.
-                    out = gen.generate(start_ps, end_ps, seq, pointing)
-                else:
-                    out = await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
-            except TimeTaggerError:
-                raise
-            except (ValueError, ArithmeticError, TypeError, IndexError) as exc:
-                # E.g. a link geometry that fails for these times: name it, do not crash.
-                raise TimeTaggerError(
-                    f"simulated batch {seq} ({(epoch_ps + start_ps) / _PS_PER_S:.3f} s UTC) "
-                    f"could not be generated: {exc}", device=self.name,
-                ) from exc
+            inline = expected_events < self.options.inline_below_events
+            out = await self._generate(gen, start_ps, end_ps, seq, pointing, inline=inline)
             expected_events = len(out.events) + out.missed_events
-            self._seq += 1
-            self._next_start_ps = end_ps
-            batch = Batch(
-                BatchInfo(
-                    seq=seq, start_ps=start_ps, end_ps=end_ps, resolution_ps=self.resolution_ps,
-                    overflow_begin=out.overflow_begin, overflow_end=out.overflow_end,
-                    in_overflow=out.in_overflow, missed_events=out.missed_events,
-                    start_time_s=(epoch_ps + start_ps) / _PS_PER_S,
-                ),
-                out.events,
-            )
-            if out.missed_events:
-                log.warning("%s: tagger overflow, %d events lost in batch %d", self.name,
-                            out.missed_events, seq)
-            self._rates.update(batch)
-            self.totals["events"] += len(batch)
-            self.totals["missed_events"] += out.missed_events
-            self.totals["batches"] += 1
-            yield batch
+            yield self._deliver(out, seq, start_ps, end_ps, epoch_ps)
+
+    def _stop_ps(self, epoch_ps: int) -> int:
+        """Tagger time at which the stream ends after stop()."""
+        # Everything timestamped up to the stop is delivered, then the stream
+        # ends. A generator that fell behind the clock (a slow consumer on a
+        # max-speed clock) catches up first: real hardware would have tagged it.
+        # Whole microseconds: float UTC seconds cannot resolve picoseconds.
+        stop_s = self._stop_at_s if self._stop_at_s is not None else self.clock.now_s()
+        return round((stop_s - epoch_ps / _PS_PER_S) * 1e6) * 1_000_000
+
+    def _apply_pending_settings(self, gen: DownlinkGenerator) -> None:
+        """Hand a link or channel change made since the last batch to the generator."""
+        if self._link_dirty:
+            self._link_dirty = False
+            gen.set_geometry(self._geometry)
+        if self._channels_dirty:
+            self._channels_dirty = False
+            gen.configure(self._channels)
+
+    async def _generate(
+        self, gen: DownlinkGenerator, start_ps: int, end_ps: int, seq: int, pointing: float,
+        *, inline: bool,
+    ) -> GeneratedBatch:
+        """One batch from the generator, here (``inline``) or in a worker thread."""
+        epoch_ps = gen.epoch_ps
+        try:
+            if inline:
+                # A thread hop costs more than a small batch (~1 ms of work): do it here.
+                return gen.generate(start_ps, end_ps, seq, pointing)
+            return await asyncio.to_thread(gen.generate, start_ps, end_ps, seq, pointing)
+        except TimeTaggerError:
+            raise
+        except (ValueError, ArithmeticError, TypeError, IndexError) as exc:
+            # E.g. a link geometry that fails for these times: name it, do not crash.
+            raise TimeTaggerError(
+                f"simulated batch {seq} ({(epoch_ps + start_ps) / _PS_PER_S:.3f} s UTC) "
+                f"could not be generated: {exc}", device=self.name,
+            ) from exc
+
+    def _deliver(self, out: GeneratedBatch, seq: int, start_ps: int, end_ps: int, epoch_ps: int) -> Batch:
+        """Wrap a generated batch for the consumer; advance the sequence, rates and totals."""
+        self._seq += 1
+        self._next_start_ps = end_ps
+        batch = Batch(
+            BatchInfo(
+                seq=seq, start_ps=start_ps, end_ps=end_ps, resolution_ps=self.resolution_ps,
+                overflow_begin=out.overflow_begin, overflow_end=out.overflow_end,
+                in_overflow=out.in_overflow, missed_events=out.missed_events,
+                start_time_s=(epoch_ps + start_ps) / _PS_PER_S,
+            ),
+            out.events,
+        )
+        if out.missed_events:
+            log.warning("%s: tagger overflow, %d events lost in batch %d", self.name,
+                        out.missed_events, seq)
+        self._rates.update(batch)
+        self.totals["events"] += len(batch)
+        self.totals["missed_events"] += out.missed_events
+        self.totals["batches"] += 1
+        return batch
 
     def count_rates_hz(self) -> dict[int, float]:
         return self._rates.rates_hz()

@@ -214,6 +214,35 @@ class StreamMapper:
     def map(self, buf: Any, *, now_s: float | None = None) -> Batch:
         """Map one buffer (anything with the TimeTagStreamBuffer methods) to a batch."""
         st = self.status
+        ts, ch, types, missed = self._read_arrays(buf)
+        st.polls += 1
+        ts, ch, types, missed = self._in_time_order(ts, ch, types, missed)
+        marks = self._count_marks(types, missed)
+        buffer_full = self._check_buffer_full(buf, len(ts))
+        started_inside = self._follow_overflow(types)
+        events = self._map_time_tags(ts, ch, types)
+        start_ps, end_ps = self._batch_span(buf, ts)
+        lossy_marker = marks.errors > 0 or buffer_full
+        info = BatchInfo(
+            seq=self.seq,
+            start_ps=start_ps,
+            end_ps=end_ps,
+            resolution_ps=self.resolution_ps,
+            overflow_begin=marks.overflow_begins > 0 or lossy_marker,
+            overflow_end=marks.overflow_ends > 0 or lossy_marker,
+            in_overflow=started_inside and marks.overflow_ends == 0,
+            missed_events=marks.missed_events,
+            # Approximate: the buffer ended about when getData() returned.
+            start_time_s=None if now_s is None else now_s - (end_ps - start_ps) / _PS_PER_S,
+        )
+        self.seq += 1
+        st.batches += 1
+        st.events += len(events)
+        return Batch(info, events)
+
+    @staticmethod
+    def _read_arrays(buf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The buffer's timestamps, channels, event types and missed counts, of one length."""
         ts = np.asarray(buf.getTimestamps(), dtype=np.int64)
         ch = np.asarray(buf.getChannels(), dtype=np.int64)
         types = np.asarray(buf.getEventTypes(), dtype=np.uint8)
@@ -222,32 +251,55 @@ class StreamMapper:
             raise TimeTaggerError(
                 f"stream buffer arrays differ in length: timestamps {len(ts)}, channels "
                 f"{len(ch)}, types {len(types)}, missed {len(missed)}", device="swabian")
-        st.polls += 1
+        return ts, ch, types, missed
+
+    def _in_time_order(
+        self, ts: np.ndarray, ch: np.ndarray, types: np.ndarray, missed: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The arrays sorted by timestamp (stable), counting buffers that were not."""
         if len(ts) > 1 and np.any(np.diff(ts) < 0):
             order = np.argsort(ts, kind="stable")
             ts, ch, types, missed = ts[order], ch[order], types[order], missed[order]
-            st.unsorted_buffers += 1
-        n_errors = int(np.count_nonzero(types == TAG_ERROR))
-        n_begin = int(np.count_nonzero(types == TAG_OVERFLOW_BEGIN))
-        n_end = int(np.count_nonzero(types == TAG_OVERFLOW_END))
-        n_missed = int(missed[types == TAG_MISSED_EVENTS].sum())
-        st.error_events += n_errors
-        st.overflow_begins += n_begin
-        st.overflow_ends += n_end
-        st.missed_events += n_missed
-        buffer_full = int(getattr(buf, "size", len(ts))) >= self.buffer_events
+            self.status.unsorted_buffers += 1
+        return ts, ch, types, missed
+
+    def _count_marks(self, types: np.ndarray, missed: np.ndarray) -> _Marks:
+        """Error, overflow and missed-event marks in this buffer, added to the status."""
+        st = self.status
+        marks = _Marks(
+            errors=int(np.count_nonzero(types == TAG_ERROR)),
+            overflow_begins=int(np.count_nonzero(types == TAG_OVERFLOW_BEGIN)),
+            overflow_ends=int(np.count_nonzero(types == TAG_OVERFLOW_END)),
+            missed_events=int(missed[types == TAG_MISSED_EVENTS].sum()),
+        )
+        st.error_events += marks.errors
+        st.overflow_begins += marks.overflow_begins
+        st.overflow_ends += marks.overflow_ends
+        st.missed_events += marks.missed_events
+        return marks
+
+    def _check_buffer_full(self, buf: Any, n_events: int) -> bool:
+        """True (and a warning) if the stream buffer came back full: tags were lost."""
+        buffer_full = int(getattr(buf, "size", n_events)) >= self.buffer_events
         if buffer_full:
-            st.stream_buffer_full += 1
+            self.status.stream_buffer_full += 1
             log.warning("swabian: TimeTagStream buffer came back full (%d events): tags "
                         "were discarded; batch %d flagged lossy. Lower max_poll_interval_s "
                         "or raise stream_buffer_events.", self.buffer_events, self.seq)
+        return buffer_full
 
-        # Overflow state across the batch: begins/ends in order of appearance.
+    def _follow_overflow(self, types: np.ndarray) -> bool:
+        """Track the overflow state across the batch (begins/ends in order of appearance);
+        returns whether the batch started inside an overflow."""
         started_inside = self.in_overflow
         marks = types[(types == TAG_OVERFLOW_BEGIN) | (types == TAG_OVERFLOW_END)]
         if marks.size:
             self.in_overflow = bool(marks[-1] == TAG_OVERFLOW_BEGIN)
+        return started_inside
 
+    def _map_time_tags(self, ts: np.ndarray, ch: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """Time tags on mapped inputs as station events; others counted as unmapped."""
+        st = self.status
         tags = types == TAG_TIMETAG
         idx = np.searchsorted(self._inputs, ch[tags])
         idx_clipped = np.minimum(idx, len(self._inputs) - 1)
@@ -258,7 +310,11 @@ class StreamMapper:
         events = np.empty(int(known.sum()), dtype=EVENT_DTYPE)
         events["timestamp_ps"] = ts[tags][known]
         events["channel"] = self._targets[idx_clipped[known]]
+        return events
 
+    def _batch_span(self, buf: Any, ts: np.ndarray) -> tuple[int, int]:
+        """``(start_ps, end_ps)`` of this batch: from where the last one ended (or the
+        buffer's start) to getData() time, widened to cover every timestamp."""
         t_start = int(getattr(buf, "tStart", 0))
         t_get = int(getattr(buf, "tGetData", ts[-1] + 1 if len(ts) else t_start))
         start_ps = self.prev_end_ps if self.prev_end_ps is not None else t_start
@@ -266,23 +322,17 @@ class StreamMapper:
         if len(ts) and ts[0] < start_ps:
             start_ps = int(ts[0])
         self.prev_end_ps = end_ps
-        lossy_marker = n_errors > 0 or buffer_full
-        info = BatchInfo(
-            seq=self.seq,
-            start_ps=start_ps,
-            end_ps=end_ps,
-            resolution_ps=self.resolution_ps,
-            overflow_begin=n_begin > 0 or lossy_marker,
-            overflow_end=n_end > 0 or lossy_marker,
-            in_overflow=started_inside and n_end == 0,
-            missed_events=n_missed,
-            # Approximate: the buffer ended about when getData() returned.
-            start_time_s=None if now_s is None else now_s - (end_ps - start_ps) / _PS_PER_S,
-        )
-        self.seq += 1
-        st.batches += 1
-        st.events += len(events)
-        return Batch(info, events)
+        return start_ps, end_ps
+
+
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """Counts of the non-tag events in one stream buffer."""
+
+    errors: int
+    overflow_begins: int
+    overflow_ends: int
+    missed_events: int
 
 
 def _import_vendor() -> ModuleType:
