@@ -454,10 +454,6 @@ class GatedMount:
         pad_el = self._hermite_pad(t, el)
         await self._fresh_position()
         now = self.clock.now_s()
-        # A mount that is off the track chases it and may overshoot by what it needs to
-        # brake from the speed it reaches closing that lag: every segment's box grows by it.
-        chase_az, chase_el = self._chase_overshoot(t, az, el, now)
-        pad_az, pad_el = pad_az + chase_az, pad_el + chase_el
         self._check_move(cmd, float(az[0]), float(el[0]), max(now, float(t[0])))
         for i in range(len(pts) - 1):
             self._check_box(
@@ -622,24 +618,6 @@ class GatedMount:
                 self._refuse(cmd, Rule.RATE,
                              f"commanded {name} rate {r:.3f}°/s exceeds the limit {rate:g}°/s",
                              b[1], b[2])
-
-    def _chase_overshoot(self, t: np.ndarray, az: np.ndarray, el: np.ndarray,
-                         now: float) -> tuple[float, float]:
-        """Per axis, how far past the track a mount that is off it may overshoot.
-
-        Closing a lag L at up to the axis's acceleration a reaches at most sqrt(2 a L),
-        and braking from that takes L again (capped by braking from the axis's maximum
-        rate); with the mount on the track this is ~0 and the boxes are unchanged.
-        """
-        pos = self._last_pos
-        if pos is None:
-            return 0.0, 0.0
-        caps = self.capabilities
-        out = []
-        for x, p, lim in ((az, pos.az_deg, caps.az), (el, pos.el_deg, caps.el)):
-            lag = abs(p - float(np.interp(now, t, x)))
-            out.append(min(lag, lim.max_rate_deg_s ** 2 / (2.0 * 0.9 * lim.max_accel_deg_s2)))
-        return out[0], out[1]
 
     @staticmethod
     def _hermite_pad(t: np.ndarray, x: np.ndarray) -> np.ndarray:
