@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,3 +182,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env.update(extra)
     return env
+
+
+@contextmanager
+def small_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of ``options`` (e.g. "size=3m") mounted at ``mount_point`` for a full-disk
+    test; root only, so the test is skipped cleanly elsewhere. Unmounted afterwards."""
+    mount_point.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

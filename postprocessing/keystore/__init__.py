@@ -551,15 +551,7 @@ class KeyStore:
         with self._lock, self._tx() as db:
             out = []
             for peer, count in wants:
-                count = _check_count(count)
-                rows = db.execute(
-                    f"SELECT {_INFO_COLS}, bits FROM blocks WHERE peer=? AND state='available'"
-                    " ORDER BY seq LIMIT ?", (peer, count),
-                ).fetchall()
-                if len(rows) < count:
-                    raise KeyNotAvailable(
-                        f"peer {peer!r} has {len(rows)} available key blocks, {count} asked"
-                    )
+                rows = self._oldest_available(db, peer, _check_count(count))
                 out.append(self._consume(db, rows, purpose))
             return out
 

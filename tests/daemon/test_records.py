@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from station.daemon.statefile import PassState, StateFile, StationState
 from station.events import passfile, read_pass_file
 from station.events.inspection import inspect_pass_file
 from station.mqtt.messages import AlarmState
-from tests.conftest import Broker
+from tests.conftest import Broker, small_tmpfs
 from tests.daemon.station import MICIUS, running_station, sim_config
 
 # The Micius pass as config/sim.toml plans it (UTC).
@@ -81,16 +80,8 @@ async def test_resume_with_too_little_window_left_is_not_a_completed_pass(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB tmpfs as the state directory (a Micius pass file is ~50 MB)."""
-    mount_point = tmp_path / "state"
-    mount_point.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs",
-                          str(mount_point)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "state", "size=16m,mode=0755") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from station.config.events import EventsConfig
 from station.events import EventPipeline, passfile, read_pass_file
 from station.events.inspection import inspect_pass_file
 from station.events.source import PassSource
+from tests.conftest import small_tmpfs
 from tests.events.conftest import header, make_batches, same_events
 
 SCRIPT = Path(__file__).with_name("_diskfull.py")
@@ -53,16 +53,8 @@ async def test_refused_writes_are_counted_and_the_file_stays_readable(tmp_path: 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MB tmpfs (root only; skipped cleanly elsewhere)."""
-    mount_point = tmp_path / "state"
-    mount_point.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "state", "size=3m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
 async def test_a_full_disk_leaves_a_loss_record_in_the_file(small_disk: Path) -> None:
